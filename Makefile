@@ -1,0 +1,44 @@
+# modelgate: the two commands are `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: install install-test quickstart test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Editable install with what the quickstart needs (the MLflow registry).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e ".[mlflow]"
+	touch $@
+
+# Everything the tests need: MLflow, LightGBM/XGBoost converters, pytest, linters.
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e ".[mlflow,boost,test,lint]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+quickstart: install
+	$(BIN)/modelgate quickstart
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: install-test
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: install-test
+	$(BIN)/ruff check serve converters loadtests tests
+	$(BIN)/ruff format --check serve converters loadtests tests
+	$(BIN)/mypy
+
+bench: install-test
+	@echo "make bench: not yet - the benchmark arrives with the serving core (issue 3)."
+
+clean:
+	rm -rf $(VENV) .modelgate .pytest_cache .mypy_cache .ruff_cache

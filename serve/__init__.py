@@ -1,0 +1,1 @@
+"""modelgate's serving side: the CLI today; the Ray Serve gateway builds on it."""
