@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
+from converters.errors import UnsupportedModelError
+
 #: Protocol datatype -> numpy dtype. BYTES tensors are numpy object arrays of bytes/str.
 DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -75,7 +77,19 @@ class Signature(BaseModel):
 
 
 def _spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:
+    if value_info.type.WhichOneof("value") != "tensor_type":
+        raise UnsupportedModelError(
+            f"graph input/output {value_info.name!r} is a "
+            f"{value_info.type.WhichOneof('value')}, not a tensor; the inference protocol carries "
+            "tensors only (for skl2onnx classifiers, convert with zipmap=False)"
+        )
     tensor_type = value_info.type.tensor_type
+    if tensor_type.elem_type not in ONNX_ELEM_TO_DATATYPE:
+        raise UnsupportedModelError(
+            f"tensor {value_info.name!r} has ONNX element type "
+            f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, which the inference "
+            f"protocol cannot carry; supported: {', '.join(sorted(set(ONNX_ELEM_TO_DATATYPE.values())))}"
+        )
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
     return TensorSpec(
         name=value_info.name,
