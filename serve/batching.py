@@ -1,0 +1,190 @@
+"""Micro-batching: requests for one version coalesce into one run (or one handle call).
+
+One worker task owns the queue. A batch leaves as soon as a call slot is free (at most
+`max_in_flight` calls run at once); while calls are in flight, new requests queue and leave
+together in the next batch. So an idle gateway adds no wait, and a busy one batches harder.
+`max_wait_s` > 0 additionally holds a batch open, from its first request (monotonic clock), until
+it is full or the wait is over. Bounded: past `max_queued` requests, `submit` sheds at once.
+Cancelled requests are dropped before compute; results are set only on futures not yet done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serve.errors import InferenceError, OverloadedError
+
+Feeds = dict[str, np.ndarray]
+RunBatch = Callable[[Feeds], Awaitable[Feeds]]
+
+
+@dataclass
+class BatchStats:
+    """What a batcher has done: for metrics and the statistics extension."""
+
+    batches: int = 0
+    requests: int = 0
+    rows: int = 0
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    shed: int = 0
+    last_batch_rows: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    feeds: Feeds
+    rows: int
+    future: asyncio.Future[Feeds]
+    enqueued: float
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        name: str,
+        run: RunBatch,
+        *,
+        max_batch_rows: int = 256,
+        max_wait_s: float = 0.0,
+        max_in_flight: int = 2,
+        max_queued: int = 1024,
+        on_batch: Callable[[int, int, float, float], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self._max_rows = max_batch_rows
+        self._max_wait = max_wait_s
+        self._max_queued = max_queued
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._on_batch = on_batch
+        self.stats = BatchStats()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, feeds: Feeds, rows: int) -> Feeds:
+        if len(self._queue) >= self._max_queued:
+            self.stats.shed += 1
+            raise OverloadedError(self.name, len(self._queue), self._max_queued)
+        future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(feeds, rows, future, time.monotonic()))
+        self._wakeup.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._slots.acquire()
+            if self._max_wait > 0:
+                await self._hold_open()
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._execute(batch))
+            task.add_done_callback(lambda _: self._slots.release())
+
+    async def _hold_open(self) -> None:
+        deadline = self._queue[0].enqueued + self._max_wait
+        while sum(p.rows for p in self._queue) < self._max_rows:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        """Up to max_batch_rows rows of live requests whose tensors can be concatenated."""
+        batch: list[_Pending] = []
+        rows = 0
+        key = None
+        skipped: deque[_Pending] = deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():  # cancelled by its caller: never computed
+                continue
+            pending_key = _concat_key(pending.feeds)
+            if batch and (pending_key != key or rows + pending.rows > self._max_rows):
+                skipped.append(pending)
+                if rows + pending.rows > self._max_rows:
+                    break
+                continue
+            key = pending_key
+            batch.append(pending)
+            rows += pending.rows
+        self._queue.extendleft(reversed(skipped))
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
+        queue_s = sum(started - p.enqueued for p in batch) / len(batch)
+        try:
+            results = await self._run_split(batch)
+        except Exception as exc:  # the whole call failed: every request in it gets the error
+            results = [exc] * len(batch)
+        compute_s = time.monotonic() - started
+        self._record(batch, queue_s, compute_s)
+        for pending, result in zip(batch, results, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+
+    async def _run_split(self, batch: list[_Pending]) -> list[Feeds | Exception]:
+        if len(batch) == 1:
+            return [await self._run(batch[0].feeds)]
+        names = list(batch[0].feeds)
+        feeds = {n: np.concatenate([p.feeds[n] for p in batch]) for n in names}
+        total = sum(p.rows for p in batch)
+        try:
+            outputs = await self._run(feeds)
+        except InferenceError:
+            return await self._one_by_one(batch)  # find the culprit; batch-mates still succeed
+        if any(v.shape[:1] != (total,) for v in outputs.values()):
+            return await self._one_by_one(batch)
+        cuts = np.cumsum([p.rows for p in batch])[:-1]
+        split = {n: np.split(v, cuts) for n, v in outputs.items()}
+        return [{n: split[n][i] for n in split} for i in range(len(batch))]
+
+    async def _one_by_one(self, batch: list[_Pending]) -> list[Feeds | Exception]:
+        results: list[Feeds | Exception] = []
+        for pending in batch:
+            try:
+                results.append(await self._run(pending.feeds))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _record(self, batch: list[_Pending], queue_s: float, compute_s: float) -> None:
+        rows = sum(p.rows for p in batch)
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self.stats.rows += rows
+        self.stats.queue_s += queue_s * len(batch)
+        self.stats.compute_s += compute_s
+        if self._on_batch is not None:
+            self._on_batch(len(batch), rows, queue_s, compute_s)
+
+
+def _concat_key(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return tuple((n, v.shape[1:], v.dtype.str) for n, v in feeds.items())

@@ -1,0 +1,78 @@
+"""The serving path's one error type, and the one table that maps it onto HTTP and gRPC.
+
+    InferenceError(code, message)
+      code: INVALID_ARGUMENT   bad tensor name / datatype / shape / framing   → 400 / INVALID_ARGUMENT
+            NOT_FOUND          unknown model or version                       → 404 / NOT_FOUND
+            PAYLOAD_TOO_LARGE  body or tensor over a configured limit         → 413 / RESOURCE_EXHAUSTED
+            OVERLOADED         queue full: shed now, retry later              → 503 / UNAVAILABLE
+            DEADLINE_EXCEEDED  the request's deadline passed before compute   → 504 / DEADLINE_EXCEEDED
+            UNAVAILABLE        the version is not ready                       → 503 / UNAVAILABLE
+            INTERNAL           a bug or a runtime failure                     → 500 / INTERNAL
+"""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    OVERLOADED = "overloaded"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+#: code -> (HTTP status, gRPC status). Every code must be here (a test checks).
+STATUS: dict[ErrorCode, tuple[int, grpc.StatusCode]] = {
+    ErrorCode.INVALID_ARGUMENT: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    ErrorCode.NOT_FOUND: (404, grpc.StatusCode.NOT_FOUND),
+    ErrorCode.PAYLOAD_TOO_LARGE: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ErrorCode.OVERLOADED: (503, grpc.StatusCode.UNAVAILABLE),
+    ErrorCode.DEADLINE_EXCEEDED: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+    ErrorCode.UNAVAILABLE: (503, grpc.StatusCode.UNAVAILABLE),
+    ErrorCode.INTERNAL: (500, grpc.StatusCode.INTERNAL),
+}
+
+
+class InferenceError(Exception):
+    """An error answered to the caller in the protocol's own form."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    @property
+    def http_status(self) -> int:
+        return STATUS[self.code][0]
+
+    @property
+    def grpc_status(self) -> grpc.StatusCode:
+        return STATUS[self.code][1]
+
+
+def invalid(message: str) -> InferenceError:
+    return InferenceError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> InferenceError:
+    return InferenceError(ErrorCode.NOT_FOUND, message)
+
+
+class OverloadedError(InferenceError):
+    """A bounded queue is full: the request is shed at once, with the numbers that say why."""
+
+    def __init__(self, target: str, queued: int, limit: int, retry_after_s: float = 1.0):
+        super().__init__(
+            ErrorCode.OVERLOADED,
+            f"{target} is overloaded: {queued} requests queued, limit {limit}; retry later",
+            retry_after_s=retry_after_s,
+        )
+        self.queued = queued
+        self.limit = limit

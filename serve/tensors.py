@@ -1,0 +1,93 @@
+"""Tensor bytes: the raw little-endian layout the protocol's binary forms use, both ways.
+
+Fixed-size datatypes are the array's bytes in row-major order. BYTES elements are each a 4-byte
+little-endian length followed by that many bytes. BOOL is one byte per element.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from converters.signature import DATATYPE_TO_NUMPY
+from serve.errors import invalid
+
+_LEN = struct.Struct("<I")
+
+
+def element_count(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def check_shape(name: str, shape: list[int], max_elements: int) -> int:
+    """The element count of a declared shape, refused before any allocation if absurd."""
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
+        raise invalid(f"input '{name}': shape {shape} must be a list of non-negative integers")
+    count = element_count(shape)
+    if count > max_elements:
+        raise invalid(
+            f"input '{name}': shape {shape} has {count} elements; the limit is {max_elements}"
+        )
+    return count
+
+
+def numpy_dtype(name: str, datatype: str) -> np.dtype:
+    try:
+        return DATATYPE_TO_NUMPY[datatype]
+    except KeyError:
+        raise invalid(
+            f"input '{name}': unknown datatype {datatype!r}; expected one of "
+            f"{', '.join(DATATYPE_TO_NUMPY)}"
+        ) from None
+
+
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return _bytes_from_raw(name, shape, count, raw)
+    dtype = numpy_dtype(name, datatype).newbyteorder("<")
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise invalid(
+            f"input '{name}': {datatype} {shape} needs {expected} bytes of raw data; got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memoryview) -> np.ndarray:
+    view = memoryview(raw)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise invalid(f"input '{name}': BYTES raw data ends inside an element's length prefix")
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise invalid(f"input '{name}': BYTES element of {length} bytes overruns the data")
+        items.append(bytes(view[offset:offset + length]))
+        offset += length
+        if len(items) > count:
+            break
+    if len(items) != count:
+        raise invalid(f"input '{name}': BYTES {shape} needs {count} elements; got {len(items)}")
+    out = np.empty(count, dtype=object)
+    out[:] = items
+    return out.reshape(shape)
+
+
+def to_raw(datatype: str, array: np.ndarray) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(_LEN.pack(len(b)) + b for b in (_as_bytes(x) for x in array.reshape(-1)))
+    dtype = DATATYPE_TO_NUMPY[datatype].newbyteorder("<")
+    return np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()

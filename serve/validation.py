@@ -1,0 +1,76 @@
+"""Validate a request against a version's signature, at the edge, before anything is queued."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from converters.signature import Signature, TensorSpec
+from serve.errors import invalid
+from serve.types import InferRequest, Tensor
+
+
+def describe(spec: TensorSpec) -> str:
+    return f"{spec.datatype} with shape {spec.shape}"
+
+
+def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.ndarray], int]:
+    """The ONNX Runtime feeds for this request, and its row count (the batch dimension)."""
+    names = ", ".join(t.name for t in signature.inputs)
+    given: dict[str, Tensor] = {}
+    for tensor in request.inputs:
+        if tensor.name in given:
+            raise invalid(f"input '{tensor.name}' is given twice")
+        if signature.input(tensor.name) is None:
+            raise invalid(f"unknown input '{tensor.name}'; inputs are: {names}")
+        given[tensor.name] = tensor
+    feeds: dict[str, np.ndarray] = {}
+    rows: int | None = None
+    for spec in signature.inputs:
+        tensor = given.get(spec.name)
+        if tensor is None:
+            raise invalid(f"missing input '{spec.name}' ({describe(spec)}); inputs are: {names}")
+        _check(spec, tensor)
+        batch = tensor.array.shape[0]
+        if rows is not None and batch != rows:
+            raise invalid(f"input '{spec.name}' has {batch} rows; other inputs have {rows}")
+        rows = batch
+        feeds[spec.name] = _feed(spec, tensor)
+    _check_outputs(request, signature)
+    assert rows is not None
+    return feeds, rows
+
+
+def _check(spec: TensorSpec, tensor: Tensor) -> None:
+    shape = tensor.shape
+    fits = (
+        tensor.datatype == spec.datatype
+        and len(shape) == len(spec.shape)
+        and all(want in (-1, got) for want, got in zip(spec.shape, shape, strict=True))
+    )
+    if not fits:
+        raise invalid(
+            f"input '{spec.name}' must be {describe(spec)}; got {tensor.datatype} {shape}"
+        )
+    if shape[0] == 0:
+        raise invalid(f"input '{spec.name}' has no rows")
+
+
+def _feed(spec: TensorSpec, tensor: Tensor) -> np.ndarray:
+    if spec.datatype != "BYTES":
+        return tensor.array
+    try:
+        return np.vectorize(_text, otypes=[object])(tensor.array)
+    except UnicodeDecodeError:
+        raise invalid(f"input '{spec.name}': BYTES values must be UTF-8 text for this model"
+                      ) from None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check_outputs(request: InferRequest, signature: Signature) -> None:
+    for wanted in request.outputs or ():
+        if signature.output(wanted.name) is None:
+            outputs = ", ".join(t.name for t in signature.outputs)
+            raise invalid(f"unknown output '{wanted.name}'; outputs are: {outputs}")
