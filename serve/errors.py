@@ -3,6 +3,7 @@
     InferenceError(code, message)
       code: INVALID_ARGUMENT   bad tensor name / datatype / shape / framing   → 400 / INVALID_ARGUMENT
             NOT_FOUND          unknown model or version                       → 404 / NOT_FOUND
+            METHOD_NOT_ALLOWED a known path with the wrong HTTP method        → 405 / UNIMPLEMENTED
             PAYLOAD_TOO_LARGE  body or tensor over a configured limit         → 413 / RESOURCE_EXHAUSTED
             OVERLOADED         queue full: shed now, retry later              → 503 / UNAVAILABLE
             DEADLINE_EXCEEDED  the request's deadline passed before compute   → 504 / DEADLINE_EXCEEDED
@@ -20,6 +21,7 @@ import grpc
 class ErrorCode(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     OVERLOADED = "overloaded"
     DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -31,6 +33,7 @@ class ErrorCode(enum.Enum):
 STATUS: dict[ErrorCode, tuple[int, grpc.StatusCode]] = {
     ErrorCode.INVALID_ARGUMENT: (400, grpc.StatusCode.INVALID_ARGUMENT),
     ErrorCode.NOT_FOUND: (404, grpc.StatusCode.NOT_FOUND),
+    ErrorCode.METHOD_NOT_ALLOWED: (405, grpc.StatusCode.UNIMPLEMENTED),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ErrorCode.OVERLOADED: (503, grpc.StatusCode.UNAVAILABLE),
     ErrorCode.DEADLINE_EXCEEDED: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -47,6 +50,10 @@ class InferenceError(Exception):
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...], dict[str, object]]:
+        # Travels between Ray processes intact (Exception pickles only `args` by default).
+        return (InferenceError, (self.code, self.message), {"retry_after_s": self.retry_after_s})
 
     @property
     def http_status(self) -> int:
@@ -69,6 +76,7 @@ class OverloadedError(InferenceError):
     """A bounded queue is full: the request is shed at once, with the numbers that say why."""
 
     def __init__(self, target: str, queued: int, limit: int, retry_after_s: float = 1.0):
+        self.target = target
         super().__init__(
             ErrorCode.OVERLOADED,
             f"{target} is overloaded: {queued} requests queued, limit {limit}; retry later",
@@ -76,3 +84,7 @@ class OverloadedError(InferenceError):
         )
         self.queued = queued
         self.limit = limit
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...], dict[str, object]]:
+        return (OverloadedError, (self.target, self.queued, self.limit, self.retry_after_s or 1.0),
+                {})

@@ -1,0 +1,266 @@
+"""The one module that imports Ray Serve: it wraps the data plane into deployments.
+
+    build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
+                                  ├── colocated versions: ONNX Runtime inside the router replica
+                                  └── handles ─► ModelVersion deployments (one per model version)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from converters.manifest import read_manifest
+from serve import grpc_service, rest
+from serve.batching import MicroBatcher
+from serve.config import Batching, GatewayConfig, Limits, ModelConfig, VersionConfig
+from serve.dataplane import DataPlane, ModelRoutes, VersionTarget
+from serve.errors import ErrorCode, InferenceError
+from serve.protos import grpc_predict_v2_pb2 as pb
+from serve.rest_codec import Limits as CodecLimits
+from serve.runtime import Feeds, VersionRuntime
+
+logger = logging.getLogger("modelgate")
+
+
+class VersionSpec(BaseModel):
+    """What the router needs to know of one resolved version (all plain data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    version: str
+    artifact: str
+    placement: str
+    batching: Batching
+    intra_op_threads: int
+    deployment: str | None
+
+
+class RouterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    versions: list[VersionSpec]
+    defaults: dict[str, str]
+    aliases: dict[str, dict[str, str]]
+    limits: Limits
+
+
+@serve.deployment
+class ModelVersion:
+    """One (model, version): an ONNX Runtime session, warmed up before the replica is ready."""
+
+    def __init__(self, artifact: str, intra_op_threads: int) -> None:
+        self.runtime = VersionRuntime(Path(artifact), intra_op_threads)
+        self.runtime.warm_up()
+
+    async def run(self, feeds: Feeds) -> Feeds:
+        return self.runtime.run(feeds)
+
+    async def ready(self) -> bool:
+        return True
+
+
+@serve.deployment
+class Router:
+    """The ingress: decodes HTTP/gRPC, routes, batches per version, encodes."""
+
+    def __init__(self, spec: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
+        self.spec = RouterSpec.model_validate(spec)
+        self.limits = self.spec.limits
+        self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
+        self.plane = DataPlane(_routes(self.spec, handles))
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    async def __call__(self, request: Request) -> Response:
+        return await rest.handle(self.plane, request, self.limits)
+
+    # -- gRPC (method names are the service's RPC names) --------------------------------------
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=await self.plane.server_ready())
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest
+                             ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, grpc_context: Any = None
+                         ) -> pb.ModelReadyResponse:
+        try:
+            ready = await self.plane.model_ready(request.name, request.version or None)
+        except InferenceError as exc:
+            grpc_service.set_error(grpc_context, exc)
+            return pb.ModelReadyResponse()
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, grpc_context: Any = None
+                            ) -> pb.ModelMetadataResponse:
+        try:
+            meta = self.plane.model_metadata(request.name, request.version or None)
+        except InferenceError as exc:
+            grpc_service.set_error(grpc_context, exc)
+            return pb.ModelMetadataResponse()
+        return grpc_service.metadata_message(meta)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: Any = None
+                         ) -> pb.ModelInferResponse:
+        try:
+            infer = grpc_service.decode_infer(request, self.codec_limits,
+                                              _metadata(grpc_context, rest.ROUTING_HEADER))
+            response = await self.plane.infer(infer)
+        except InferenceError as exc:
+            grpc_service.set_error(grpc_context, exc)
+            return pb.ModelInferResponse()
+        except Exception:
+            logger.exception("internal error in ModelInfer")
+            grpc_service.set_error(grpc_context, InferenceError(ErrorCode.INTERNAL, "internal error"))
+            return pb.ModelInferResponse()
+        if grpc_context is not None:
+            grpc_context.set_trailing_metadata([(rest.VERSION_HEADER, response.version)])
+        return grpc_service.encode_infer(response)
+
+
+def _metadata(context: Any, key: str) -> str | None:
+    if context is None:
+        return None
+    return next((v for k, v in context.invocation_metadata() if k == key), None)
+
+
+def _routes(spec: RouterSpec, handles: dict[str, DeploymentHandle]) -> dict[str, ModelRoutes]:
+    routes: dict[str, ModelRoutes] = {}
+    for version in spec.versions:
+        target = _target(version, handles)
+        model = routes.setdefault(version.model, ModelRoutes(
+            versions={}, default=spec.defaults[version.model],
+            aliases=spec.aliases.get(version.model, {})))
+        model.versions[version.version] = target
+    return routes
+
+
+def _target(spec: VersionSpec, handles: dict[str, DeploymentHandle]) -> VersionTarget:
+    name = f"{spec.model}:{spec.version}"
+    if spec.placement == "colocated":
+        runtime = VersionRuntime(Path(spec.artifact), spec.intra_op_threads)
+        runtime.warm_up()
+
+        async def run_local(feeds: Feeds) -> Feeds:
+            return runtime.run(feeds)
+
+        async def always_ready() -> bool:
+            return True
+
+        run, ready, manifest = run_local, always_ready, runtime.manifest
+    else:
+        assert spec.deployment is not None
+        handle = handles[spec.deployment]
+        run, ready = _remote_run(name, handle), _remote_ready(handle)
+        manifest = read_manifest(Path(spec.artifact))
+    b = spec.batching
+    batcher = MicroBatcher(name, run, max_batch_rows=b.max_batch_rows,
+                           max_wait_s=b.max_wait_ms / 1000, max_in_flight=b.max_in_flight,
+                           max_queued=b.max_queued)
+    return VersionTarget(spec.model, spec.version, manifest, batcher, ready, spec.placement)
+
+
+def _remote_run(name: str, handle: DeploymentHandle):  # type: ignore[no-untyped-def]
+    from ray.serve.exceptions import BackPressureError
+
+    async def run(feeds: Feeds) -> Feeds:
+        try:
+            return await handle.run.remote(feeds)  # type: ignore[no-any-return]
+        except InferenceError:
+            raise
+        except BackPressureError as exc:
+            raise InferenceError(ErrorCode.OVERLOADED, f"{name} is overloaded: {exc}",
+                                 retry_after_s=1.0) from exc
+        except Exception as exc:
+            raise InferenceError(ErrorCode.UNAVAILABLE, f"{name} is unavailable: {exc}") from exc
+
+    return run
+
+
+def _remote_ready(handle: DeploymentHandle):  # type: ignore[no-untyped-def]
+    async def ready() -> bool:
+        try:
+            return bool(await asyncio.wait_for(handle.ready.remote(), timeout=2.0))
+        except Exception:
+            return False
+
+    return ready
+
+
+# -- the builder ------------------------------------------------------------------------------
+def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
+    """Ray Serve application builder: `import_path: serve.app:build_app`.
+
+    The args are validated here (a ValidationError names each bad field), then every version is
+    resolved to a verified artifact; a config that cannot be served fails the deploy.
+    """
+    from serve.resolve import resolve_versions
+
+    args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
+    resolved = resolve_versions(args)
+    handles: dict[str, Any] = {}
+    specs: list[VersionSpec] = []
+    for model, version_config, artifact, version in resolved:
+        deployment = None
+        if version_config.placement == "dedicated":
+            deployment = f"{model.name}-v{version}"
+            handles[deployment] = _model_deployment(deployment, version_config, args).bind(
+                artifact, version_config.intra_op_threads)
+        specs.append(VersionSpec(model=model.name, version=version, artifact=artifact,
+                                 placement=version_config.placement,
+                                 batching=version_config.batching,
+                                 intra_op_threads=version_config.intra_op_threads,
+                                 deployment=deployment))
+    spec = RouterSpec(
+        versions=specs,
+        defaults={m.name: _default_version(m, specs) for m in args.models},
+        aliases={m.name: m.aliases for m in args.models},
+        limits=args.limits,
+    )
+    router = args.router
+    options: dict[str, Any] = {"max_ongoing_requests": router.max_ongoing_requests,
+                               "ray_actor_options": {"num_cpus": router.num_cpus}}
+    if router.autoscaling is not None:
+        options["autoscaling_config"] = router.autoscaling.ray_config()
+    else:
+        options["num_replicas"] = router.num_replicas
+    return Router.options(**options).bind(spec.model_dump(), handles)
+
+
+def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) -> Any:
+    router_replicas = (args.router.autoscaling.max_replicas if args.router.autoscaling
+                       else args.router.num_replicas)
+    options: dict[str, Any] = {
+        "name": name,
+        # Each router keeps at most max_in_flight batches on a version at once.
+        "max_ongoing_requests": version.batching.max_in_flight * router_replicas + 2,
+        "ray_actor_options": {"num_cpus": version.num_cpus},
+    }
+    if version.autoscaling is not None:
+        options["autoscaling_config"] = version.autoscaling.ray_config()
+    else:
+        options["num_replicas"] = version.num_replicas
+    return ModelVersion.options(**options)
+
+
+def _default_version(model: ModelConfig, specs: list[VersionSpec]) -> str:
+    versions = [s.version for s in specs if s.model == model.name]
+    if model.default_version is None:
+        return max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
+    default = model.aliases.get(model.default_version, model.default_version)
+    if default not in versions:
+        raise ValueError(f"model '{model.name}': default_version {model.default_version!r} is not "
+                         f"a deployed version ({', '.join(versions)}) or alias")
+    return default

@@ -1,0 +1,110 @@
+"""The gateway's configuration: the `args` of a Ray Serve application whose import_path is
+`serve.app:build_app`. Validated by pydantic when Serve builds the application, so a bad config
+fails `serve deploy` / `serve run` with the field and the problem named, before anything changes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Batching(_Strict):
+    """How requests for one version coalesce (see serve/batching.py)."""
+
+    max_batch_rows: int = Field(256, ge=1, le=65536, description="Most rows in one run.")
+    max_wait_ms: float = Field(
+        0.0, ge=0, le=1000,
+        description="Hold a batch open this long for more requests. 0: leave as soon as a call "
+        "slot is free; requests arriving while calls run still coalesce.",
+    )
+    max_in_flight: int = Field(2, ge=1, le=64, description="Batches running at once, per router.")
+    max_queued: int = Field(1024, ge=1, description="Requests queued per router before shedding.")
+
+
+class Autoscaling(_Strict):
+    """Passed through to Ray Serve's autoscaling_config."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+    metrics_interval_s: float = Field(10.0, gt=0)
+    look_back_period_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+    def ray_config(self) -> dict[str, float | int]:
+        return self.model_dump()
+
+
+class VersionConfig(_Strict):
+    """One deployed version of a model."""
+
+    uri: str | None = Field(None, description="Registry URI, e.g. models:/name/3 or @alias; "
+                            "converted (or taken from the artifact cache) at deploy time.")
+    artifact: str | None = Field(None, description="An artifact folder (model.onnx + manifest).")
+    placement: Literal["dedicated", "colocated"] = Field(
+        "dedicated", description="dedicated: its own autoscaling replicas behind the router; "
+        "colocated: inside the router replicas (for light models).")
+    batching: Batching = Field(default_factory=Batching)
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is not set.")
+    autoscaling: Autoscaling | None = None
+    intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads.")
+    num_cpus: float = Field(
+        0.1, ge=0, description="Logical CPUs each replica reserves in Ray's scheduler. Small by "
+        "default so many versions fit a small node; raise it to spread replicas across nodes.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VersionConfig:
+        if (self.uri is None) == (self.artifact is None):
+            raise ValueError("give exactly one of 'uri' (a registry model URI) or 'artifact'")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Model name in the protocol.")
+    versions: list[VersionConfig] = Field(min_length=1)
+    default_version: str | None = Field(
+        None, description="Version served when a request names none; default: the highest.")
+    aliases: dict[str, str] = Field(default_factory=dict, description="alias -> version.")
+
+
+class RouterConfig(_Strict):
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: Autoscaling | None = None
+    max_ongoing_requests: int = Field(1024, ge=1)
+    num_cpus: float = Field(0.1, ge=0, description="Logical CPUs each router replica reserves.")
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(64 << 20, ge=1024, description="Largest request body (413).")
+    max_elements: int = Field(1 << 24, ge=1, description="Largest tensor, in elements.")
+
+
+class GatewayConfig(_Strict):
+    """`args` of the application."""
+
+    models: list[ModelConfig] = Field(min_length=1)
+    registry: str | None = Field(None, description="Registry for 'uri' versions.")
+    artifacts: str = Field(".modelgate/artifacts", description="Artifact store folder.")
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> GatewayConfig:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        return self

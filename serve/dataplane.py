@@ -1,0 +1,168 @@
+"""The transport-neutral data plane: what the gateway answers, whatever the protocol.
+
+`DataPlane.infer` is the request path in one place:
+    pick the version (pinned, alias, default) → validate against its signature → batch → run →
+    select and encode outputs.
+REST (serve/rest.py) and gRPC (serve/grpc_service.py) only convert to and from these calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from converters.manifest import Manifest
+from serve.batching import MicroBatcher
+from serve.errors import not_found
+from serve.types import InferRequest, InferResponse, Tensor
+from serve.validation import validate
+
+SERVER_NAME = "modelgate"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
+PLATFORM = "onnx_onnxv1"
+
+
+@dataclass
+class VersionTarget:
+    """One servable version as the router sees it."""
+
+    model: str
+    version: str
+    manifest: Manifest
+    batcher: MicroBatcher
+    is_ready: Callable[[], Awaitable[bool]]
+    placement: str
+    failures: int = 0
+    last_inference_ms: int = 0
+
+
+@dataclass
+class ModelRoutes:
+    versions: dict[str, VersionTarget]
+    default: str
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, model: str, version: str | None) -> VersionTarget:
+        name = version or self.default
+        name = self.aliases.get(name, name)
+        target = self.versions.get(name)
+        if target is None:
+            known = sorted(self.versions) + sorted(self.aliases)
+            raise not_found(f"model '{model}' has no version or alias '{version}'; "
+                            f"known: {', '.join(known)}")
+        return target
+
+
+class DataPlane:
+    def __init__(self, models: dict[str, ModelRoutes]) -> None:
+        self.models = models
+
+    # -- the request path --------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        target = self.target(request.model, request.version)
+        feeds, rows = validate(request, target.manifest.signature)
+        try:
+            outputs = await target.batcher.submit(feeds, rows)
+        except Exception:
+            target.failures += 1
+            raise
+        target.last_inference_ms = int(time.time() * 1000)
+        return _response(request, target, outputs)
+
+    # -- metadata and health -----------------------------------------------------------------
+    def target(self, model: str, version: str | None) -> VersionTarget:
+        routes = self.models.get(model)
+        if routes is None:
+            raise not_found(f"unknown model '{model}'; models are: {', '.join(sorted(self.models))}")
+        return routes.resolve(model, version)
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+
+    def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        target = self.target(model, version)
+        signature = target.manifest.signature
+        return {
+            "name": model,
+            "versions": sorted(self.models[model].versions, key=_version_order),
+            "platform": PLATFORM,
+            "inputs": [t.model_dump() for t in signature.inputs],
+            "outputs": [t.model_dump() for t in signature.outputs],
+        }
+
+    async def model_ready(self, model: str, version: str | None) -> bool:
+        return await self.target(model, version).is_ready()
+
+    async def server_ready(self) -> bool:
+        for routes in self.models.values():
+            if not await routes.versions[routes.default].is_ready():
+                return False
+        return True
+
+    async def repository_index(self) -> list[dict[str, str]]:
+        index = []
+        for name, routes in sorted(self.models.items()):
+            for version in sorted(routes.versions, key=_version_order):
+                ready = await routes.versions[version].is_ready()
+                index.append({"name": name, "version": version,
+                              "state": "READY" if ready else "UNAVAILABLE"})
+        return index
+
+    def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics extension, for this router replica."""
+        if model is None:
+            targets = [t for r in self.models.values() for t in r.versions.values()]
+        elif version is None:
+            self.target(model, None)
+            targets = list(self.models[model].versions.values())
+        else:
+            targets = [self.target(model, version)]
+        return {"model_stats": [_stats(t) for t in targets]}
+
+
+def _response(request: InferRequest, target: VersionTarget, outputs: dict[str, np.ndarray]
+              ) -> InferResponse:
+    signature = target.manifest.signature
+    wanted = request.outputs or []
+    names = [o.name for o in wanted] or [t.name for t in signature.outputs]
+    binary = {o.name: o.binary for o in wanted if o.binary is not None}
+    tensors = []
+    for name in names:
+        spec = signature.output(name)
+        assert spec is not None  # validated
+        tensors.append(Tensor(name, spec.datatype, outputs[name]))
+    return InferResponse(
+        model=request.model,
+        version=target.version,
+        outputs=tensors,
+        id=request.id,
+        binary={n: binary.get(n, request.binary_output) for n in names},
+    )
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+def _stats(target: VersionTarget) -> dict[str, Any]:
+    s = target.batcher.stats
+    queue_ns = int(s.queue_s * 1e9)
+    compute_ns = int(s.compute_s * 1e9)
+    return {
+        "name": target.model,
+        "version": target.version,
+        "last_inference": target.last_inference_ms,
+        "inference_count": s.rows,
+        "execution_count": s.batches,
+        "inference_stats": {
+            "success": {"count": s.requests, "ns": queue_ns + compute_ns},
+            "fail": {"count": target.failures, "ns": 0},
+            "queue": {"count": s.requests, "ns": queue_ns},
+            "compute_infer": {"count": s.batches, "ns": compute_ns},
+        },
+    }

@@ -1,0 +1,108 @@
+"""gRPC adapter: `inference.GRPCInferenceService` messages <-> the data plane's calls.
+
+Outputs always travel as `raw_output_contents` (as Triton answers), inputs as either
+`raw_input_contents` or typed `contents`. Errors set the gRPC status from serve/errors.py's table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from serve import tensors
+from serve.errors import InferenceError, invalid
+from serve.protos import grpc_predict_v2_pb2 as pb
+from serve.rest_codec import Limits
+from serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
+
+#: datatype -> the InferTensorContents field that carries it (FP16 travels raw only)
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_of(params: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        if which is not None:
+            out[key] = getattr(value, which)
+    return out
+
+
+def decode_infer(message: pb.ModelInferRequest, limits: Limits,
+                 routing_key: str | None = None) -> InferRequest:
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
+    inputs = [_decode_input(t, raw[i] if raw else None, limits)
+              for i, t in enumerate(message.inputs)]
+    if not inputs:
+        raise invalid("request has no inputs")
+    outputs = [
+        RequestedOutput(o.name) for o in message.outputs
+    ] or None
+    return InferRequest(
+        model=message.model_name,
+        version=message.model_version or None,
+        inputs=inputs,
+        id=message.id,
+        parameters=parameters_of(message.parameters),
+        outputs=outputs,
+        routing_key=routing_key,
+    )
+
+
+def _decode_input(t: Any, raw: bytes | None, limits: Limits) -> Tensor:
+    shape = list(t.shape)
+    tensors.check_shape(t.name, shape, limits.max_elements)
+    dtype = tensors.numpy_dtype(t.name, t.datatype)
+    if raw is not None:
+        return Tensor(t.name, t.datatype, tensors.from_raw(t.name, t.datatype, shape, raw))
+    field = CONTENTS_FIELD.get(t.datatype)
+    if field is None:
+        raise invalid(f"input '{t.name}': {t.datatype} travels in raw_input_contents only")
+    values = getattr(t.contents, field)
+    expected = tensors.element_count(shape)
+    if len(values) != expected:
+        raise invalid(f"input '{t.name}': shape {shape} needs {expected} values; "
+                      f"got {len(values)} in contents.{field}")
+    if t.datatype == "BYTES":
+        array = np.empty(expected, dtype=object)
+        array[:] = list(values)
+    else:
+        array = np.asarray(values, dtype=dtype)
+    return Tensor(t.name, t.datatype, array.reshape(shape))
+
+
+def encode_infer(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(model_name=response.model, model_version=response.version,
+                                    id=response.id)
+    for tensor in response.outputs:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        message.raw_output_contents.append(tensors.to_raw(tensor.datatype, tensor.array))
+    return message
+
+
+def metadata_message(meta: dict[str, Any]) -> pb.ModelMetadataResponse:
+    message = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"],
+                                       platform=meta["platform"])
+    for spec in meta["inputs"]:
+        message.inputs.add(**spec)
+    for spec in meta["outputs"]:
+        message.outputs.add(**spec)
+    return message
+
+
+def set_error(context: Any, exc: InferenceError) -> None:
+    if context is None:
+        raise exc
+    context.set_code(exc.grpc_status)
+    context.set_details(exc.message)

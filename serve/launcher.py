@@ -1,0 +1,96 @@
+"""Start (or join) Ray with the settings modelgate needs, and deploy a Ray Serve config file.
+
+Ray Serve reads its high-throughput switches from the environment when it is imported, in the
+driver and in every worker: they are set here before Ray is imported, and Ray passes them on to
+the processes it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serve.config import GatewayConfig
+from serve.resolve import resolve_versions
+
+#: HAProxy ingress + throughput-optimized Serve (see ../shared/DESIGN.md, "Measured").
+HIGH_THROUGHPUT_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+}
+GATEWAY_IMPORT_PATH = "serve.app:build_app"
+
+
+def set_high_throughput_env(extra: dict[str, str] | None = None) -> None:
+    for key, value in {**HIGH_THROUGHPUT_ENV, **(extra or {})}.items():
+        os.environ.setdefault(key, value)
+
+
+def start_ray(address: str | None = None, dashboard: bool = False) -> None:
+    set_high_throughput_env()
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=dashboard, num_cpus=os.cpu_count())
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    if not isinstance(doc, dict) or "applications" not in doc:
+        raise ValueError(f"{path}: not a Ray Serve config (no 'applications' list)")
+    return doc
+
+
+def preflight(config: dict[str, Any]) -> None:
+    """Validate and resolve every modelgate application before Ray Serve sees the config.
+
+    Converting here also warms the artifact cache, so the builder on the cluster finds each
+    artifact ready (same content address) instead of converting it again.
+    """
+    for app in config["applications"]:
+        if app.get("import_path") == GATEWAY_IMPORT_PATH:
+            resolve_versions(GatewayConfig.model_validate(app.get("args") or {}))
+
+
+def deploy(config: dict[str, Any], timeout_s: float = 180.0) -> None:
+    """Apply a Ray Serve config (as `serve run config.yaml` does) and wait until it runs."""
+    from ray.serve._private import api as private_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = private_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+        controller_options=schema.controller_options,
+    )
+    client.deploy_apps(schema)
+    wait_running([app.name for app in schema.applications], timeout_s)
+
+
+def wait_running(names: list[str], timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in names}
+        failed = [n for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
+        if failed:
+            raise RuntimeError(f"application {failed[0]} failed to deploy: "
+                               f"{apps[failed[0]].message}")
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applications not running after {timeout_s}s: {states}")
+        time.sleep(0.25)

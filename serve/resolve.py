@@ -1,0 +1,59 @@
+"""Deploy-time resolution: each configured version becomes a verified artifact on disk.
+
+A `uri` version is converted through the artifact cache (a registry alias is resolved now and
+pinned: what is deployed is the version it named at this moment). An `artifact` version is checked
+as it is. Anything that cannot be served fails here, before Ray Serve changes anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from converters.artifacts import cached
+from converters.errors import ModelgateError
+from converters.pipeline import ConvertOptions, convert_uri
+from converters.registry import open_registry
+from serve.config import GatewayConfig, ModelConfig, VersionConfig
+
+Resolved = tuple[ModelConfig, VersionConfig, str, str]  # model, its config, artifact dir, version
+
+
+class ConfigError(ValueError):
+    """A gateway config that cannot be deployed; the message says which field and why."""
+
+
+def resolve_versions(config: GatewayConfig) -> list[Resolved]:
+    resolved: list[Resolved] = []
+    for model in config.models:
+        seen: set[str] = set()
+        for index, version in enumerate(model.versions):
+            where = f"models[{model.name}].versions[{index}]"
+            artifact, number = _resolve(config, version, where)
+            if number in seen:
+                raise ConfigError(f"{where}: version {number} of '{model.name}' is listed twice")
+            seen.add(number)
+            resolved.append((model, version, artifact, number))
+        unknown = sorted(set(model.aliases.values()) - seen)
+        if unknown:
+            raise ConfigError(f"models[{model.name}].aliases point to versions not deployed: "
+                              f"{', '.join(unknown)}")
+    return resolved
+
+
+def _resolve(config: GatewayConfig, version: VersionConfig, where: str) -> tuple[str, str]:
+    if version.artifact is not None:
+        path = Path(version.artifact).resolve()
+        manifest = cached(path)
+        if manifest is None:
+            raise ConfigError(f"{where}.artifact: {path} is not a complete artifact "
+                              "(model.onnx whose sha256 matches manifest.json)")
+        return str(path), manifest.version
+    assert version.uri is not None
+    registry = open_registry(config.registry or os.environ.get("MODELGATE_REGISTRY"))
+    try:
+        result = convert_uri(registry, version.uri,
+                             ConvertOptions(out=Path(config.artifacts).resolve()))
+    except ModelgateError as exc:
+        raise ConfigError(f"{where}.uri: {exc}") from exc
+    return str(result.path.resolve()), result.manifest.version

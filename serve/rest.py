@@ -1,0 +1,147 @@
+"""REST adapter: Open Inference Protocol v2 over HTTP, on Starlette's Request/Response.
+
+It only converts: path and body in, `DataPlane` call, response out. Errors come back as
+`{"error": "..."}` with the status from serve/errors.py's table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serve import rest_codec
+from serve.config import Limits
+from serve.dataplane import DataPlane
+from serve.errors import ErrorCode, InferenceError, invalid
+
+logger = logging.getLogger("modelgate.rest")
+
+VERSION_HEADER = "x-model-version"
+ROUTING_HEADER = "x-routing-key"
+
+Handler = Callable[[DataPlane, Request, dict[str, str], Limits], Awaitable[Response]]
+
+_MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+
+
+async def _live(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def _ready(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
+    ready = await plane.server_ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+async def _server_metadata(plane: DataPlane, request: Request, p: dict[str, str],
+                           limits: Limits) -> Response:
+    return JSONResponse(plane.server_metadata())
+
+
+async def _model_metadata(plane: DataPlane, request: Request, p: dict[str, str],
+                          limits: Limits) -> Response:
+    return JSONResponse(plane.model_metadata(p["model"], p.get("version")))
+
+
+async def _model_ready(plane: DataPlane, request: Request, p: dict[str, str],
+                       limits: Limits) -> Response:
+    ready = await plane.model_ready(p["model"], p.get("version"))
+    return JSONResponse({"name": p["model"], "ready": ready}, status_code=200 if ready else 503)
+
+
+async def _stats(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+                 ) -> Response:
+    return JSONResponse(plane.statistics(p.get("model"), p.get("version")))
+
+
+async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+                 ) -> Response:
+    return JSONResponse(await plane.repository_index())
+
+
+async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+                 ) -> Response:
+    body = await read_body(request, limits.max_body_bytes)
+    infer_request = rest_codec.decode_request(
+        body, request.headers.get(rest_codec.HEADER_LENGTH), p["model"], p.get("version"),
+        rest_codec.Limits(max_elements=limits.max_elements),
+    )
+    infer_request.routing_key = request.headers.get(ROUTING_HEADER)
+    response = await plane.infer(infer_request)
+    content, headers = rest_codec.encode_response(response)
+    headers[VERSION_HEADER] = response.version
+    return Response(content, headers=headers)
+
+
+ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
+    ("GET", re.compile(r"/v2/health/live"), _live),
+    ("GET", re.compile(r"/v2/health/ready"), _ready),
+    ("GET", re.compile(r"/v2/?"), _server_metadata),
+    ("GET", re.compile(r"/v2/models/stats"), _stats),
+    ("POST", re.compile(r"/v2/repository/index"), _index),
+    ("POST", re.compile(_MODEL + r"/infer"), _infer),
+    ("GET", re.compile(_MODEL + r"/ready"), _model_ready),
+    ("GET", re.compile(_MODEL + r"/stats"), _stats),
+    ("GET", re.compile(_MODEL + r"/?"), _model_metadata),
+]
+
+
+async def handle(plane: DataPlane, request: Request, limits: Limits) -> Response:
+    """Route one HTTP request; every error becomes `{"error": ...}` with its status."""
+    try:
+        handler, params = _match(request.method, request.url.path)
+        return await handler(plane, request, params, limits)
+    except InferenceError as exc:
+        return error_response(exc)
+    except Exception:
+        logger.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(InferenceError(ErrorCode.INTERNAL, "internal error"))
+
+
+def _match(method: str, path: str) -> tuple[Handler, dict[str, str]]:
+    allowed = []
+    for route_method, pattern, handler in ROUTES:
+        match = pattern.fullmatch(path)
+        if match is None:
+            continue
+        if route_method == method:
+            return handler, {k: v for k, v in match.groupdict().items() if v is not None}
+        allowed.append(route_method)
+    if allowed:
+        raise InferenceError(ErrorCode.METHOD_NOT_ALLOWED,
+                             f"{method} not allowed on {path}; use {', '.join(allowed)}")
+    raise InferenceError(ErrorCode.NOT_FOUND, f"no such endpoint: {method} {path}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    if not chunks:
+        raise invalid("request body is empty")
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> InferenceError:
+    return InferenceError(ErrorCode.PAYLOAD_TOO_LARGE,
+                          f"request body of {size}+ bytes is over the limit of {limit} bytes")
+
+
+def error_response(exc: InferenceError) -> Response:
+    headers: dict[str, Any] = {}
+    if exc.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    return Response(json.dumps({"error": exc.message}), status_code=exc.http_status,
+                    headers=headers, media_type="application/json")
