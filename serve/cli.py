@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from converters.errors import ModelgateError
 
 
@@ -77,29 +79,65 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-QUICKSTART_URIS = (
-    "models:/breast_cancer@champion",
-    "models:/breast_cancer@challenger",
-    "models:/breast_cancer/3",
-    "models:/iris@champion",
-    "models:/diabetes@champion",
-    "models:/churn@champion",
-)
+QUICKSTART_CONFIG = "configs/quickstart.yaml"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start (or join) Ray in high-throughput mode, deploy a config, serve until Ctrl-C."""
+    from serve import launcher
+
+    config = launcher.load_config(args.config)
+    print(f"checking and converting the models in {args.config} ...")
+    launcher.preflight(config)
+    launcher.start_ray(args.address, dashboard=args.dashboard)
+    try:
+        launcher.deploy(config)
+        http, grpc_port = _ports(config)
+        print(f"\nmodelgate is serving {args.config}")
+        print(f"  HTTP (Open Inference Protocol v2): http://127.0.0.1:{http}/v2")
+        print(f"  gRPC (inference.GRPCInferenceService): 127.0.0.1:{grpc_port}")
+        if args.samples:
+            _print_samples(config, http, grpc_port)
+        if args.no_block:
+            return 0
+        print("\nserving; Ctrl-C to stop")
+        _block()
+    finally:
+        if not args.address and not args.no_block:
+            launcher.stop_ray()
+    return 0
+
+
+def _ports(config: dict) -> tuple[int, int]:  # type: ignore[type-arg]
+    http = int((config.get("http_options") or {}).get("port", 8000))
+    grpc_port = int((config.get("grpc_options") or {}).get("port", 9000))
+    return http, grpc_port
+
+
+def _block() -> None:
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping")
+
+
+def _print_samples(config: dict, http: int, grpc_port: int) -> None:  # type: ignore[type-arg]
+    from serve.samples import print_samples
+
+    print_samples(config, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """Demo models -> verified ONNX artifacts. Serving arrives with the serving core."""
+    """Demo models -> verified ONNX -> the quickstart gateway, with sample calls."""
     from converters.demo import register_demo_models
-    from converters.pipeline import ConvertOptions, convert_uri
 
-    registry = _open(args)
-    register_demo_models(registry)
-    for uri in QUICKSTART_URIS:
-        result = convert_uri(registry, uri, ConvertOptions())
-        print(f"converted {uri} -> {result.path / 'model.onnx'}")
-    print("\nquickstart: the demo models are registered and converted to verified ONNX.\n"
-          "Serving them (Ray Serve, HTTP/gRPC) is not built yet: it lands with the serving core.")
-    return 0
+    register_demo_models(_open(args))
+    args.config, args.address, args.dashboard = QUICKSTART_CONFIG, None, False
+    args.samples, args.no_block = True, False
+    return cmd_serve(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     quick = sub.add_parser("quickstart", help="register and convert the demo models, then serve")
     _registry_arg(quick)
     quick.set_defaults(func=cmd_quickstart)
+
+    run = sub.add_parser("serve", help="start Ray (or join --address) and deploy a config")
+    run.add_argument("config", help="a Ray Serve config file, e.g. configs/quickstart.yaml")
+    run.add_argument("--address", default=None, help="join this Ray cluster instead")
+    run.add_argument("--dashboard", action="store_true",
+                     help="start Ray's dashboard (needed by `serve deploy`; costs ~1 GB)")
+    run.add_argument("--samples", action="store_true", help="send and print sample predictions")
+    run.add_argument("--no-block", action="store_true",
+                     help="return once deployed (the cluster keeps serving only with --address)")
+    run.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -137,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ModelgateError as exc:
+    except (ModelgateError, ValidationError) as exc:
         print(f"modelgate: error: {exc}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from converters.errors import ModelgateError
 from serve.config import GatewayConfig
 from serve.resolve import resolve_versions
 
@@ -23,6 +24,10 @@ HIGH_THROUGHPUT_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 }
 GATEWAY_IMPORT_PATH = "serve.app:build_app"
+
+
+class DeployError(ModelgateError):
+    """Ray Serve could not bring the config up; the message carries Serve's own reason."""
 
 
 def set_high_throughput_env(extra: dict[str, str] | None = None) -> None:
@@ -39,7 +44,17 @@ def start_ray(address: str | None = None, dashboard: bool = False) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=dashboard, num_cpus=os.cpu_count())
+        # "local": always a fresh instance, never an unrelated cluster found in /tmp/ray.
+        ray.init(address="local", include_dashboard=dashboard, num_cpus=os.cpu_count())
+
+
+def stop_ray() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -87,10 +102,10 @@ def wait_running(names: list[str], timeout_s: float) -> None:
         states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in names}
         failed = [n for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
         if failed:
-            raise RuntimeError(f"application {failed[0]} failed to deploy: "
+            raise DeployError(f"application {failed[0]} failed to deploy: "
                                f"{apps[failed[0]].message}")
         if all(s == "RUNNING" for s in states.values()):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"applications not running after {timeout_s}s: {states}")
+            raise DeployError(f"applications not running after {timeout_s}s: {states}")
         time.sleep(0.25)

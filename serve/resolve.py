@@ -19,7 +19,7 @@ from serve.config import GatewayConfig, ModelConfig, VersionConfig
 Resolved = tuple[ModelConfig, VersionConfig, str, str]  # model, its config, artifact dir, version
 
 
-class ConfigError(ValueError):
+class ConfigError(ModelgateError, ValueError):
     """A gateway config that cannot be deployed; the message says which field and why."""
 
 

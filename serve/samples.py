@@ -1,0 +1,126 @@
+"""Sample predictions against a running gateway, printed by the quickstart and `modelgate serve`.
+
+They use plain HTTP (JSON, and Triton's binary tensor extension) and gRPC, as any client would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from converters.manifest import Manifest
+from serve.runtime import typical_row
+
+
+def http_json(base: str, model: str, rows: dict[str, np.ndarray], version: str | None = None,
+              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
+    inputs = [{"name": n, "shape": list(a.shape), "datatype": _datatype(a),
+               "data": [x.decode() if isinstance(x, bytes) else x for x in a.reshape(-1).tolist()]}
+              for n, a in rows.items()]
+    body = json.dumps({"id": "sample", "inputs": inputs}).encode()
+    status, head, raw = _post(f"{base}{_path(model, version)}/infer", body,
+                              {"content-type": "application/json", **(headers or {})})
+    return status, head, json.loads(raw)
+
+
+def http_binary(base: str, model: str, rows: dict[str, np.ndarray], version: str | None = None
+                ) -> tuple[int, dict[str, str], bytes]:
+    from serve import tensors
+
+    raws = [tensors.to_raw(_datatype(a), a) for a in rows.values()]
+    doc = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": _datatype(a),
+                       "parameters": {"binary_data_size": len(r)}}
+                      for (n, a), r in zip(rows.items(), raws, strict=True)],
+           "parameters": {"binary_data_output": True}}
+    head = json.dumps(doc).encode()
+    return _post(f"{base}{_path(model, version)}/infer", head + b"".join(raws),
+                 {"inference-header-content-length": str(len(head)),
+                  "content-type": "application/octet-stream"})
+
+
+def grpc_infer(target: str, model: str, rows: dict[str, np.ndarray], version: str | None = None
+               ) -> tuple[str, dict[str, np.ndarray]]:
+    import grpc
+
+    from serve import tensors
+    from serve.protos import grpc_predict_v2_pb2 as pb
+    from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name=model, model_version=version or "")
+    for name, array in rows.items():
+        request.inputs.add(name=name, datatype=_datatype(array), shape=list(array.shape))
+        request.raw_input_contents.append(tensors.to_raw(_datatype(array), array))
+    with grpc.insecure_channel(target) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    outputs = {
+        o.name: tensors.from_raw(o.name, o.datatype, list(o.shape), raw)
+        for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
+    return response.model_version, outputs
+
+
+def example_rows(manifest: Manifest, rows: int = 1) -> dict[str, np.ndarray]:
+    one = typical_row(manifest)
+    return {n: np.repeat(a, rows, axis=0) for n, a in one.items()}
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def _path(model: str, version: str | None) -> str:
+    return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+
+
+def _datatype(array: np.ndarray) -> str:
+    from converters.signature import NUMPY_TO_DATATYPE
+
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    return NUMPY_TO_DATATYPE[array.dtype]
+
+
+def print_samples(config: dict, base: str, grpc_target: str) -> None:  # type: ignore[type-arg]
+    """One JSON, one binary and one gRPC prediction per model of the first gateway app."""
+    from converters.manifest import read_manifest
+    from serve.config import GatewayConfig
+    from serve.resolve import resolve_versions
+
+    app = next(a for a in config["applications"] if a.get("import_path") == "serve.app:build_app")
+    gateway = GatewayConfig.model_validate(app["args"])
+    seen: set[str] = set()
+    print("\nsample predictions:")
+    for model, _, artifact, version in resolve_versions(gateway):
+        if model.name in seen:
+            continue
+        seen.add(model.name)
+        rows = example_rows(read_manifest(Path(artifact)))
+        status, headers, doc = http_json(base, model.name, rows)
+        answered = headers.get("x-model-version", headers.get("X-Model-Version"))
+        print(f"  HTTP JSON   POST {base}{_path(model.name, None)}/infer -> {status}, "
+              f"version {answered}: " + _summary(doc))
+        status, headers, _ = http_binary(base, model.name, rows, version)
+        print(f"  HTTP binary POST {base}{_path(model.name, version)}/infer -> {status} "
+              f"({headers.get('inference-header-content-length') or headers.get('Inference-Header-Content-Length')} "
+              "bytes of JSON header, raw tensors after)")
+        answered, outputs = grpc_infer(grpc_target, model.name, rows)
+        print(f"  gRPC        ModelInfer({model.name}) at {grpc_target} -> version {answered}: "
+              + ", ".join(f"{k}={v.reshape(-1)[:3].tolist()}" for k, v in outputs.items()))
+    first = next(iter(seen))
+    print(f"\ntry it:\n  curl -s {base}/v2/models/{first}\n"
+          f"  curl -s -X POST {base}/v2/repository/index -d '{{}}'")
+
+
+def _summary(doc: dict) -> str:  # type: ignore[type-arg]
+    if "outputs" not in doc:
+        return json.dumps(doc)
+    return ", ".join(f"{o['name']}={o['data'][:3]}" for o in doc["outputs"])
