@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve.batching import MicroBatcher
+from serve.errors import ErrorCode, InferenceError, OverloadedError
+
+Feeds = dict[str, np.ndarray]
+
+
+class Model:
+    """A stand-in compute step that doubles its input, records its batches, fails on NaN."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+
+    async def run(self, feeds: Feeds) -> Feeds:
+        self.batches.append(len(feeds["x"]))
+        await asyncio.sleep(self.delay)
+        if np.isnan(feeds["x"]).any():
+            raise InferenceError(ErrorCode.INTERNAL, "NaN in input")
+        return {"y": feeds["x"] * 2}
+
+
+def _row(i: float) -> Feeds:
+    return {"x": np.array([[i]], dtype=np.float32)}
+
+
+def test_concurrent_requests_coalesce_and_each_gets_its_own_answer() -> None:
+    async def main() -> None:
+        model = Model()
+        batcher = MicroBatcher("m", model.run, max_in_flight=1, max_batch_rows=64)
+        results = await asyncio.gather(*(batcher.submit(_row(i), 1) for i in range(200)))
+        for i, out in enumerate(results):
+            assert out["y"].tolist() == [[2 * i]]
+        assert sum(model.batches) == 200
+        assert len(model.batches) < 20 and max(model.batches) <= 64  # coalesced, bounded
+        assert batcher.stats.requests == 200 and batcher.stats.batches == len(model.batches)
+
+    asyncio.run(main())
+
+
+def test_a_failing_request_fails_alone() -> None:
+    async def main() -> None:
+        model = Model()
+        batcher = MicroBatcher("m", model.run, max_in_flight=1)
+        rows = [_row(i) for i in range(10)]
+        rows[4] = _row(float("nan"))
+        results = await asyncio.gather(*(batcher.submit(r, 1) for r in rows),
+                                       return_exceptions=True)
+        assert isinstance(results[4], InferenceError)
+        for i, out in enumerate(results):
+            if i != 4:
+                assert out["y"].tolist() == [[2 * i]]  # type: ignore[index]
+
+    asyncio.run(main())
+
+
+def test_full_queue_sheds_at_once() -> None:
+    async def main() -> None:
+        model = Model(delay=0.05)
+        batcher = MicroBatcher("m:1", model.run, max_in_flight=1, max_batch_rows=1, max_queued=3)
+        tasks = [asyncio.create_task(batcher.submit(_row(i), 1)) for i in range(10)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        shed = [r for r in results if isinstance(r, OverloadedError)]
+        assert shed and all(r.limit == 3 for r in shed)
+        assert batcher.stats.shed == len(shed)
+        assert len(shed) + sum(model.batches) == 10
+
+    asyncio.run(main())
+
+
+def test_cancelled_requests_are_never_computed() -> None:
+    async def main() -> None:
+        model = Model(delay=0.05)
+        batcher = MicroBatcher("m", model.run, max_in_flight=1, max_batch_rows=1)
+        first = asyncio.create_task(batcher.submit(_row(0), 1))
+        await asyncio.sleep(0.01)  # first is running; the next ones queue
+        doomed = [asyncio.create_task(batcher.submit(_row(i), 1)) for i in range(1, 5)]
+        await asyncio.sleep(0)
+        for task in doomed:
+            task.cancel()
+        last = await batcher.submit(_row(9), 1)
+        assert (await first)["y"].tolist() == [[0]] and last["y"].tolist() == [[18]]
+        assert model.batches == [1, 1]  # only the first and the last ran
+
+    asyncio.run(main())
+
+
+def test_max_wait_holds_a_batch_open() -> None:
+    async def main() -> None:
+        model = Model(delay=0)
+        batcher = MicroBatcher("m", model.run, max_in_flight=4, max_wait_s=0.05)
+
+        async def later(i: int) -> Feeds:
+            await asyncio.sleep(0.01 * i)
+            return await batcher.submit(_row(i), 1)
+
+        await asyncio.gather(*(later(i) for i in range(4)))
+        assert model.batches == [4]
+
+    asyncio.run(main())
+
+
+def test_requests_with_different_trailing_shapes_do_not_mix() -> None:
+    async def main() -> None:
+        model = Model(delay=0)
+        batcher = MicroBatcher("m", model.run, max_in_flight=1)
+        a = {"x": np.zeros((1, 2), np.float32)}
+        b = {"x": np.zeros((1, 3), np.float32)}
+        outs = await asyncio.gather(*(batcher.submit(f, 1) for f in (a, b, a, b)))
+        assert [o["y"].shape for o in outs] == [(1, 2), (1, 3), (1, 2), (1, 3)]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("rows", [1, 300])
+def test_large_requests_go_whole(rows: int) -> None:
+    async def main() -> None:
+        model = Model(delay=0)
+        batcher = MicroBatcher("m", model.run, max_batch_rows=256)
+        x = {"x": np.arange(rows, dtype=np.float32).reshape(rows, 1)}
+        out = await batcher.submit(x, rows)
+        assert out["y"].reshape(-1).tolist() == [2 * i for i in range(rows)]
+
+    asyncio.run(main())
