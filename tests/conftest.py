@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from converters.registry import Registry, open_registry
+# Ray Serve reads these when it is imported, in this process and in the workers Ray starts from it.
+os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
+
+from converters.registry import Registry, open_registry  # noqa: E402
 
 
 def free_port() -> int:
