@@ -38,7 +38,8 @@ lint: install-test
 	$(BIN)/mypy
 
 bench: install-test
-	@echo "make bench: not yet - the benchmark arrives with the serving core (issue 3)."
+	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python -m loadtests.bench
 
 clean:
 	rm -rf $(VENV) .modelgate .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,75 @@
+"""Reference points for `make bench`, deployed next to the gateway in the same run.
+
+- `baseline_app`: ONE Ray Serve deployment running the same ONNX model in process: the floor of
+  what Ray Serve costs, with none of the gateway's protocol work, validation or routing.
+- `plain_app`: a router deployment calling a model deployment through a handle, one call per
+  request, on Ray Serve's defaults: what a straightforward Ray Serve design gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+def _session(path: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(f"{path}/model.onnx", options, providers=["CPUExecutionProvider"])
+
+
+def _rows(doc: dict[str, Any]) -> np.ndarray:
+    tensor = doc["inputs"][0]
+    return np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+
+
+def _answer(names: list[str], values: list[np.ndarray]) -> JSONResponse:
+    return JSONResponse({"outputs": [{"name": n, "shape": list(v.shape), "data": v.ravel().tolist()}
+                                     for n, v in zip(names, values, strict=True)]})
+
+
+@serve.deployment(max_ongoing_requests=256)
+class InProcess:
+    def __init__(self, artifact: str) -> None:
+        self.session = _session(artifact)
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        x = _rows(await request.json())
+        return _answer(self.names, self.session.run(self.names, {"input": x}))
+
+
+@serve.deployment
+class PlainModel:
+    def __init__(self, artifact: str) -> None:
+        self.session = _session(artifact)
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.names, {"input": x})  # type: ignore[no-any-return]
+
+
+@serve.deployment
+class PlainRouter:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.names = ["label", "probabilities"]
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        values = await self.model.remote(_rows(await request.json()))
+        return _answer(self.names, values)
+
+
+def baseline_app(args: dict[str, str]) -> serve.Application:
+    return InProcess.options(ray_actor_options={"num_cpus": 0.1}).bind(args["artifact"])
+
+
+def plain_app(args: dict[str, str]) -> serve.Application:
+    model = PlainModel.options(ray_actor_options={"num_cpus": 0.1}).bind(args["artifact"])
+    return PlainRouter.options(ray_actor_options={"num_cpus": 0.1}).bind(model)

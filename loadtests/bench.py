@@ -1,0 +1,182 @@
+"""`make bench`: the gateway against an in-process Ray Serve baseline, measured in the same run.
+
+Scenarios, one after another on the same Ray instance (high-throughput mode):
+  baseline   one Ray Serve deployment running the ONNX model in process (no gateway work)
+  dedicated  the gateway, the version on its own replicas behind the router
+  colocated  the gateway, the version inside the router replicas
+and, in a separate Ray instance on Serve's defaults (no high-throughput flags):
+  plain      router → model through a handle, one call per request
+Each is driven by wrk at 1, 8, 32 and 64 connections with one breast_cancer row per request.
+Results go to loadtests/RESULTS.md as ratios to the baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CONNECTIONS = (1, 8, 32, 64)
+RESULTS = Path(__file__).with_name("RESULTS.md")
+BENCH_CONFIG = Path("configs/bench.yaml")
+MODEL_URI = "models:/breast_cancer/1"
+
+
+def _ray_options(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config[k] for k in ("proxy_location", "http_options", "grpc_options")}
+
+
+def _app_config(base: dict[str, Any], name: str, import_path: str, artifact: str
+                ) -> dict[str, Any]:
+    return {**_ray_options(base), "applications": [
+        {"name": name, "route_prefix": "/", "import_path": import_path,
+         "args": {"artifact": artifact}}]}
+
+
+def _body() -> str:
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+
+    row = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
+    return json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                                   "data": row.ravel().tolist()}]})
+
+
+def _sweep(url: str, body: str, duration_s: int) -> list[dict[str, float]]:
+    from loadtests import wrk
+
+    wrk.run(url, body, 8, 2)  # warm-up, discarded
+    points = []
+    for connections in CONNECTIONS:
+        point = wrk.run(url, body, connections, duration_s)
+        print(f"    {connections:>3} conns: {point.rps:8.0f} req/s  p50 {point.p50_ms:6.2f} ms  "
+              f"p99 {point.p99_ms:6.2f} ms  errors {point.errors}", flush=True)
+        points.append(point.as_dict())
+    return points
+
+
+def _prepare() -> str:
+    from converters.demo import register_demo_models
+    from converters.pipeline import convert_uri
+    from converters.registry import open_registry
+
+    registry = open_registry(os.environ.get("MODELGATE_REGISTRY"))
+    register_demo_models(registry, log=lambda _: None)
+    return str(convert_uri(registry, MODEL_URI).path.resolve())
+
+
+def run_high_throughput(duration_s: int) -> dict[str, list[dict[str, float]]]:
+    from serve import launcher
+
+    artifact = _prepare()
+    config = launcher.load_config(BENCH_CONFIG)
+    port = config["http_options"]["port"]
+    base = f"http://127.0.0.1:{port}"
+    body = _body()
+    launcher.preflight(config)
+    launcher.start_ray()
+    results = {}
+    try:
+        print("baseline (one deployment, ONNX in process)", flush=True)
+        launcher.deploy(_app_config(config, "baseline", "loadtests.baseline:baseline_app",
+                                    artifact))
+        results["baseline"] = _sweep(f"{base}/v2/models/bc/infer", body, duration_s)
+        launcher.deploy(config)
+        for placement in ("dedicated", "colocated"):
+            print(f"gateway, {placement}", flush=True)
+            results[placement] = _sweep(f"{base}/v2/models/bc_{placement}/infer", body,
+                                        duration_s)
+    finally:
+        launcher.stop_ray()
+    return results
+
+
+def run_plain(duration_s: int) -> list[dict[str, float]]:
+    """Ray Serve defaults: must run in a process whose environment lacks the HT switches."""
+    from serve import launcher
+
+    artifact = _prepare()
+    config = launcher.load_config(BENCH_CONFIG)
+    import ray
+
+    ray.init(address="local", include_dashboard=False)
+    try:
+        launcher.deploy(_app_config(config, "plain", "loadtests.baseline:plain_app", artifact))
+        port = config["http_options"]["port"]
+        return _sweep(f"http://127.0.0.1:{port}/v2/models/bc/infer", _body(), duration_s)
+    finally:
+        launcher.stop_ray()
+
+
+def _plain_subprocess(duration_s: int) -> list[dict[str, float]]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")}
+    out = Path(".modelgate/bench-plain.json")
+    subprocess.run([sys.executable, "-m", "loadtests.bench", "--plain-only", str(out),
+                    "--duration", str(duration_s)], env=env, check=True, timeout=900)
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+def write_results(results: dict[str, list[dict[str, float]]], duration_s: int) -> str:
+    base = {p["connections"]: p for p in results["baseline"]}
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Generated by `make bench` on {dt.date.today().isoformat()}, {os.cpu_count()} cores; "
+        f"wrk -t1, {duration_s} s per point, one breast_cancer row (30 floats, GradientBoosting "
+        "ONNX) per request, JSON over HTTP. Ratios are to the baseline measured in the same run; "
+        "absolute figures drift on this shared machine, ratios less so.",
+        "",
+        "| scenario | conns | req/s | p50 ms | p99 ms | errors | req/s vs baseline | "
+        "p50 vs baseline |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, points in results.items():
+        for p in points:
+            b = base[p["connections"]]
+            lines.append(
+                f"| {name} | {p['connections']:.0f} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
+                f"{p['p99_ms']:.2f} | {p['errors']:.0f} | {p['rps'] / b['rps']:.2f}× | "
+                f"{p['p50_ms'] / b['p50_ms']:.2f}× |")
+    lines += ["", "## Summary", ""]
+    for name in results:
+        if name == "baseline":
+            continue
+        at32 = next(p for p in results[name] if p["connections"] == 32)
+        at1 = next(p for p in results[name] if p["connections"] == 1)
+        lines.append(f"- {name}: {at32['rps'] / base[32]['rps']:.2f}× baseline req/s at 32 "
+                     f"connections; p50 at 1 connection {at1['p50_ms'] / base[1]['p50_ms']:.2f}× "
+                     "baseline")
+    text = "\n".join(lines) + "\n"
+    RESULTS.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per point")
+    parser.add_argument("--plain-only", metavar="OUT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.plain_only:
+        Path(args.plain_only).write_text(json.dumps(run_plain(args.duration)))
+        return 0
+    from serve.launcher import set_high_throughput_env
+
+    set_high_throughput_env()
+    started = time.monotonic()
+    results = run_high_throughput(args.duration)
+    print("plain Ray Serve (defaults, router → model handle call per request)", flush=True)
+    results["plain"] = _plain_subprocess(args.duration)
+    print(write_results(results, args.duration))
+    print(f"bench took {time.monotonic() - started:.0f} s; wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
