@@ -32,11 +32,9 @@ def _ray_options(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in ("proxy_location", "http_options", "grpc_options")}
 
 
-def _app_config(base: dict[str, Any], name: str, import_path: str, artifact: str
-                ) -> dict[str, Any]:
-    return {**_ray_options(base), "applications": [
-        {"name": name, "route_prefix": "/", "import_path": import_path,
-         "args": {"artifact": artifact}}]}
+def _app(name: str, import_path: str, artifact: str, prefix: str) -> dict[str, Any]:
+    return {"name": name, "route_prefix": prefix, "import_path": import_path,
+            "args": {"artifact": artifact}}
 
 
 def _body() -> str:
@@ -80,14 +78,16 @@ def run_high_throughput(duration_s: int) -> dict[str, list[dict[str, float]]]:
     base = f"http://127.0.0.1:{port}"
     body = _body()
     launcher.preflight(config)
+    # One deploy with every app side by side: replacing an app mid-run would leave its ingress
+    # replicas draining (30 s by default) while the next scenario is measured.
+    config["applications"].append(_app("baseline", "loadtests.baseline:baseline_app", artifact,
+                                       "/baseline"))
     launcher.start_ray()
     results = {}
     try:
-        print("baseline (one deployment, ONNX in process)", flush=True)
-        launcher.deploy(_app_config(config, "baseline", "loadtests.baseline:baseline_app",
-                                    artifact))
-        results["baseline"] = _sweep(f"{base}/v2/models/bc/infer", body, duration_s)
         launcher.deploy(config)
+        print("baseline (one deployment, ONNX in process)", flush=True)
+        results["baseline"] = _sweep(f"{base}/baseline/v2/models/bc/infer", body, duration_s)
         for placement in ("dedicated", "colocated"):
             print(f"gateway, {placement}", flush=True)
             results[placement] = _sweep(f"{base}/v2/models/bc_{placement}/infer", body,
@@ -107,7 +107,8 @@ def run_plain(duration_s: int) -> list[dict[str, float]]:
 
     ray.init(address="local", include_dashboard=False)
     try:
-        launcher.deploy(_app_config(config, "plain", "loadtests.baseline:plain_app", artifact))
+        launcher.deploy({**_ray_options(config), "applications": [
+            _app("plain", "loadtests.baseline:plain_app", artifact, "/")]})
         port = config["http_options"]["port"]
         return _sweep(f"http://127.0.0.1:{port}/v2/models/bc/infer", _body(), duration_s)
     finally:
