@@ -1,8 +1,9 @@
 """Micro-batching: requests for one version coalesce into one run (or one handle call).
 
-One worker task owns the queue. A batch leaves as soon as a call slot is free (at most
-`max_in_flight` calls run at once); while calls are in flight, new requests queue and leave
-together in the next batch. So an idle gateway adds no wait, and a busy one batches harder.
+At most `max_in_flight` calls run at once. A request that finds the queue empty and a slot free
+runs at once in its own task (no hand-off: an idle gateway adds no wait). Otherwise it queues,
+and one worker task, which owns the queue, sends queued requests together as soon as a slot
+frees: a busy gateway batches harder.
 `max_wait_s` > 0 additionally holds a batch open, from its first request (monotonic clock), until
 it is full or the wait is over. Bounded: past `max_queued` requests, `submit` sheds at once.
 Cancelled requests are dropped before compute; results are set only on futures not yet done.
@@ -14,7 +15,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +35,6 @@ class BatchStats:
     queue_s: float = 0.0
     compute_s: float = 0.0
     shed: int = 0
-    last_batch_rows: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -62,7 +62,8 @@ class MicroBatcher:
         self._max_rows = max_batch_rows
         self._max_wait = max_wait_s
         self._max_queued = max_queued
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -74,6 +75,8 @@ class MicroBatcher:
         return len(self._queue)
 
     async def submit(self, feeds: Feeds, rows: int) -> Feeds:
+        if not self._queue and self._in_flight < self._max_in_flight and self._max_wait == 0:
+            return await self._direct(feeds, rows)
         if len(self._queue) >= self._max_queued:
             self.stats.shed += 1
             raise OverloadedError(self.name, len(self._queue), self._max_queued)
@@ -84,20 +87,31 @@ class MicroBatcher:
             self._worker = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
         return await future
 
+    async def _direct(self, feeds: Feeds, rows: int) -> Feeds:
+        self._in_flight += 1
+        started = time.monotonic()
+        try:
+            return await self._run(feeds)
+        finally:
+            self._release()
+            self._record(1, rows, 0.0, time.monotonic() - started)
+
+    def _release(self, _: object = None) -> None:
+        self._in_flight -= 1
+        self._wakeup.set()  # a slot is free: the worker sends what queued meanwhile
+
     async def _loop(self) -> None:
         while True:
-            while not self._queue:
+            while not self._queue or self._in_flight >= self._max_in_flight:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await self._slots.acquire()
             if self._max_wait > 0:
                 await self._hold_open()
             batch = self._take()
             if not batch:
-                self._slots.release()
                 continue
-            task = asyncio.create_task(self._execute(batch))
-            task.add_done_callback(lambda _: self._slots.release())
+            self._in_flight += 1
+            asyncio.create_task(self._execute(batch)).add_done_callback(self._release)
 
     async def _hold_open(self) -> None:
         deadline = self._queue[0].enqueued + self._max_wait
@@ -141,7 +155,7 @@ class MicroBatcher:
         except Exception as exc:  # the whole call failed: every request in it gets the error
             results = [exc] * len(batch)
         compute_s = time.monotonic() - started
-        self._record(batch, queue_s, compute_s)
+        self._record(len(batch), sum(p.rows for p in batch), queue_s, compute_s)
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue
@@ -175,15 +189,14 @@ class MicroBatcher:
                 results.append(exc)
         return results
 
-    def _record(self, batch: list[_Pending], queue_s: float, compute_s: float) -> None:
-        rows = sum(p.rows for p in batch)
+    def _record(self, requests: int, rows: int, queue_s: float, compute_s: float) -> None:
         self.stats.batches += 1
-        self.stats.requests += len(batch)
+        self.stats.requests += requests
         self.stats.rows += rows
-        self.stats.queue_s += queue_s * len(batch)
+        self.stats.queue_s += queue_s * requests
         self.stats.compute_s += compute_s
         if self._on_batch is not None:
-            self._on_batch(len(batch), rows, queue_s, compute_s)
+            self._on_batch(requests, rows, queue_s, compute_s)
 
 
 def _concat_key(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...], str], ...]:
