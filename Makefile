@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: install install-test quickstart test lint bench clean
+.PHONY: install install-test quickstart test lint bench protos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: install-test
 bench: install-test
 	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python -m loadtests.bench
+
+# The gRPC stubs are committed; regenerate them after editing the .proto.
+protos: install-test
+	$(BIN)/python -m grpc_tools.protoc -Iserve/protos=serve/protos --python_out=. \
+		--grpc_python_out=. --pyi_out=. serve/protos/grpc_predict_v2.proto
 
 clean:
 	rm -rf $(VENV) .modelgate .pytest_cache .mypy_cache .ruff_cache

@@ -95,7 +95,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
 async def handle(plane: DataPlane, request: Request, limits: Limits) -> Response:
     """Route one HTTP request; every error becomes `{"error": ...}` with its status."""
     try:
-        handler, params = _match(request.method, request.url.path)
+        handler, params = _match(request.method, request.scope["path"])
         return await handler(plane, request, params, limits)
     except InferenceError as exc:
         return error_response(exc)

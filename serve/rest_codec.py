@@ -7,11 +7,11 @@ carrying `parameters.binary_data_size`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from serve import tensors
 from serve.errors import invalid
@@ -70,8 +70,8 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 
 def _parse_json(data: bytes) -> Any:
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
+        return orjson.loads(data)
+    except (orjson.JSONDecodeError, RecursionError) as exc:
         raise invalid(f"malformed JSON: {str(exc)[:200]}") from None
 
 
@@ -184,15 +184,18 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
         doc["id"] = response.id
     if response.parameters:
         doc["parameters"] = response.parameters
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return head, {"content-type": "application/json"}
     return head + b"".join(chunks), {"content-type": "application/octet-stream",
                                      HEADER_LENGTH: str(len(head))}
 
 
-def _json_data(tensor: Tensor) -> list[Any]:
-    flat = tensor.array.reshape(-1)
+def _json_data(tensor: Tensor) -> Any:
+    """Flat row-major data; numeric arrays go to orjson as they are (serialized in C)."""
+    flat = np.ascontiguousarray(tensor.array).reshape(-1)
     if tensor.datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
-    return flat.tolist()  # type: ignore[no-any-return]
+    if tensor.datatype == "FP16":
+        return flat.astype(np.float32)
+    return flat
