@@ -37,7 +37,7 @@ def kind_of(model: Any) -> str:
     module = type(model).__module__.split(".")[0]
     if module in ("lightgbm", "xgboost"):
         return module
-    if module == "sklearn" or hasattr(model, "fit") and hasattr(model, "predict"):
+    if module == "sklearn" or (hasattr(model, "fit") and hasattr(model, "predict")):
         return "sklearn"
     raise UnsupportedModelError(
         f"no converter for {type(model).__module__}.{type(model).__name__}; supported: "
@@ -69,13 +69,19 @@ def _has_proba(model: Any) -> bool:
 def _booster_original(booster: Any) -> Original:
     objective = str(booster.dump_model().get("objective", "")).split(" ")[0]
     if objective in ("binary", "multiclass", "multiclassova"):
+
         def proba(x: Any) -> np.ndarray:
             p = np.asarray(booster.predict(x))
             return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
         n_classes = 2 if objective == "binary" else int(booster.dump_model()["num_class"])
-        return Original("classification", lambda x: proba(x).argmax(axis=1), proba,
-                        list(range(n_classes)), "onnxmltools")
+        return Original(
+            "classification",
+            lambda x: proba(x).argmax(axis=1),
+            proba,
+            list(range(n_classes)),
+            "onnxmltools",
+        )
     return Original("regression", booster.predict, None, None, "onnxmltools")
 
 
@@ -106,15 +112,16 @@ def _initial_types(inputs: PreparedInputs) -> list[tuple[str, Any]]:
 
 
 def _sklearn_to_onnx(model: Any, inputs: PreparedInputs) -> onnx.ModelProto:
-    from sklearn.base import is_classifier
     from skl2onnx import convert_sklearn
     from skl2onnx.common.exceptions import MissingShapeCalculator
+    from sklearn.base import is_classifier
 
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     options = {id(final): {"zipmap": False}} if is_classifier(final) else None
     try:
-        proto = convert_sklearn(model, initial_types=_initial_types(inputs),
-                                target_opset=SKLEARN_OPSET, options=options)
+        proto = convert_sklearn(
+            model, initial_types=_initial_types(inputs), target_opset=SKLEARN_OPSET, options=options
+        )
     except (MissingShapeCalculator, RuntimeError, NotImplementedError) as exc:
         raise UnsupportedModelError(
             f"skl2onnx cannot convert {_describe(model)}: {str(exc).splitlines()[0]}. Supported: "
@@ -130,8 +137,10 @@ def _lightgbm_to_onnx(model: Any, inputs: PreparedInputs) -> onnx.ModelProto:
 
     width = inputs.feeds[TENSOR_INPUT].shape[1]
     proto = onnxmltools.convert_lightgbm(
-        model, initial_types=[(TENSOR_INPUT, FloatTensorType([None, width]))],
-        target_opset=BOOST_OPSET, zipmap=False,
+        model,
+        initial_types=[(TENSOR_INPUT, FloatTensorType([None, width]))],
+        target_opset=BOOST_OPSET,
+        zipmap=False,
     )
     return _rename_outputs(proto)
 
@@ -142,7 +151,8 @@ def _xgboost_to_onnx(model: Any, inputs: PreparedInputs) -> onnx.ModelProto:
 
     width = inputs.feeds[TENSOR_INPUT].shape[1]
     proto = onnxmltools.convert_xgboost(
-        model, initial_types=[(TENSOR_INPUT, FloatTensorType([None, width]))],
+        model,
+        initial_types=[(TENSOR_INPUT, FloatTensorType([None, width]))],
         target_opset=BOOST_OPSET,
     )
     return _rename_outputs(proto)

@@ -64,15 +64,20 @@ def churn_frame(rows: int, seed: int = 0) -> tuple[Any, np.ndarray]:
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "age": rng.uniform(18, 80, rows).round(1),
-        "monthly_spend": rng.gamma(2.0, 30.0, rows).round(2),
-        "city": rng.choice(["paris", "berlin", "madrid", "rome"], rows),
-        "plan": rng.choice(["basic", "plus", "pro"], rows),
-    })
-    score = (0.03 * (60 - frame["age"]) - 0.01 * frame["monthly_spend"]
-             + frame["plan"].map({"basic": 1.0, "plus": 0.0, "pro": -1.0})
-             + rng.normal(0, 0.5, rows))
+    frame = pd.DataFrame(
+        {
+            "age": rng.uniform(18, 80, rows).round(1),
+            "monthly_spend": rng.gamma(2.0, 30.0, rows).round(2),
+            "city": rng.choice(["paris", "berlin", "madrid", "rome"], rows),
+            "plan": rng.choice(["basic", "plus", "pro"], rows),
+        }
+    )
+    score = (
+        0.03 * (60 - frame["age"])
+        - 0.01 * frame["monthly_spend"]
+        + frame["plan"].map({"basic": 1.0, "plus": 0.0, "pro": -1.0})
+        + rng.normal(0, 0.5, rows)
+    )
     return frame, (score > 0).astype(int).to_numpy()
 
 
@@ -83,13 +88,20 @@ def _churn() -> tuple[Any, Any]:
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     frame, y = churn_frame(1000)
-    model = Pipeline([
-        ("features", ColumnTransformer([
-            ("num", StandardScaler(), ["age", "monthly_spend"]),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan"]),
-        ])),
-        ("clf", LogisticRegression(max_iter=500)),
-    ]).fit(frame, y)
+    model = Pipeline(
+        [
+            (
+                "features",
+                ColumnTransformer(
+                    [
+                        ("num", StandardScaler(), ["age", "monthly_spend"]),
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan"]),
+                    ]
+                ),
+            ),
+            ("clf", LogisticRegression(max_iter=500)),
+        ]
+    ).fit(frame, y)
     return model, frame.iloc[:SAMPLE_ROWS].reset_index(drop=True)
 
 
@@ -100,20 +112,29 @@ def demo_versions() -> list[DemoVersion]:
     from sklearn.preprocessing import StandardScaler
 
     return [
-        DemoVersion("breast_cancer", _breast_cancer(
-            GradientBoostingClassifier(n_estimators=50, random_state=0)), ("champion",)),
-        DemoVersion("breast_cancer", _breast_cancer(
-            HistGradientBoostingClassifier(max_iter=50, random_state=0)), ("challenger",)),
-        DemoVersion("breast_cancer", _breast_cancer(
-            make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)))),
+        DemoVersion(
+            "breast_cancer",
+            _breast_cancer(GradientBoostingClassifier(n_estimators=50, random_state=0)),
+            ("champion",),
+        ),
+        DemoVersion(
+            "breast_cancer",
+            _breast_cancer(HistGradientBoostingClassifier(max_iter=50, random_state=0)),
+            ("challenger",),
+        ),
+        DemoVersion(
+            "breast_cancer",
+            _breast_cancer(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
+        ),
         DemoVersion("iris", _iris, ("champion",)),
         DemoVersion("diabetes", _diabetes, ("champion",)),
         DemoVersion("churn", _churn, ("champion",)),
     ]
 
 
-def register_demo_models(registry: Registry, log: Callable[[str], None] = print
-                         ) -> list[tuple[str, str]]:
+def register_demo_models(
+    registry: Registry, log: Callable[[str], None] = print
+) -> list[tuple[str, str]]:
     """Train and register every demo version; skip models the registry already holds."""
     present = {m.name for m in registry.list_models()}
     registered: list[tuple[str, str]] = []
@@ -125,8 +146,10 @@ def register_demo_models(registry: Registry, log: Callable[[str], None] = print
         for alias in demo.aliases:
             registry.set_alias(demo.model, alias, version)
         registered.append((demo.model, version))
-        log(f"registered models:/{demo.model}/{version} ({type(model).__name__})"
-            + (f" aliases: {', '.join(demo.aliases)}" if demo.aliases else ""))
+        log(
+            f"registered models:/{demo.model}/{version} ({type(model).__name__})"
+            + (f" aliases: {', '.join(demo.aliases)}" if demo.aliases else "")
+        )
     if not registered:
         log(f"demo models already registered in {registry.location}")
     return registered

@@ -1,11 +1,11 @@
 """Errors raised by the control plane (registry access, conversion, parity checks).
 
-    ModelgateError
-     ├── RegistryError          where models come from: unknown model/version/alias, bad URI
-     └── ConversionError        turning a model into ONNX
-          ├── UnsupportedModelError   no converter for this estimator / flavor / file
-          ├── UntrustedModelError     the file needs pickle (or an unreviewed skops type)
-          └── ParityError             the ONNX model does not answer like the original
+ModelgateError
+ ├── RegistryError          where models come from: unknown model/version/alias, bad URI
+ └── ConversionError        turning a model into ONNX
+      ├── UnsupportedModelError   no converter for this estimator / flavor / file
+      ├── UntrustedModelError     the file needs pickle (or an unreviewed skops type)
+      └── ParityError             the ONNX model does not answer like the original
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Turn a fetched model file into a Python object, refusing anything that would run code unasked.
 
 skops files load with an allowlist of types; pickle (and joblib, cloudpickle) files load only when
-the caller passes ``trust_pickle=True``: unpickling runs whatever code the file carries. This runs in
+the caller passes ``trust_pickle=True``: unpickling runs whatever code the file carries.
+This runs in
 the control plane (conversion); replicas load ONNX only.
 """
 
@@ -49,8 +50,9 @@ def _load_skops(fetched: FetchedModel, trusted: set[str]) -> Any:
     try:
         untrusted = skops.io.get_untrusted_types(file=path)
     except Exception as exc:
-        raise UnsupportedModelError(f"{fetched.uri}: {path.name} is not a readable skops file: {exc}"
-                                    ) from exc
+        raise UnsupportedModelError(
+            f"{fetched.uri}: {path.name} is not a readable skops file: {exc}"
+        ) from exc
     refused = [t for t in untrusted if t not in trusted and not t.startswith(TRUSTED_TYPE_PREFIXES)]
     if refused:
         raise UntrustedModelError(
@@ -72,8 +74,9 @@ def _load_pickle(fetched: FetchedModel, trust_pickle: bool) -> Any:
     try:
         return joblib.load(fetched.model_file)
     except Exception as exc:
-        raise UnsupportedModelError(f"{fetched.uri}: cannot unpickle {fetched.model_file.name}: "
-                                    f"{exc}") from exc
+        raise UnsupportedModelError(
+            f"{fetched.uri}: cannot unpickle {fetched.model_file.name}: {exc}"
+        ) from exc
 
 
 def _load_lightgbm(fetched: FetchedModel) -> Any:

@@ -111,8 +111,10 @@ class LocalRegistry(Registry):
         if not directory.is_dir():
             return []
         aliases = self._aliases(name)
-        versions = sorted((d for d in directory.iterdir() if d.is_dir() and d.name.isdigit()),
-                          key=lambda d: int(d.name))
+        versions = sorted(
+            (d for d in directory.iterdir() if d.is_dir() and d.name.isdigit()),
+            key=lambda d: int(d.name),
+        )
         return [
             VersionInfo(
                 name,

@@ -27,7 +27,9 @@ class ParityReport(BaseModel):
     max_abs_diff: float = Field(
         description="Largest absolute difference of probabilities (classifiers) or predictions."
     )
-    max_rel_diff: float = Field(default=0.0, description="Largest relative difference (regressors).")
+    max_rel_diff: float = Field(
+        default=0.0, description="Largest relative difference (regressors)."
+    )
     tolerance: dict[str, float] = Field(description="The tolerances the check applied.")
     sample_source: str = Field(description="Where the sample rows came from.")
 

@@ -43,8 +43,9 @@ class MlflowRegistry(Registry):
             else:
                 mv = self._client.get_model_version(ref.name, str(ref.version))
         except MlflowException as exc:
-            raise RegistryError(f"{ref} not found in the MLflow registry at {self.location}: "
-                                f"{exc.message}") from exc
+            raise RegistryError(
+                f"{ref} not found in the MLflow registry at {self.location}: {exc.message}"
+            ) from exc
         return VersionInfo(ref.name, str(mv.version), tuple(mv.aliases or ()), None)
 
     def fetch(self, ref: ModelRef, dest: Path) -> FetchedModel:
@@ -73,12 +74,14 @@ class MlflowRegistry(Registry):
             flavor=flavor,
             model_file=model_file,
             files=sorted(p for p in model_file.parent.rglob("*") if p.is_file())
-            if model_file.is_dir() else [model_file],
+            if model_file.is_dir()
+            else [model_file],
             serialization_format=conf.get("serialization_format")
             or ("native" if flavor in ("xgboost", "lightgbm") else None),
             model_class=conf.get("model_class"),
             sample=sample,
-            sample_source=f"MLflow input_example ({len(sample)} rows)" if sample is not None
+            sample_source=f"MLflow input_example ({len(sample)} rows)"
+            if sample is not None
             else "none",
             extra={"trusted_types": list(conf.get("skops_trusted_types") or [])},
         )
@@ -99,8 +102,10 @@ class MlflowRegistry(Registry):
                 skops_trusted_types=_untrusted_types(model),
                 input_example=sample,
                 registered_model_name=name,
-                pip_requirements=[f"scikit-learn=={sklearn.__version__}",
-                                  f"skops=={skops.__version__}"],
+                pip_requirements=[
+                    f"scikit-learn=={sklearn.__version__}",
+                    f"skops=={skops.__version__}",
+                ],
             )
         return str(info.registered_model_version)
 
@@ -119,14 +124,18 @@ class MlflowRegistry(Registry):
 
     def _model_info(self, rm: Any) -> ModelInfo:
         aliases = {str(k): str(v) for k, v in (rm.aliases or {}).items()}
-        versions = sorted(self._client.search_model_versions(f"name='{rm.name}'"),
-                          key=lambda mv: int(mv.version))
+        versions = sorted(
+            self._client.search_model_versions(f"name='{rm.name}'"), key=lambda mv: int(mv.version)
+        )
         return ModelInfo(
             rm.name,
             tuple(
-                VersionInfo(rm.name, str(mv.version),
-                            tuple(sorted(a for a, v in aliases.items() if v == str(mv.version))),
-                            None)
+                VersionInfo(
+                    rm.name,
+                    str(mv.version),
+                    tuple(sorted(a for a, v in aliases.items() if v == str(mv.version))),
+                    None,
+                )
                 for mv in versions
             ),
             aliases,

@@ -39,8 +39,9 @@ def check_parity(
     sample_source: str,
 ) -> ParityReport:
     """Compare and return the figures; raise `ParityError` naming them if off."""
-    outputs = dict(zip([o.name for o in session.get_outputs()],
-                       session.run(None, inputs.feeds), strict=True))
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, inputs.feeds), strict=True)
+    )
     if original.task == "classification":
         report = _compare_classifier(original, inputs, outputs, tolerance, sample_source)
         ok = report.label_agreement is not None and (
@@ -79,8 +80,10 @@ def _compare_classifier(
         task="classification",
         label_agreement=agreement,
         max_abs_diff=max_abs,
-        tolerance={"min_label_agreement": tolerance.min_label_agreement,
-                   "prob_atol": tolerance.prob_atol},
+        tolerance={
+            "min_label_agreement": tolerance.min_label_agreement,
+            "prob_atol": tolerance.prob_atol,
+        },
         sample_source=sample_source,
     )
 

@@ -50,8 +50,9 @@ class ConversionResult:
     cached: bool
 
 
-def convert_uri(registry: Registry, uri: str, options: ConvertOptions | None = None
-                ) -> ConversionResult:
+def convert_uri(
+    registry: Registry, uri: str, options: ConvertOptions | None = None
+) -> ConversionResult:
     options = options or ConvertOptions()
     ref = ModelRef.parse(uri)
     with tempfile.TemporaryDirectory(prefix="modelgate-fetch-") as tmp:
@@ -78,10 +79,12 @@ def _settings(options: ConvertOptions) -> dict[str, Any]:
     }
 
 
-def _convert(registry: Registry, fetched: FetchedModel, source_sha: str, options: ConvertOptions
-             ) -> tuple[bytes, Manifest]:
-    model = load_model(fetched, trust_pickle=options.trust_pickle,
-                       trusted_types=options.trusted_types)
+def _convert(
+    registry: Registry, fetched: FetchedModel, source_sha: str, options: ConvertOptions
+) -> tuple[bytes, Manifest]:
+    model = load_model(
+        fetched, trust_pickle=options.trust_pickle, trusted_types=options.trusted_types
+    )
     if fetched.flavor == "onnx":
         return _pass_through(registry, fetched, model, source_sha)
     sample, sample_source = fetched.sample, fetched.sample_source
@@ -94,14 +97,24 @@ def _convert(registry: Registry, fetched: FetchedModel, source_sha: str, options
     optimized = optimize(proto)
     session = _session(optimized, fetched.uri)
     parity = check_parity(fetched.uri, original, session, inputs, options.tolerance, sample_source)
-    manifest = _manifest(registry, fetched, source_sha, optimized, inputs, opset=_opset(proto),
-                         task=original.task, classes=original.classes, parity=parity,
-                         converter=original.converter)
+    manifest = _manifest(
+        registry,
+        fetched,
+        source_sha,
+        optimized,
+        inputs,
+        opset=_opset(proto),
+        task=original.task,
+        classes=original.classes,
+        parity=parity,
+        converter=original.converter,
+    )
     return optimized, manifest
 
 
-def _pass_through(registry: Registry, fetched: FetchedModel, raw: bytes, source_sha: str
-                  ) -> tuple[bytes, Manifest]:
+def _pass_through(
+    registry: Registry, fetched: FetchedModel, raw: bytes, source_sha: str
+) -> tuple[bytes, Manifest]:
     try:
         proto = onnx.load_from_string(raw)
         onnx.checker.check_model(proto)
@@ -115,9 +128,18 @@ def _pass_through(registry: Registry, fetched: FetchedModel, raw: bytes, source_
         feeds = {session.get_inputs()[0].name: np.asarray(fetched.sample, dtype=np.float32)}
         session.run(None, feeds)  # it must at least run on its own sample
     inputs = PreparedInputs("tensor", None, feeds, len(next(iter(feeds.values()), [])))
-    manifest = _manifest(registry, fetched, source_sha, optimized, inputs, opset=_opset(proto),
-                         task="unknown",
-                         classes=None, parity=None, converter="passthrough")
+    manifest = _manifest(
+        registry,
+        fetched,
+        source_sha,
+        optimized,
+        inputs,
+        opset=_opset(proto),
+        task="unknown",
+        classes=None,
+        parity=None,
+        converter="passthrough",
+    )
     return optimized, manifest
 
 
@@ -145,8 +167,9 @@ def _session(onnx_bytes: bytes, name: str) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ConversionError(f"{name}: ONNX Runtime cannot load the converted model: {exc}"
-                              ) from exc
+        raise ConversionError(
+            f"{name}: ONNX Runtime cannot load the converted model: {exc}"
+        ) from exc
 
 
 def _manifest(
@@ -188,8 +211,15 @@ def _library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {}
-    for dist in ("skl2onnx", "onnxmltools", "onnx", "onnxruntime", "scikit-learn", "lightgbm",
-                 "xgboost"):
+    for dist in (
+        "skl2onnx",
+        "onnxmltools",
+        "onnx",
+        "onnxruntime",
+        "scikit-learn",
+        "lightgbm",
+        "xgboost",
+    ):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:

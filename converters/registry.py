@@ -42,7 +42,11 @@ class ModelRef:
         return cls(match["name"], match["version"], match["alias"])
 
     def __str__(self) -> str:
-        return f"models:/{self.name}/{self.version}" if self.version else f"models:/{self.name}@{self.alias}"
+        return (
+            f"models:/{self.name}/{self.version}"
+            if self.version
+            else f"models:/{self.name}@{self.alias}"
+        )
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ ONNX_ELEM_TO_DATATYPE: dict[int, str] = {
 }
 
 BATCH_DIM = "batch"
+_SUPPORTED = set(ONNX_ELEM_TO_DATATYPE.values())
 
 
 class TensorSpec(BaseModel):
@@ -88,7 +89,7 @@ def _spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:
         raise UnsupportedModelError(
             f"tensor {value_info.name!r} has ONNX element type "
             f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, which the inference "
-            f"protocol cannot carry; supported: {', '.join(sorted(set(ONNX_ELEM_TO_DATATYPE.values())))}"
+            f"protocol cannot carry; supported: {', '.join(sorted(_SUPPORTED))}"
         )
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
     return TensorSpec(

@@ -30,8 +30,14 @@ def _rows(doc: dict[str, Any]) -> np.ndarray:
 
 
 def _answer(names: list[str], values: list[np.ndarray]) -> JSONResponse:
-    return JSONResponse({"outputs": [{"name": n, "shape": list(v.shape), "data": v.ravel().tolist()}
-                                     for n, v in zip(names, values, strict=True)]})
+    return JSONResponse(
+        {
+            "outputs": [
+                {"name": n, "shape": list(v.shape), "data": v.ravel().tolist()}
+                for n, v in zip(names, values, strict=True)
+            ]
+        }
+    )
 
 
 @serve.deployment(max_ongoing_requests=256)

@@ -33,8 +33,12 @@ def _ray_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _app(name: str, import_path: str, artifact: str, prefix: str) -> dict[str, Any]:
-    return {"name": name, "route_prefix": prefix, "import_path": import_path,
-            "args": {"artifact": artifact}}
+    return {
+        "name": name,
+        "route_prefix": prefix,
+        "import_path": import_path,
+        "args": {"artifact": artifact},
+    }
 
 
 def _body() -> str:
@@ -42,8 +46,18 @@ def _body() -> str:
     from sklearn.datasets import load_breast_cancer
 
     row = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
-    return json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
-                                   "data": row.ravel().tolist()}]})
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 30],
+                    "datatype": "FP32",
+                    "data": row.ravel().tolist(),
+                }
+            ]
+        }
+    )
 
 
 def _sweep(url: str, body: str, duration_s: int) -> list[dict[str, float]]:
@@ -53,8 +67,11 @@ def _sweep(url: str, body: str, duration_s: int) -> list[dict[str, float]]:
     points = []
     for connections in CONNECTIONS:
         point = wrk.run(url, body, connections, duration_s)
-        print(f"    {connections:>3} conns: {point.rps:8.0f} req/s  p50 {point.p50_ms:6.2f} ms  "
-              f"p99 {point.p99_ms:6.2f} ms  errors {point.errors}", flush=True)
+        print(
+            f"    {connections:>3} conns: {point.rps:8.0f} req/s  p50 {point.p50_ms:6.2f} ms  "
+            f"p99 {point.p99_ms:6.2f} ms  errors {point.errors}",
+            flush=True,
+        )
         points.append(point.as_dict())
     return points
 
@@ -69,7 +86,7 @@ def _prepare() -> str:
     return str(convert_uri(registry, MODEL_URI).path.resolve())
 
 
-def run_high_throughput(duration_s: int) -> dict[str, list[dict[str, float]]]:
+def run_high_throughput(duration_s: int, rounds: int) -> dict[str, list[dict[str, float]]]:
     from serve import launcher
 
     artifact = _prepare()
@@ -80,8 +97,9 @@ def run_high_throughput(duration_s: int) -> dict[str, list[dict[str, float]]]:
     launcher.preflight(config)
     # One deploy with every app side by side: replacing an app mid-run would leave its ingress
     # replicas draining (30 s by default) while the next scenario is measured.
-    config["applications"].append(_app("baseline", "loadtests.baseline:baseline_app", artifact,
-                                       "/baseline"))
+    config["applications"].append(
+        _app("baseline", "loadtests.baseline:baseline_app", artifact, "/baseline")
+    )
     launcher.start_ray()
     results = {}
     try:
@@ -90,8 +108,7 @@ def run_high_throughput(duration_s: int) -> dict[str, list[dict[str, float]]]:
         results["baseline"] = _sweep(f"{base}/baseline/v2/models/bc/infer", body, duration_s)
         for placement in ("dedicated", "colocated"):
             print(f"gateway, {placement}", flush=True)
-            results[placement] = _sweep(f"{base}/v2/models/bc_{placement}/infer", body,
-                                        duration_s)
+            results[placement] = _sweep(f"{base}/v2/models/bc_{placement}/infer", body, duration_s)
     finally:
         launcher.stop_ray()
     return results
@@ -107,8 +124,12 @@ def run_plain(duration_s: int) -> list[dict[str, float]]:
 
     ray.init(address="local", include_dashboard=False)
     try:
-        launcher.deploy({**_ray_options(config), "applications": [
-            _app("plain", "loadtests.baseline:plain_app", artifact, "/")]})
+        launcher.deploy(
+            {
+                **_ray_options(config),
+                "applications": [_app("plain", "loadtests.baseline:plain_app", artifact, "/")],
+            }
+        )
         port = config["http_options"]["port"]
         return _sweep(f"http://127.0.0.1:{port}/v2/models/bc/infer", _body(), duration_s)
     finally:
@@ -116,23 +137,40 @@ def run_plain(duration_s: int) -> list[dict[str, float]]:
 
 
 def _plain_subprocess(duration_s: int) -> list[dict[str, float]]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
+    }
     out = Path(".modelgate/bench-plain.json")
-    subprocess.run([sys.executable, "-m", "loadtests.bench", "--plain-only", str(out),
-                    "--duration", str(duration_s)], env=env, check=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--plain-only",
+            str(out),
+            "--duration",
+            str(duration_s),
+        ],
+        env=env,
+        check=True,
+        timeout=900,
+    )
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
-def write_results(results: dict[str, list[dict[str, float]]], duration_s: int) -> str:
+def write_results(results: dict[str, list[dict[str, float]]], duration_s: int, rounds: int) -> str:
     base = {p["connections"]: p for p in results["baseline"]}
     lines = [
         "# Benchmark results",
         "",
         f"Generated by `make bench` on {dt.date.today().isoformat()}, {os.cpu_count()} cores; "
-        f"wrk -t1, {duration_s} s per point, one breast_cancer row (30 floats, GradientBoosting "
-        "ONNX) per request, JSON over HTTP. Ratios are to the baseline measured in the same run; "
-        "absolute figures drift on this shared machine, ratios less so.",
+        f"wrk -t1, {duration_s} s per point; baseline, dedicated and colocated alternate at each "
+        f"point for {rounds} rounds and the median round is shown (plain runs after, in its own "
+        "Ray instance, one round). One breast_cancer row (30 floats, GradientBoosting ONNX) per "
+        "request, JSON over HTTP. Ratios are to the baseline measured in the same run; absolute "
+        "figures drift on this shared 2-core machine (±30%), ratios less so.",
         "",
         "| scenario | conns | req/s | p50 ms | p99 ms | errors | req/s vs baseline | "
         "p50 vs baseline |",
@@ -144,16 +182,19 @@ def write_results(results: dict[str, list[dict[str, float]]], duration_s: int) -
             lines.append(
                 f"| {name} | {p['connections']:.0f} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
                 f"{p['p99_ms']:.2f} | {p['errors']:.0f} | {p['rps'] / b['rps']:.2f}× | "
-                f"{p['p50_ms'] / b['p50_ms']:.2f}× |")
+                f"{p['p50_ms'] / b['p50_ms']:.2f}× |"
+            )
     lines += ["", "## Summary", ""]
     for name in results:
         if name == "baseline":
             continue
         at32 = next(p for p in results[name] if p["connections"] == 32)
         at1 = next(p for p in results[name] if p["connections"] == 1)
-        lines.append(f"- {name}: {at32['rps'] / base[32]['rps']:.2f}× baseline req/s at 32 "
-                     f"connections; p50 at 1 connection {at1['p50_ms'] / base[1]['p50_ms']:.2f}× "
-                     "baseline")
+        lines.append(
+            f"- {name}: {at32['rps'] / base[32]['rps']:.2f}× baseline req/s at 32 "
+            f"connections; p50 at 1 connection {at1['p50_ms'] / base[1]['p50_ms']:.2f}× "
+            "baseline"
+        )
     text = "\n".join(lines) + "\n"
     RESULTS.write_text(text)
     return text
@@ -161,7 +202,8 @@ def write_results(results: dict[str, list[dict[str, float]]], duration_s: int) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per point")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per point")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point")
     parser.add_argument("--plain-only", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain_only:
@@ -171,10 +213,10 @@ def main(argv: list[str] | None = None) -> int:
 
     set_high_throughput_env()
     started = time.monotonic()
-    results = run_high_throughput(args.duration)
+    results = run_high_throughput(args.duration, args.rounds)
     print("plain Ray Serve (defaults, router → model handle call per request)", flush=True)
     results["plain"] = _plain_subprocess(args.duration)
-    print(write_results(results, args.duration))
+    print(write_results(results, args.duration, args.rounds))
     print(f"bench took {time.monotonic() - started:.0f} s; wrote {RESULTS}")
     return 0
 

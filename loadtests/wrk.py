@@ -41,9 +41,20 @@ def run(url: str, body: str, connections: int, duration_s: int) -> Point:
             f"wrk.body = [[{body}]]\n"
         )
         out = subprocess.run(
-            [require_wrk(), "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency",
-             "-s", str(script), url],
-            capture_output=True, text=True, timeout=duration_s + 60, check=True,
+            [
+                require_wrk(),
+                "-t1",
+                f"-c{connections}",
+                f"-d{duration_s}s",
+                "--latency",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 60,
+            check=True,
         ).stdout
     return parse(out, connections)
 
@@ -58,8 +69,7 @@ def parse(out: str, connections: int) -> Point:
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if socket:
         errors += sum(int(g) for g in socket.groups())
-    return Point(connections, rps, _percentile(out, "50"), _percentile(out, "99"), errors,
-                 requests)
+    return Point(connections, rps, _percentile(out, "50"), _percentile(out, "99"), errors, requests)
 
 
 def _percentile(out: str, which: str) -> float:

@@ -1,8 +1,8 @@
 """The one module that imports Ray Serve: it wraps the data plane into deployments.
 
-    build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
-                                  ├── colocated versions: ONNX Runtime inside the router replica
-                                  └── handles ─► ModelVersion deployments (one per model version)
+build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
+                              ├── colocated versions: ONNX Runtime inside the router replica
+                              └── handles ─► ModelVersion deployments (one per model version)
 """
 
 from __future__ import annotations
@@ -90,12 +90,12 @@ class Router:
     async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=await self.plane.server_ready())
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest
-                             ) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(**self.plane.server_metadata())
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, grpc_context: Any = None
-                         ) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, grpc_context: Any = None
+    ) -> pb.ModelReadyResponse:
         try:
             ready = await self.plane.model_ready(request.name, request.version or None)
         except InferenceError as exc:
@@ -103,8 +103,9 @@ class Router:
             return pb.ModelReadyResponse()
         return pb.ModelReadyResponse(ready=ready)
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, grpc_context: Any = None
-                            ) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, grpc_context: Any = None
+    ) -> pb.ModelMetadataResponse:
         try:
             meta = self.plane.model_metadata(request.name, request.version or None)
         except InferenceError as exc:
@@ -112,18 +113,22 @@ class Router:
             return pb.ModelMetadataResponse()
         return grpc_service.metadata_message(meta)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: Any = None
-                         ) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, grpc_context: Any = None
+    ) -> pb.ModelInferResponse:
         try:
-            infer = grpc_service.decode_infer(request, self.codec_limits,
-                                              _metadata(grpc_context, rest.ROUTING_HEADER))
+            infer = grpc_service.decode_infer(
+                request, self.codec_limits, _metadata(grpc_context, rest.ROUTING_HEADER)
+            )
             response = await self.plane.infer(infer)
         except InferenceError as exc:
             grpc_service.set_error(grpc_context, exc)
             return pb.ModelInferResponse()
         except Exception:
             logger.exception("internal error in ModelInfer")
-            grpc_service.set_error(grpc_context, InferenceError(ErrorCode.INTERNAL, "internal error"))
+            grpc_service.set_error(
+                grpc_context, InferenceError(ErrorCode.INTERNAL, "internal error")
+            )
             return pb.ModelInferResponse()
         if grpc_context is not None:
             grpc_context.set_trailing_metadata([(rest.VERSION_HEADER, response.version)])
@@ -140,9 +145,14 @@ def _routes(spec: RouterSpec, handles: dict[str, DeploymentHandle]) -> dict[str,
     routes: dict[str, ModelRoutes] = {}
     for version in spec.versions:
         target = _target(version, handles)
-        model = routes.setdefault(version.model, ModelRoutes(
-            versions={}, default=spec.defaults[version.model],
-            aliases=spec.aliases.get(version.model, {})))
+        model = routes.setdefault(
+            version.model,
+            ModelRoutes(
+                versions={},
+                default=spec.defaults[version.model],
+                aliases=spec.aliases.get(version.model, {}),
+            ),
+        )
         model.versions[version.version] = target
     return routes
 
@@ -166,9 +176,14 @@ def _target(spec: VersionSpec, handles: dict[str, DeploymentHandle]) -> VersionT
         run, ready = _remote_run(name, handle), _remote_ready(handle)
         manifest = read_manifest(Path(spec.artifact))
     b = spec.batching
-    batcher = MicroBatcher(name, run, max_batch_rows=b.max_batch_rows,
-                           max_wait_s=b.max_wait_ms / 1000, max_in_flight=b.max_in_flight,
-                           max_queued=b.max_queued)
+    batcher = MicroBatcher(
+        name,
+        run,
+        max_batch_rows=b.max_batch_rows,
+        max_wait_s=b.max_wait_ms / 1000,
+        max_in_flight=b.max_in_flight,
+        max_queued=b.max_queued,
+    )
     return VersionTarget(spec.model, spec.version, manifest, batcher, ready, spec.placement)
 
 
@@ -181,8 +196,9 @@ def _remote_run(name: str, handle: DeploymentHandle):  # type: ignore[no-untyped
         except InferenceError:
             raise
         except BackPressureError as exc:
-            raise InferenceError(ErrorCode.OVERLOADED, f"{name} is overloaded: {exc}",
-                                 retry_after_s=1.0) from exc
+            raise InferenceError(
+                ErrorCode.OVERLOADED, f"{name} is overloaded: {exc}", retry_after_s=1.0
+            ) from exc
         except Exception as exc:
             raise InferenceError(ErrorCode.UNAVAILABLE, f"{name} is unavailable: {exc}") from exc
 
@@ -217,12 +233,19 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
         if version_config.placement == "dedicated":
             deployment = f"{model.name}-v{version}"
             handles[deployment] = _model_deployment(deployment, version_config, args).bind(
-                artifact, version_config.intra_op_threads)
-        specs.append(VersionSpec(model=model.name, version=version, artifact=artifact,
-                                 placement=version_config.placement,
-                                 batching=version_config.batching,
-                                 intra_op_threads=version_config.intra_op_threads,
-                                 deployment=deployment))
+                artifact, version_config.intra_op_threads
+            )
+        specs.append(
+            VersionSpec(
+                model=model.name,
+                version=version,
+                artifact=artifact,
+                placement=version_config.placement,
+                batching=version_config.batching,
+                intra_op_threads=version_config.intra_op_threads,
+                deployment=deployment,
+            )
+        )
     spec = RouterSpec(
         versions=specs,
         defaults={m.name: _default_version(m, specs) for m in args.models},
@@ -230,8 +253,10 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
         limits=args.limits,
     )
     router = args.router
-    options: dict[str, Any] = {"max_ongoing_requests": router.max_ongoing_requests,
-                               "ray_actor_options": {"num_cpus": router.num_cpus}}
+    options: dict[str, Any] = {
+        "max_ongoing_requests": router.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": router.num_cpus},
+    }
     if router.autoscaling is not None:
         options["autoscaling_config"] = router.autoscaling.ray_config()
     else:
@@ -240,8 +265,11 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
 
 
 def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) -> Any:
-    router_replicas = (args.router.autoscaling.max_replicas if args.router.autoscaling
-                       else args.router.num_replicas)
+    router_replicas = (
+        args.router.autoscaling.max_replicas
+        if args.router.autoscaling
+        else args.router.num_replicas
+    )
     options: dict[str, Any] = {
         "name": name,
         # Each router keeps at most max_in_flight batches on a version at once.
@@ -261,6 +289,8 @@ def _default_version(model: ModelConfig, specs: list[VersionSpec]) -> str:
         return max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
     default = model.aliases.get(model.default_version, model.default_version)
     if default not in versions:
-        raise ValueError(f"model '{model.name}': default_version {model.default_version!r} is not "
-                         f"a deployed version ({', '.join(versions)}) or alias")
+        raise ValueError(
+            f"model '{model.name}': default_version {model.default_version!r} is not "
+            f"a deployed version ({', '.join(versions)}) or alias"
+        )
     return default

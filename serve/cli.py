@@ -42,21 +42,38 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from converters.pipeline import ConvertOptions, convert_uri
 
     tolerance = Tolerance(
-        **{k: v for k, v in (("min_label_agreement", args.min_label_agreement),
-                             ("prob_atol", args.prob_atol), ("value_atol", args.value_atol),
-                             ("value_rtol", args.value_rtol)) if v is not None}
+        **{
+            k: v
+            for k, v in (
+                ("min_label_agreement", args.min_label_agreement),
+                ("prob_atol", args.prob_atol),
+                ("value_atol", args.value_atol),
+                ("value_rtol", args.value_rtol),
+            )
+            if v is not None
+        }
     )
-    options = ConvertOptions(tolerance=tolerance, trust_pickle=args.trust_pickle,
-                             trusted_types=tuple(args.trust_type), out=Path(args.out))
+    options = ConvertOptions(
+        tolerance=tolerance,
+        trust_pickle=args.trust_pickle,
+        trusted_types=tuple(args.trust_type),
+        out=Path(args.out),
+    )
     result = convert_uri(_open(args), args.uri, options)
     m = result.manifest
-    print(f"{m.source_uri} ({m.flavor}, {m.task}) -> {result.path / 'model.onnx'}"
-          + (" [cached]" if result.cached else ""))
+    print(
+        f"{m.source_uri} ({m.flavor}, {m.task}) -> {result.path / 'model.onnx'}"
+        + (" [cached]" if result.cached else "")
+    )
     if m.parity is not None:
         p = m.parity
-        agreement = "" if p.label_agreement is None else f"label agreement {p.label_agreement:.4f}, "
-        print(f"parity on {p.rows} rows ({p.sample_source}): {agreement}"
-              f"max abs diff {p.max_abs_diff:.3g}, max rel diff {p.max_rel_diff:.3g}")
+        agreement = (
+            "" if p.label_agreement is None else f"label agreement {p.label_agreement:.4f}, "
+        )
+        print(
+            f"parity on {p.rows} rows ({p.sample_source}): {agreement}"
+            f"max abs diff {p.max_abs_diff:.3g}, max rel diff {p.max_rel_diff:.3g}"
+        )
     else:
         print("parity: none (ONNX passed through as is)")
     print(f"sha256 {m.sha256}")
@@ -151,13 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert a registry model to a verified ONNX artifact")
     convert.add_argument("uri", help="models:/<name>/<version> or models:/<name>@<alias>")
     convert.add_argument("--out", default=".modelgate/artifacts", help="artifact store folder")
-    convert.add_argument("--trust-pickle", action="store_true",
-                         help="allow loading pickle/joblib files (runs code from the file)")
-    convert.add_argument("--trust-type", action="append", default=[],
-                         help="a skops type to trust beyond the defaults (repeatable)")
+    convert.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading pickle/joblib files (runs code from the file)",
+    )
+    convert.add_argument(
+        "--trust-type",
+        action="append",
+        default=[],
+        help="a skops type to trust beyond the defaults (repeatable)",
+    )
     for name in ("min-label-agreement", "prob-atol", "value-atol", "value-rtol"):
-        convert.add_argument(f"--{name}", type=float, default=None,
-                             help="parity tolerance override")
+        convert.add_argument(
+            f"--{name}", type=float, default=None, help="parity tolerance override"
+        )
     _registry_arg(convert)
     convert.set_defaults(func=cmd_convert)
 
@@ -172,11 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("serve", help="start Ray (or join --address) and deploy a config")
     run.add_argument("config", help="a Ray Serve config file, e.g. configs/quickstart.yaml")
     run.add_argument("--address", default=None, help="join this Ray cluster instead")
-    run.add_argument("--dashboard", action="store_true",
-                     help="start Ray's dashboard (needed by `serve deploy`; costs ~1 GB)")
+    run.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start Ray's dashboard (needed by `serve deploy`; costs ~1 GB)",
+    )
     run.add_argument("--samples", action="store_true", help="send and print sample predictions")
-    run.add_argument("--no-block", action="store_true",
-                     help="return once deployed (the cluster keeps serving only with --address)")
+    run.add_argument(
+        "--no-block",
+        action="store_true",
+        help="return once deployed (the cluster keeps serving only with --address)",
+    )
     run.set_defaults(func=cmd_serve)
     return parser
 

@@ -19,7 +19,9 @@ class Batching(_Strict):
 
     max_batch_rows: int = Field(256, ge=1, le=65536, description="Most rows in one run.")
     max_wait_ms: float = Field(
-        0.0, ge=0, le=1000,
+        0.0,
+        ge=0,
+        le=1000,
         description="Hold a batch open this long for more requests. 0: leave as soon as a call "
         "slot is free; requests arriving while calls run still coalesce.",
     )
@@ -51,19 +53,27 @@ class Autoscaling(_Strict):
 class VersionConfig(_Strict):
     """One deployed version of a model."""
 
-    uri: str | None = Field(None, description="Registry URI, e.g. models:/name/3 or @alias; "
-                            "converted (or taken from the artifact cache) at deploy time.")
+    uri: str | None = Field(
+        None,
+        description="Registry URI, e.g. models:/name/3 or @alias; "
+        "converted (or taken from the artifact cache) at deploy time.",
+    )
     artifact: str | None = Field(None, description="An artifact folder (model.onnx + manifest).")
     placement: Literal["dedicated", "colocated"] = Field(
-        "dedicated", description="dedicated: its own autoscaling replicas behind the router; "
-        "colocated: inside the router replicas (for light models).")
+        "dedicated",
+        description="dedicated: its own autoscaling replicas behind the router; "
+        "colocated: inside the router replicas (for light models).",
+    )
     batching: Batching = Field(default_factory=Batching)
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is not set.")
     autoscaling: Autoscaling | None = None
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads.")
     num_cpus: float = Field(
-        0.1, ge=0, description="Logical CPUs each replica reserves in Ray's scheduler. Small by "
-        "default so many versions fit a small node; raise it to spread replicas across nodes.")
+        0.1,
+        ge=0,
+        description="Logical CPUs each replica reserves in Ray's scheduler. Small by "
+        "default so many versions fit a small node; raise it to spread replicas across nodes.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> VersionConfig:
@@ -76,7 +86,8 @@ class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Model name in the protocol.")
     versions: list[VersionConfig] = Field(min_length=1)
     default_version: str | None = Field(
-        None, description="Version served when a request names none; default: the highest.")
+        None, description="Version served when a request names none; default: the highest."
+    )
     aliases: dict[str, str] = Field(default_factory=dict, description="alias -> version.")
 
 

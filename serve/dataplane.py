@@ -53,8 +53,9 @@ class ModelRoutes:
         target = self.versions.get(name)
         if target is None:
             known = sorted(self.versions) + sorted(self.aliases)
-            raise not_found(f"model '{model}' has no version or alias '{version}'; "
-                            f"known: {', '.join(known)}")
+            raise not_found(
+                f"model '{model}' has no version or alias '{version}'; known: {', '.join(known)}"
+            )
         return target
 
 
@@ -78,7 +79,9 @@ class DataPlane:
     def target(self, model: str, version: str | None) -> VersionTarget:
         routes = self.models.get(model)
         if routes is None:
-            raise not_found(f"unknown model '{model}'; models are: {', '.join(sorted(self.models))}")
+            raise not_found(
+                f"unknown model '{model}'; models are: {', '.join(sorted(self.models))}"
+            )
         return routes.resolve(model, version)
 
     def server_metadata(self) -> dict[str, Any]:
@@ -109,8 +112,9 @@ class DataPlane:
         for name, routes in sorted(self.models.items()):
             for version in sorted(routes.versions, key=_version_order):
                 ready = await routes.versions[version].is_ready()
-                index.append({"name": name, "version": version,
-                              "state": "READY" if ready else "UNAVAILABLE"})
+                index.append(
+                    {"name": name, "version": version, "state": "READY" if ready else "UNAVAILABLE"}
+                )
         return index
 
     def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
@@ -125,8 +129,9 @@ class DataPlane:
         return {"model_stats": [_stats(t) for t in targets]}
 
 
-def _response(request: InferRequest, target: VersionTarget, outputs: dict[str, np.ndarray]
-              ) -> InferResponse:
+def _response(
+    request: InferRequest, target: VersionTarget, outputs: dict[str, np.ndarray]
+) -> InferResponse:
     signature = target.manifest.signature
     wanted = request.outputs or []
     names = [o.name for o in wanted] or [t.name for t in signature.outputs]

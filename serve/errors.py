@@ -1,14 +1,14 @@
 """The serving path's one error type, and the one table that maps it onto HTTP and gRPC.
 
-    InferenceError(code, message)
-      code: INVALID_ARGUMENT   bad tensor name / datatype / shape / framing   → 400 / INVALID_ARGUMENT
-            NOT_FOUND          unknown model or version                       → 404 / NOT_FOUND
-            METHOD_NOT_ALLOWED a known path with the wrong HTTP method        → 405 / UNIMPLEMENTED
-            PAYLOAD_TOO_LARGE  body or tensor over a configured limit         → 413 / RESOURCE_EXHAUSTED
-            OVERLOADED         queue full: shed now, retry later              → 503 / UNAVAILABLE
-            DEADLINE_EXCEEDED  the request's deadline passed before compute   → 504 / DEADLINE_EXCEEDED
-            UNAVAILABLE        the version is not ready                       → 503 / UNAVAILABLE
-            INTERNAL           a bug or a runtime failure                     → 500 / INTERNAL
+InferenceError(code, message)
+  code: INVALID_ARGUMENT   bad tensor name / datatype / shape / framing   → 400 / INVALID_ARGUMENT
+        NOT_FOUND          unknown model or version                       → 404 / NOT_FOUND
+        METHOD_NOT_ALLOWED a known path with the wrong HTTP method        → 405 / UNIMPLEMENTED
+        PAYLOAD_TOO_LARGE  body or tensor over a configured limit         → 413 / RESOURCE_EXHAUSTED
+        OVERLOADED         queue full: shed now, retry later              → 503 / UNAVAILABLE
+        DEADLINE_EXCEEDED  the request's deadline passed before compute   → 504 / DEADLINE_EXCEEDED
+        UNAVAILABLE        the version is not ready                       → 503 / UNAVAILABLE
+        INTERNAL           a bug or a runtime failure                     → 500 / INTERNAL
 """
 
 from __future__ import annotations
@@ -86,5 +86,8 @@ class OverloadedError(InferenceError):
         self.limit = limit
 
     def __reduce__(self) -> tuple[object, tuple[object, ...], dict[str, object]]:
-        return (OverloadedError, (self.target, self.queued, self.limit, self.retry_after_s or 1.0),
-                {})
+        return (
+            OverloadedError,
+            (self.target, self.queued, self.limit, self.retry_after_s or 1.0),
+            {},
+        )

@@ -19,11 +19,16 @@ from serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
 #: datatype -> the InferTensorContents field that carries it (FP16 travels raw only)
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
     "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
     "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
 
@@ -37,18 +42,18 @@ def parameters_of(params: Any) -> dict[str, Any]:
     return out
 
 
-def decode_infer(message: pb.ModelInferRequest, limits: Limits,
-                 routing_key: str | None = None) -> InferRequest:
+def decode_infer(
+    message: pb.ModelInferRequest, limits: Limits, routing_key: str | None = None
+) -> InferRequest:
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
         raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
-    inputs = [_decode_input(t, raw[i] if raw else None, limits)
-              for i, t in enumerate(message.inputs)]
+    inputs = [
+        _decode_input(t, raw[i] if raw else None, limits) for i, t in enumerate(message.inputs)
+    ]
     if not inputs:
         raise invalid("request has no inputs")
-    outputs = [
-        RequestedOutput(o.name) for o in message.outputs
-    ] or None
+    outputs = [RequestedOutput(o.name) for o in message.outputs] or None
     return InferRequest(
         model=message.model_name,
         version=message.model_version or None,
@@ -72,8 +77,10 @@ def _decode_input(t: Any, raw: bytes | None, limits: Limits) -> Tensor:
     values = getattr(t.contents, field)
     expected = tensors.element_count(shape)
     if len(values) != expected:
-        raise invalid(f"input '{t.name}': shape {shape} needs {expected} values; "
-                      f"got {len(values)} in contents.{field}")
+        raise invalid(
+            f"input '{t.name}': shape {shape} needs {expected} values; "
+            f"got {len(values)} in contents.{field}"
+        )
     if t.datatype == "BYTES":
         array = np.empty(expected, dtype=object)
         array[:] = list(values)
@@ -83,8 +90,9 @@ def _decode_input(t: Any, raw: bytes | None, limits: Limits) -> Tensor:
 
 
 def encode_infer(response: InferResponse) -> pb.ModelInferResponse:
-    message = pb.ModelInferResponse(model_name=response.model, model_version=response.version,
-                                    id=response.id)
+    message = pb.ModelInferResponse(
+        model_name=response.model, model_version=response.version, id=response.id
+    )
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         message.raw_output_contents.append(tensors.to_raw(tensor.datatype, tensor.array))
@@ -92,8 +100,9 @@ def encode_infer(response: InferResponse) -> pb.ModelInferResponse:
 
 
 def metadata_message(meta: dict[str, Any]) -> pb.ModelMetadataResponse:
-    message = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"],
-                                       platform=meta["platform"])
+    message = pb.ModelMetadataResponse(
+        name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+    )
     for spec in meta["inputs"]:
         message.inputs.add(**spec)
     for spec in meta["outputs"]:

@@ -102,8 +102,9 @@ def wait_running(names: list[str], timeout_s: float) -> None:
         states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in names}
         failed = [n for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
         if failed:
-            raise DeployError(f"application {failed[0]} failed to deploy: "
-                               f"{apps[failed[0]].message}")
+            raise DeployError(
+                f"application {failed[0]} failed to deploy: {apps[failed[0]].message}"
+            )
         if all(s == "RUNNING" for s in states.values()):
             return
         if time.monotonic() > deadline:

@@ -36,8 +36,9 @@ def resolve_versions(config: GatewayConfig) -> list[Resolved]:
             resolved.append((model, version, artifact, number))
         unknown = sorted(set(model.aliases.values()) - seen)
         if unknown:
-            raise ConfigError(f"models[{model.name}].aliases point to versions not deployed: "
-                              f"{', '.join(unknown)}")
+            raise ConfigError(
+                f"models[{model.name}].aliases point to versions not deployed: {', '.join(unknown)}"
+            )
     return resolved
 
 
@@ -46,14 +47,17 @@ def _resolve(config: GatewayConfig, version: VersionConfig, where: str) -> tuple
         path = Path(version.artifact).resolve()
         manifest = cached(path)
         if manifest is None:
-            raise ConfigError(f"{where}.artifact: {path} is not a complete artifact "
-                              "(model.onnx whose sha256 matches manifest.json)")
+            raise ConfigError(
+                f"{where}.artifact: {path} is not a complete artifact "
+                "(model.onnx whose sha256 matches manifest.json)"
+            )
         return str(path), manifest.version
     assert version.uri is not None
     registry = open_registry(config.registry or os.environ.get("MODELGATE_REGISTRY"))
     try:
-        result = convert_uri(registry, version.uri,
-                             ConvertOptions(out=Path(config.artifacts).resolve()))
+        result = convert_uri(
+            registry, version.uri, ConvertOptions(out=Path(config.artifacts).resolve())
+        )
     except ModelgateError as exc:
         raise ConfigError(f"{where}.uri: {exc}") from exc
     return str(result.path.resolve()), result.manifest.version

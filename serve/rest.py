@@ -39,37 +39,40 @@ async def _ready(plane: DataPlane, request: Request, p: dict[str, str], limits: 
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
-async def _server_metadata(plane: DataPlane, request: Request, p: dict[str, str],
-                           limits: Limits) -> Response:
+async def _server_metadata(
+    plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+) -> Response:
     return JSONResponse(plane.server_metadata())
 
 
-async def _model_metadata(plane: DataPlane, request: Request, p: dict[str, str],
-                          limits: Limits) -> Response:
+async def _model_metadata(
+    plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+) -> Response:
     return JSONResponse(plane.model_metadata(p["model"], p.get("version")))
 
 
-async def _model_ready(plane: DataPlane, request: Request, p: dict[str, str],
-                       limits: Limits) -> Response:
+async def _model_ready(
+    plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+) -> Response:
     ready = await plane.model_ready(p["model"], p.get("version"))
     return JSONResponse({"name": p["model"], "ready": ready}, status_code=200 if ready else 503)
 
 
-async def _stats(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
-                 ) -> Response:
+async def _stats(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
     return JSONResponse(plane.statistics(p.get("model"), p.get("version")))
 
 
-async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
-                 ) -> Response:
+async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
     return JSONResponse(await plane.repository_index())
 
 
-async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
-                 ) -> Response:
+async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
     body = await read_body(request, limits.max_body_bytes)
     infer_request = rest_codec.decode_request(
-        body, request.headers.get(rest_codec.HEADER_LENGTH), p["model"], p.get("version"),
+        body,
+        request.headers.get(rest_codec.HEADER_LENGTH),
+        p["model"],
+        p.get("version"),
         rest_codec.Limits(max_elements=limits.max_elements),
     )
     infer_request.routing_key = request.headers.get(ROUTING_HEADER)
@@ -114,8 +117,10 @@ def _match(method: str, path: str) -> tuple[Handler, dict[str, str]]:
             return handler, {k: v for k, v in match.groupdict().items() if v is not None}
         allowed.append(route_method)
     if allowed:
-        raise InferenceError(ErrorCode.METHOD_NOT_ALLOWED,
-                             f"{method} not allowed on {path}; use {', '.join(allowed)}")
+        raise InferenceError(
+            ErrorCode.METHOD_NOT_ALLOWED,
+            f"{method} not allowed on {path}; use {', '.join(allowed)}",
+        )
     raise InferenceError(ErrorCode.NOT_FOUND, f"no such endpoint: {method} {path}")
 
 
@@ -135,13 +140,19 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(size: int, limit: int) -> InferenceError:
-    return InferenceError(ErrorCode.PAYLOAD_TOO_LARGE,
-                          f"request body of {size}+ bytes is over the limit of {limit} bytes")
+    return InferenceError(
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        f"request body of {size}+ bytes is over the limit of {limit} bytes",
+    )
 
 
 def error_response(exc: InferenceError) -> Response:
     headers: dict[str, Any] = {}
     if exc.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
-    return Response(json.dumps({"error": exc.message}), status_code=exc.http_status,
-                    headers=headers, media_type="application/json")
+    return Response(
+        json.dumps({"error": exc.message}),
+        status_code=exc.http_status,
+        headers=headers,
+        media_type="application/json",
+    )

@@ -60,10 +60,13 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     try:
         n = int(header_length)
     except ValueError:
-        raise invalid(f"Inference-Header-Content-Length {header_length!r} is not an integer"
-                      ) from None
+        raise invalid(
+            f"Inference-Header-Content-Length {header_length!r} is not an integer"
+        ) from None
     if not 0 < n <= len(body):
-        raise invalid(f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes")
+        raise invalid(
+            f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes"
+        )
     view = memoryview(body)
     return bytes(view[:n]), view[n:]
 
@@ -116,18 +119,22 @@ def _decode_input(
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise invalid(f"input '{name}': binary_data_size {size!r} does not fit the "
-                          f"{len(binary) - offset} binary bytes left")
-        array = tensors.from_raw(name, datatype, shape, binary[offset:offset + size])
+            raise invalid(
+                f"input '{name}': binary_data_size {size!r} does not fit the "
+                f"{len(binary) - offset} binary bytes left"
+            )
+        array = tensors.from_raw(name, datatype, shape, binary[offset : offset + size])
         return Tensor(name, datatype, array, params), size
     if "data" not in item:
         raise invalid(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
-    return Tensor(name, datatype, _from_json_data(name, datatype, shape, dtype, item["data"]),
-                  params), 0
+    return Tensor(
+        name, datatype, _from_json_data(name, datatype, shape, dtype, item["data"]), params
+    ), 0
 
 
-def _from_json_data(name: str, datatype: str, shape: list[int], dtype: np.dtype, data: Any
-                    ) -> np.ndarray:
+def _from_json_data(
+    name: str, datatype: str, shape: list[int], dtype: np.dtype, data: Any
+) -> np.ndarray:
     expected = tensors.element_count(shape)
     if datatype == "BYTES":
         flat = _flatten(data) if isinstance(data, list) else [data]
@@ -169,8 +176,11 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
     """The body and the extra headers (binary outputs add `Inference-Header-Content-Length`)."""
     outputs, chunks = [], []
     for tensor in response.outputs:
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
-                                 "shape": tensor.shape}
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+        }
         if response.binary.get(tensor.name):
             raw = tensors.to_raw(tensor.datatype, tensor.array)
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -178,8 +188,11 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
         else:
             entry["data"] = _json_data(tensor)
         outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": response.model, "model_version": response.version,
-                           "outputs": outputs}
+    doc: dict[str, Any] = {
+        "model_name": response.model,
+        "model_version": response.version,
+        "outputs": outputs,
+    }
     if response.id:
         doc["id"] = response.id
     if response.parameters:
@@ -187,8 +200,10 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return head, {"content-type": "application/json"}
-    return head + b"".join(chunks), {"content-type": "application/octet-stream",
-                                     HEADER_LENGTH: str(len(head))}
+    return head + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(head)),
+    }
 
 
 def _json_data(tensor: Tensor) -> Any:

@@ -35,8 +35,9 @@ class VersionRuntime:
         options.log_severity_level = 3
         # The artifact was optimized offline; skip redoing it at every replica start.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(onnx_path), options, providers=["CPUExecutionProvider"]
+        )
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Feeds) -> Feeds:

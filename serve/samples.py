@@ -6,9 +6,9 @@ They use plain HTTP (JSON, and Triton's binary tensor extension) and gRPC, as an
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 
@@ -16,34 +16,63 @@ from converters.manifest import Manifest
 from serve.runtime import typical_row
 
 
-def http_json(base: str, model: str, rows: dict[str, np.ndarray], version: str | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
-    inputs = [{"name": n, "shape": list(a.shape), "datatype": _datatype(a),
-               "data": [x.decode() if isinstance(x, bytes) else x for x in a.reshape(-1).tolist()]}
-              for n, a in rows.items()]
+def http_json(
+    base: str,
+    model: str,
+    rows: dict[str, np.ndarray],
+    version: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], dict]:
+    inputs = [
+        {
+            "name": n,
+            "shape": list(a.shape),
+            "datatype": _datatype(a),
+            "data": [x.decode() if isinstance(x, bytes) else x for x in a.reshape(-1).tolist()],
+        }
+        for n, a in rows.items()
+    ]
     body = json.dumps({"id": "sample", "inputs": inputs}).encode()
-    status, head, raw = _post(f"{base}{_path(model, version)}/infer", body,
-                              {"content-type": "application/json", **(headers or {})})
+    status, head, raw = _post(
+        f"{base}{_path(model, version)}/infer",
+        body,
+        {"content-type": "application/json", **(headers or {})},
+    )
     return status, head, json.loads(raw)
 
 
-def http_binary(base: str, model: str, rows: dict[str, np.ndarray], version: str | None = None
-                ) -> tuple[int, dict[str, str], bytes]:
+def http_binary(
+    base: str, model: str, rows: dict[str, np.ndarray], version: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
     from serve import tensors
 
     raws = [tensors.to_raw(_datatype(a), a) for a in rows.values()]
-    doc = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": _datatype(a),
-                       "parameters": {"binary_data_size": len(r)}}
-                      for (n, a), r in zip(rows.items(), raws, strict=True)],
-           "parameters": {"binary_data_output": True}}
+    doc = {
+        "inputs": [
+            {
+                "name": n,
+                "shape": list(a.shape),
+                "datatype": _datatype(a),
+                "parameters": {"binary_data_size": len(r)},
+            }
+            for (n, a), r in zip(rows.items(), raws, strict=True)
+        ],
+        "parameters": {"binary_data_output": True},
+    }
     head = json.dumps(doc).encode()
-    return _post(f"{base}{_path(model, version)}/infer", head + b"".join(raws),
-                 {"inference-header-content-length": str(len(head)),
-                  "content-type": "application/octet-stream"})
+    return _post(
+        f"{base}{_path(model, version)}/infer",
+        head + b"".join(raws),
+        {
+            "inference-header-content-length": str(len(head)),
+            "content-type": "application/octet-stream",
+        },
+    )
 
 
-def grpc_infer(target: str, model: str, rows: dict[str, np.ndarray], version: str | None = None
-               ) -> tuple[str, dict[str, np.ndarray]]:
+def grpc_infer(
+    target: str, model: str, rows: dict[str, np.ndarray], version: str | None = None
+) -> tuple[str, dict[str, np.ndarray]]:
     import grpc
 
     from serve import tensors
@@ -106,18 +135,26 @@ def print_samples(config: dict, base: str, grpc_target: str) -> None:  # type: i
         rows = example_rows(read_manifest(Path(artifact)))
         status, headers, doc = http_json(base, model.name, rows)
         answered = headers.get("x-model-version", headers.get("X-Model-Version"))
-        print(f"  HTTP JSON   POST {base}{_path(model.name, None)}/infer -> {status}, "
-              f"version {answered}: " + _summary(doc))
+        print(
+            f"  HTTP JSON   POST {base}{_path(model.name, None)}/infer -> {status}, "
+            f"version {answered}: " + _summary(doc)
+        )
         status, headers, _ = http_binary(base, model.name, rows, version)
-        print(f"  HTTP binary POST {base}{_path(model.name, version)}/infer -> {status} "
-              f"({headers.get('inference-header-content-length') or headers.get('Inference-Header-Content-Length')} "
-              "bytes of JSON header, raw tensors after)")
+        head = {k.lower(): v for k, v in headers.items()}.get("inference-header-content-length")
+        print(
+            f"  HTTP binary POST {base}{_path(model.name, version)}/infer -> {status} "
+            f"({head} bytes of JSON header, raw tensors after)"
+        )
         answered, outputs = grpc_infer(grpc_target, model.name, rows)
-        print(f"  gRPC        ModelInfer({model.name}) at {grpc_target} -> version {answered}: "
-              + ", ".join(f"{k}={v.reshape(-1)[:3].tolist()}" for k, v in outputs.items()))
+        print(
+            f"  gRPC        ModelInfer({model.name}) at {grpc_target} -> version {answered}: "
+            + ", ".join(f"{k}={v.reshape(-1)[:3].tolist()}" for k, v in outputs.items())
+        )
     first = next(iter(seen))
-    print(f"\ntry it:\n  curl -s {base}/v2/models/{first}\n"
-          f"  curl -s -X POST {base}/v2/repository/index -d '{{}}'")
+    print(
+        f"\ntry it:\n  curl -s {base}/v2/models/{first}\n"
+        f"  curl -s -X POST {base}/v2/repository/index -d '{{}}'"
+    )
 
 
 def _summary(doc: dict) -> str:  # type: ignore[type-arg]

@@ -69,7 +69,7 @@ def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memory
         offset += 4
         if offset + length > len(view):
             raise invalid(f"input '{name}': BYTES element of {length} bytes overruns the data")
-        items.append(bytes(view[offset:offset + length]))
+        items.append(bytes(view[offset : offset + length]))
         offset += length
         if len(items) > count:
             break

@@ -1,4 +1,5 @@
-"""Transport-neutral inference types: what the REST and gRPC adapters decode into and encode from."""
+"""Transport-neutral inference types: what the REST and gRPC adapters decode into and encode
+from."""
 
 from __future__ import annotations
 

@@ -61,8 +61,9 @@ def _feed(spec: TensorSpec, tensor: Tensor) -> np.ndarray:
     try:
         return np.vectorize(_text, otypes=[object])(tensor.array)
     except UnicodeDecodeError:
-        raise invalid(f"input '{spec.name}': BYTES values must be UTF-8 text for this model"
-                      ) from None
+        raise invalid(
+            f"input '{spec.name}': BYTES values must be UTF-8 text for this model"
+        ) from None
 
 
 def _text(value: object) -> str:

@@ -43,8 +43,9 @@ def test_lightgbm_native(task: str, data: dict, tmp_path: Path) -> None:
     path = _version_dir(tmp_path / "models", "lgb")
     model.booster_.save_model(str(path / "model.txt"))
     _sample(path, x[:100])
-    result = convert_uri(open_registry(str(tmp_path / "models")), "models:/lgb/1",
-                         ConvertOptions(out=tmp_path / "a"))
+    result = convert_uri(
+        open_registry(str(tmp_path / "models")), "models:/lgb/1", ConvertOptions(out=tmp_path / "a")
+    )
     m = result.manifest
     assert m.flavor == "lightgbm" and m.converter["name"] == "onnxmltools"
     assert m.parity is not None and m.parity.rows == 100
@@ -63,8 +64,9 @@ def test_xgboost_native(task: str, data: dict, tmp_path: Path) -> None:
     path = _version_dir(tmp_path / "models", "xgb")
     model.save_model(str(path / "model.json"))
     _sample(path, x[:100])
-    result = convert_uri(open_registry(str(tmp_path / "models")), "models:/xgb/1",
-                         ConvertOptions(out=tmp_path / "a"))
+    result = convert_uri(
+        open_registry(str(tmp_path / "models")), "models:/xgb/1", ConvertOptions(out=tmp_path / "a")
+    )
     m = result.manifest
     assert m.flavor == "xgboost" and m.parity is not None
     if task == "cls":

@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.semi_supervised import LabelSpreading
 
 from converters import convert as conv
+from converters.artifacts import cached
 from converters.errors import (
     ParityError,
     RegistryError,
@@ -23,7 +24,6 @@ from converters.errors import (
 )
 from converters.inputs import prepare
 from converters.parity import Tolerance, check_parity
-from converters.artifacts import cached
 from converters.pipeline import ConvertOptions, convert_uri, optimize
 from converters.registry import ModelRef, Registry
 
@@ -77,17 +77,19 @@ def test_float32_noise_passes_tight_tolerance(data: tuple[np.ndarray, np.ndarray
     assert 0 < report.max_abs_diff <= 1e-4  # float32 differs a little, within tolerance
 
 
-def test_unsupported_estimator(folder_registry: Registry, tmp_path: Path,
-                               data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_unsupported_estimator(
+    folder_registry: Registry, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = data
     folder_registry.publish_sklearn("spread", LabelSpreading().fit(x[:100], y[:100]), x[:20])
-    with pytest.raises(UnsupportedModelError, match="LabelSpreading.*Supported: linear models"):
+    with pytest.raises(UnsupportedModelError, match=r"LabelSpreading.*Supported: linear models"):
         convert_uri(folder_registry, "models:/spread/1", _options(tmp_path))
     assert _nothing_written(tmp_path)
 
 
-def test_parity_failure_writes_no_artifact(folder_registry: Registry, tmp_path: Path,
-                                           data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_parity_failure_writes_no_artifact(
+    folder_registry: Registry, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = data
     folder_registry.publish_sklearn("bc", LogisticRegression(max_iter=50).fit(x, y), x[:50])
     impossible = Tolerance(prob_atol=0.0, min_label_agreement=1.0)
@@ -114,11 +116,14 @@ def test_corrupt_onnx_file(folder_registry: Registry, tmp_path: Path) -> None:
     assert _nothing_written(tmp_path)
 
 
-def test_missing_model_version_alias(folder_registry: Registry, tmp_path: Path,
-                                     data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_missing_model_version_alias(
+    folder_registry: Registry, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = data
     folder_registry.publish_sklearn("bc", LogisticRegression(max_iter=50).fit(x, y), x[:20])
-    with pytest.raises(RegistryError, match="'nope' is not in the folder registry.*models are: bc"):
+    with pytest.raises(
+        RegistryError, match=r"'nope' is not in the folder registry.*models are: bc"
+    ):
         convert_uri(folder_registry, "models:/nope/1", _options(tmp_path))
     with pytest.raises(RegistryError, match="no version 7; versions are: 1"):
         convert_uri(folder_registry, "models:/bc/7", _options(tmp_path))
@@ -128,12 +133,15 @@ def test_missing_model_version_alias(folder_registry: Registry, tmp_path: Path,
         ModelRef.parse("bc:1")
 
 
-def test_feature_count_mismatch(folder_registry: Registry, tmp_path: Path,
-                                data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_feature_count_mismatch(
+    folder_registry: Registry, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = data
     folder_registry.publish_sklearn("bc", LogisticRegression(max_iter=50).fit(x, y), x[:20, :29])
-    with pytest.raises(Exception, match="feature-count mismatch: the model takes 30 features, "
-                                        "the sample rows have 29"):
+    with pytest.raises(
+        Exception,
+        match="feature-count mismatch: the model takes 30 features, the sample rows have 29",
+    ):
         convert_uri(folder_registry, "models:/bc/1", _options(tmp_path))
 
 
@@ -152,13 +160,14 @@ def test_pickle_is_refused_unless_trusted(folder_registry: Registry, tmp_path: P
     version_dir = Path(folder_registry.location) / "evil" / "1"
     version_dir.mkdir(parents=True)
     (version_dir / "model.pkl").write_bytes(pickle.dumps(Boom()))
-    with pytest.raises(UntrustedModelError, match="is a pickle.*--trust-pickle"):
+    with pytest.raises(UntrustedModelError, match=r"is a pickle.*--trust-pickle"):
         convert_uri(folder_registry, "models:/evil/1", _options(tmp_path))
     assert not MARKER.exists()
 
 
-def test_trusted_pickle_loads(folder_registry: Registry, tmp_path: Path,
-                              data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_trusted_pickle_loads(
+    folder_registry: Registry, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
     import joblib
 
     x, y = data
@@ -170,8 +179,9 @@ def test_trusted_pickle_loads(folder_registry: Registry, tmp_path: Path,
     assert result.manifest.parity is not None and result.manifest.parity.rows == 40
 
 
-def test_cache_reuses_first_result(folder_registry: Registry, tmp_path: Path,
-                                   data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_cache_reuses_first_result(
+    folder_registry: Registry, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = data
     folder_registry.publish_sklearn("bc", RandomForestClassifier(n_estimators=5).fit(x, y), x[:30])
     first = convert_uri(folder_registry, "models:/bc/1", _options(tmp_path))
@@ -185,8 +195,9 @@ def test_cache_reuses_first_result(folder_registry: Registry, tmp_path: Path,
     assert cached(third.path) == third.manifest  # rebuilt whole: file digest matches manifest
 
 
-def test_generated_sample_when_registry_has_none(folder_registry: Registry, tmp_path: Path,
-                                                 data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_generated_sample_when_registry_has_none(
+    folder_registry: Registry, tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = data
     folder_registry.publish_sklearn("bc", LogisticRegression(max_iter=50).fit(x, y), None)
     result = convert_uri(folder_registry, "models:/bc/1", _options(tmp_path))

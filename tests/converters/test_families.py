@@ -82,8 +82,9 @@ def test_classifier_family(family: str, folder_registry: Registry, tmp_path: Pat
     rows = x[-60:].astype(np.float32)
     out = _run(result, {"input": rows})
     np.testing.assert_array_equal(out["label"], model.predict(rows.astype(np.float64)))
-    np.testing.assert_allclose(out["probabilities"], model.predict_proba(rows.astype(np.float64)),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        out["probabilities"], model.predict_proba(rows.astype(np.float64)), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("family", sorted(REGRESSORS))
@@ -98,8 +99,9 @@ def test_regressor_family(family: str, folder_registry: Registry, tmp_path: Path
     assert [t.name for t in m.signature.outputs] == ["variable"]
     rows = x[-60:].astype(np.float32)
     out = _run(result, {"input": rows})
-    np.testing.assert_allclose(out["variable"].reshape(-1), model.predict(rows.astype(np.float64)),
-                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        out["variable"].reshape(-1), model.predict(rows.astype(np.float64)), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_mixed_type_column_transformer(folder_registry: Registry, tmp_path: Path) -> None:
@@ -108,18 +110,29 @@ def test_mixed_type_column_transformer(folder_registry: Registry, tmp_path: Path
     from sklearn.preprocessing import OneHotEncoder
 
     frame, y = churn_frame(600, seed=1)
-    model = Pipeline([
-        ("features", ColumnTransformer([
-            ("num", StandardScaler(), ["age", "monthly_spend"]),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan"]),
-        ])),
-        ("clf", ensemble.RandomForestClassifier(n_estimators=10, random_state=0)),
-    ]).fit(frame, y)
+    model = Pipeline(
+        [
+            (
+                "features",
+                ColumnTransformer(
+                    [
+                        ("num", StandardScaler(), ["age", "monthly_spend"]),
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan"]),
+                    ]
+                ),
+            ),
+            ("clf", ensemble.RandomForestClassifier(n_estimators=10, random_state=0)),
+        ]
+    ).fit(frame, y)
     result = _convert(folder_registry, tmp_path, "churn", model, frame.iloc[:100])
 
     m = result.manifest
     assert {t.name: t.datatype for t in m.signature.inputs} == {
-        "age": "FP32", "monthly_spend": "FP32", "city": "BYTES", "plan": "BYTES"}
+        "age": "FP32",
+        "monthly_spend": "FP32",
+        "city": "BYTES",
+        "plan": "BYTES",
+    }
     assert m.parity is not None and m.parity.label_agreement == 1.0
     assert set(m.reference_stats) == {"age", "monthly_spend"}  # numeric inputs only
     tail = frame.iloc[-50:]

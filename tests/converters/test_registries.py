@@ -36,8 +36,11 @@ def _round_trip(registry: Registry, tmp_path: Path) -> None:
     assert registry.resolve(ModelRef.parse("models:/iris@challenger")).version == "2"
 
     fetched = registry.fetch(ModelRef.parse("models:/iris@champion"), tmp_path / "fetch")
-    assert (fetched.flavor, fetched.version, fetched.serialization_format) == ("sklearn", "1",
-                                                                              "skops")
+    assert (fetched.flavor, fetched.version, fetched.serialization_format) == (
+        "sklearn",
+        "1",
+        "skops",
+    )
     assert fetched.sample is not None and len(fetched.sample) == len(sample)
 
     result = convert_uri(registry, "models:/iris@challenger", ConvertOptions(out=tmp_path / "a"))
@@ -100,9 +103,14 @@ def test_demo_models_in_embedded_mlflow(demo_registry: Registry, tmp_path: Path)
     assert len(models["breast_cancer"].versions) == 3
     assert models["breast_cancer"].aliases == {"champion": "1", "challenger": "2"}
     options = ConvertOptions(out=tmp_path / "a")
-    for uri in ("models:/breast_cancer@champion", "models:/breast_cancer@challenger",
-                "models:/breast_cancer/3", "models:/iris@champion", "models:/diabetes@champion",
-                "models:/churn@champion"):
+    for uri in (
+        "models:/breast_cancer@champion",
+        "models:/breast_cancer@challenger",
+        "models:/breast_cancer/3",
+        "models:/iris@champion",
+        "models:/diabetes@champion",
+        "models:/churn@champion",
+    ):
         result = convert_uri(demo_registry, uri, options)
         assert result.manifest.parity is not None, uri
         assert (result.path / "model.onnx").is_file()

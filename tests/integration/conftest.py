@@ -26,60 +26,96 @@ class Gateway:
 
 
 def gateway_config(registry: Registry, artifacts: Path, http: int, grpc: int) -> dict[str, Any]:
-    fast = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-            "upscale_delay_s": 0.5, "downscale_delay_s": 3, "metrics_interval_s": 0.5,
-            "look_back_period_s": 1}
+    fast = {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 0.5,
+        "downscale_delay_s": 3,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 1,
+    }
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": http},
-        "grpc_options": {"port": grpc, "grpc_servicer_functions": [
-            "serve.protos.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"]},
-        "applications": [{
-            "name": APP,
-            "route_prefix": "/",
-            "import_path": "serve.app:build_app",
-            "args": {
-                "registry": registry.location,
-                "artifacts": str(artifacts),
-                "limits": {"max_body_bytes": 1 << 20},
-                "models": [
-                    {"name": "breast_cancer", "default_version": "champion",
-                     "aliases": {"champion": "1", "canary": "2"},
-                     "versions": [
-                         {"uri": "models:/breast_cancer/1", "placement": "dedicated"},
-                         {"uri": "models:/breast_cancer/2", "placement": "dedicated",
-                          "autoscaling": fast},
-                         {"uri": "models:/breast_cancer/3", "placement": "colocated"},
-                     ]},
-                    {"name": "iris", "versions": [{"uri": "models:/iris@champion",
-                                                   "placement": "colocated"}]},
-                    {"name": "churn", "versions": [{"uri": "models:/churn@champion",
-                                                    "placement": "dedicated"}]},
-                ],
-            },
-        }],
+        "grpc_options": {
+            "port": grpc,
+            "grpc_servicer_functions": [
+                "serve.protos.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+            ],
+        },
+        "applications": [
+            {
+                "name": APP,
+                "route_prefix": "/",
+                "import_path": "serve.app:build_app",
+                "args": {
+                    "registry": registry.location,
+                    "artifacts": str(artifacts),
+                    "limits": {"max_body_bytes": 1 << 20},
+                    "models": [
+                        {
+                            "name": "breast_cancer",
+                            "default_version": "champion",
+                            "aliases": {"champion": "1", "canary": "2"},
+                            "versions": [
+                                {"uri": "models:/breast_cancer/1", "placement": "dedicated"},
+                                {
+                                    "uri": "models:/breast_cancer/2",
+                                    "placement": "dedicated",
+                                    "autoscaling": fast,
+                                },
+                                {"uri": "models:/breast_cancer/3", "placement": "colocated"},
+                            ],
+                        },
+                        {
+                            "name": "iris",
+                            "versions": [
+                                {"uri": "models:/iris@champion", "placement": "colocated"}
+                            ],
+                        },
+                        {
+                            "name": "churn",
+                            "versions": [
+                                {"uri": "models:/churn@champion", "placement": "dedicated"}
+                            ],
+                        },
+                    ],
+                },
+            }
+        ],
     }
 
 
 @pytest.fixture(scope="session")
-def gateway(demo_registry: Registry, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Gateway]:
+def gateway(demo_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     from serve import launcher
 
     http, grpc = free_port(), free_port()
     artifacts = tmp_path_factory.mktemp("artifacts")
     config = gateway_config(demo_registry, artifacts, http, grpc)
     originals = {}
-    for name, version in [("breast_cancer", "1"), ("breast_cancer", "2"), ("breast_cancer", "3"),
-                          ("iris", "1"), ("churn", "1")]:
-        fetched = demo_registry.fetch(ModelRef(name, version),
-                                      tmp_path_factory.mktemp(f"orig-{name}-{version}"))
+    for name, version in [
+        ("breast_cancer", "1"),
+        ("breast_cancer", "2"),
+        ("breast_cancer", "3"),
+        ("iris", "1"),
+        ("churn", "1"),
+    ]:
+        fetched = demo_registry.fetch(
+            ModelRef(name, version), tmp_path_factory.mktemp(f"orig-{name}-{version}")
+        )
         originals[f"{name}:{version}"] = load_model(fetched)
     launcher.preflight(config)
     launcher.start_ray()
     try:
         launcher.deploy(config)
-        yield Gateway(f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}", demo_registry, originals,
-                      "breast_cancer-v2")
+        yield Gateway(
+            f"http://127.0.0.1:{http}",
+            f"127.0.0.1:{grpc}",
+            demo_registry,
+            originals,
+            "breast_cancer-v2",
+        )
     finally:
         launcher.stop_ray()

@@ -27,14 +27,17 @@ def _wait_for(deployment: str, count: int, timeout_s: float) -> float:
         if _running_replicas(deployment) == count:
             return time.monotonic() - start
         time.sleep(0.5)
-    raise AssertionError(f"{deployment} did not reach {count} replicas in {timeout_s}s "
-                         f"(has {_running_replicas(deployment)})")
+    raise AssertionError(
+        f"{deployment} did not reach {count} replicas in {timeout_s}s "
+        f"(has {_running_replicas(deployment)})"
+    )
 
 
 def _load(gateway: Gateway, stop: threading.Event, failures: list[int]) -> None:
     url = f"{gateway.base}/v2/models/breast_cancer/versions/2/infer"
-    body = {"inputs": [{"name": "input", "shape": [200, 30], "datatype": "FP32",
-                        "data": ROWS.tolist()}]}
+    body = {
+        "inputs": [{"name": "input", "shape": [200, 30], "datatype": "FP32", "data": ROWS.tolist()}]
+    }
 
     async def client(session: aiohttp.ClientSession) -> None:
         while not stop.is_set():

@@ -14,13 +14,16 @@ X_BC = load_breast_cancer(return_X_y=True)[0].astype(np.float32)
 
 
 def _body(row: np.ndarray, request_id: str) -> dict:
-    return {"id": request_id, "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
-                                          "data": row.tolist()}]}
+    return {
+        "id": request_id,
+        "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row.tolist()}],
+    }
 
 
 async def _fire(gateway: Gateway, version: str, bodies: list[dict]) -> list[tuple[int, dict]]:
     url = f"{gateway.base}/v2/models/breast_cancer/versions/{version}/infer"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+
         async def one(body: dict) -> tuple[int, dict]:
             async with session.post(url, json=body) as response:
                 return response.status, await response.json()
@@ -28,8 +31,13 @@ async def _fire(gateway: Gateway, version: str, bodies: list[dict]) -> list[tupl
         return await asyncio.gather(*(one(b) for b in bodies))
 
 
-def _check_answers(gateway: Gateway, version: str, rows: np.ndarray,
-                   results: list[tuple[int, dict]], skip: int | None = None) -> None:
+def _check_answers(
+    gateway: Gateway,
+    version: str,
+    rows: np.ndarray,
+    results: list[tuple[int, dict]],
+    skip: int | None = None,
+) -> None:
     original = gateway.originals[f"breast_cancer:{version}"]
     expected = original.predict_proba(rows.astype(np.float64))
     for i, (status, doc) in enumerate(results):
@@ -44,8 +52,9 @@ def _check_answers(gateway: Gateway, version: str, rows: np.ndarray,
 def test_200_concurrent_requests_each_get_their_own_answer(gateway: Gateway) -> None:
     rows = X_BC[:200] + np.linspace(0, 1, 200, dtype=np.float32)[:, None]  # all distinct
     for version in ("1", "3"):  # dedicated and colocated
-        results = asyncio.run(_fire(gateway, version,
-                                    [_body(r, f"r{i}") for i, r in enumerate(rows)]))
+        results = asyncio.run(
+            _fire(gateway, version, [_body(r, f"r{i}") for i, r in enumerate(rows)])
+        )
         _check_answers(gateway, version, rows, results)
 
 

@@ -28,8 +28,10 @@ def _raw_request(rows: np.ndarray, version: str = "") -> pb.ModelInferRequest:
 
 
 def _outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    return {o.name: tensors.from_raw(o.name, o.datatype, list(o.shape), raw)
-            for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)}
+    return {
+        o.name: tensors.from_raw(o.name, o.datatype, list(o.shape), raw)
+        for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
 
 
 def test_health_and_metadata(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
@@ -40,12 +42,14 @@ def test_health_and_metadata(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="breast_cancer"))
     assert meta.platform == "onnx_onnxv1" and list(meta.versions) == ["1", "2", "3"]
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
-        ("input", "FP32", [-1, 30])]
+        ("input", "FP32", [-1, 30])
+    ]
 
 
 @pytest.mark.parametrize("version", ["1", "2", "3", "canary"])
-def test_raw_infer_matches_original(gateway: Gateway, stub: pb_grpc.GRPCInferenceServiceStub,
-                                    version: str) -> None:
+def test_raw_infer_matches_original(
+    gateway: Gateway, stub: pb_grpc.GRPCInferenceServiceStub, version: str
+) -> None:
     rows = X_BC[::13]
     response, call = stub.ModelInfer.with_call(_raw_request(rows, version))
     answered = {"canary": "2"}.get(version, version)
@@ -54,8 +58,9 @@ def test_raw_infer_matches_original(gateway: Gateway, stub: pb_grpc.GRPCInferenc
     out = _outputs(response)
     original = gateway.originals[f"breast_cancer:{answered}"]
     np.testing.assert_array_equal(out["label"], original.predict(rows.astype(np.float64)))
-    np.testing.assert_allclose(out["probabilities"],
-                               original.predict_proba(rows.astype(np.float64)), atol=1e-4)
+    np.testing.assert_allclose(
+        out["probabilities"], original.predict_proba(rows.astype(np.float64)), atol=1e-4
+    )
 
 
 def test_typed_contents(gateway: Gateway, stub: pb_grpc.GRPCInferenceServiceStub) -> None:
@@ -65,21 +70,35 @@ def test_typed_contents(gateway: Gateway, stub: pb_grpc.GRPCInferenceServiceStub
     tensor.contents.fp32_contents.extend(rows.reshape(-1).tolist())
     out = _outputs(stub.ModelInfer(request))
     np.testing.assert_array_equal(
-        out["label"], gateway.originals["breast_cancer:3"].predict(rows.astype(np.float64)))
+        out["label"], gateway.originals["breast_cancer:3"].predict(rows.astype(np.float64))
+    )
 
 
-@pytest.mark.parametrize(("mutate", "code", "message"), [
-    (lambda r: setattr(r, "model_name", "nope"), grpc.StatusCode.NOT_FOUND, "unknown model"),
-    (lambda r: setattr(r, "model_version", "7"), grpc.StatusCode.NOT_FOUND, "no version"),
-    (lambda r: r.inputs[0].__setattr__("datatype", "FP64"), grpc.StatusCode.INVALID_ARGUMENT,
-     "needs 480 bytes of raw data; got 240"),
-    (lambda r: r.inputs[0].__setattr__("name", "x"), grpc.StatusCode.INVALID_ARGUMENT,
-     "unknown input 'x'"),
-    (lambda r: r.raw_input_contents.append(b"extra"), grpc.StatusCode.INVALID_ARGUMENT,
-     "raw_input_contents has 2 entries for 1 inputs"),
-])
-def test_errors_have_grpc_codes(stub: pb_grpc.GRPCInferenceServiceStub, mutate: object,
-                                code: grpc.StatusCode, message: str) -> None:
+@pytest.mark.parametrize(
+    ("mutate", "code", "message"),
+    [
+        (lambda r: setattr(r, "model_name", "nope"), grpc.StatusCode.NOT_FOUND, "unknown model"),
+        (lambda r: setattr(r, "model_version", "7"), grpc.StatusCode.NOT_FOUND, "no version"),
+        (
+            lambda r: r.inputs[0].__setattr__("datatype", "FP64"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "needs 480 bytes of raw data; got 240",
+        ),
+        (
+            lambda r: r.inputs[0].__setattr__("name", "x"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown input 'x'",
+        ),
+        (
+            lambda r: r.raw_input_contents.append(b"extra"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "raw_input_contents has 2 entries for 1 inputs",
+        ),
+    ],
+)
+def test_errors_have_grpc_codes(
+    stub: pb_grpc.GRPCInferenceServiceStub, mutate: object, code: grpc.StatusCode, message: str
+) -> None:
     request = _raw_request(X_BC[:2])
     mutate(request)  # type: ignore[operator]
     with pytest.raises(grpc.RpcError) as info:

@@ -17,8 +17,12 @@ X_BC = load_breast_cancer(return_X_y=True)[0].astype(np.float32)
 
 
 def _infer_body(x: np.ndarray, **extra: object) -> dict:
-    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                        "data": x.tolist()}], **extra}
+    return {
+        "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}
+        ],
+        **extra,
+    }
 
 
 def _post(gw: Gateway, path: str, **kw: object) -> requests.Response:
@@ -32,8 +36,14 @@ def test_health_and_server_metadata(gateway: Gateway) -> None:
     assert meta["name"] == "modelgate" and "binary_tensor_data" in meta["extensions"]
 
 
-@pytest.mark.parametrize("path", ["/v2/models/breast_cancer", "/v2/models/breast_cancer/versions/3",
-                                  "/v2/models/breast_cancer/versions/canary"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/breast_cancer",
+        "/v2/models/breast_cancer/versions/3",
+        "/v2/models/breast_cancer/versions/canary",
+    ],
+)
 def test_model_metadata(gateway: Gateway, path: str) -> None:
     meta = requests.get(gateway.base + path, timeout=10).json()
     assert meta["name"] == "breast_cancer" and meta["versions"] == ["1", "2", "3"]
@@ -49,8 +59,15 @@ def test_model_ready_index_and_stats(gateway: Gateway) -> None:
     index = _post(gateway, "/v2/repository/index", json={}).json()
     assert {"name": "breast_cancer", "version": "2", "state": "READY"} in index
     assert len(index) == 5
-    _post(gateway, "/v2/models/iris/infer", json={"inputs": [
-        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
+    _post(
+        gateway,
+        "/v2/models/iris/infer",
+        json={
+            "inputs": [
+                {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
+            ]
+        },
+    )
     stats = requests.get(gateway.base + "/v2/models/iris/stats", timeout=10).json()
     [entry] = stats["model_stats"]
     assert entry["name"] == "iris" and entry["inference_count"] >= 1
@@ -60,8 +77,11 @@ def test_model_ready_index_and_stats(gateway: Gateway) -> None:
 @pytest.mark.parametrize("version", ["1", "2", "3"])
 def test_json_answers_match_the_original(gateway: Gateway, version: str) -> None:
     rows = X_BC[::11]
-    response = _post(gateway, f"/v2/models/breast_cancer/versions/{version}/infer",
-                     json=_infer_body(rows, id="req-7"))
+    response = _post(
+        gateway,
+        f"/v2/models/breast_cancer/versions/{version}/infer",
+        json=_infer_body(rows, id="req-7"),
+    )
     assert response.status_code == 200, response.text
     assert response.headers["x-model-version"] == version
     doc = response.json()
@@ -76,22 +96,43 @@ def test_json_answers_match_the_original(gateway: Gateway, version: str) -> None
 
 def test_default_route_and_alias(gateway: Gateway) -> None:
     body = _infer_body(X_BC[:1])
-    assert _post(gateway, "/v2/models/breast_cancer/infer", json=body
-                 ).headers["x-model-version"] == "1"
-    assert _post(gateway, "/v2/models/breast_cancer/versions/canary/infer", json=body
-                 ).headers["x-model-version"] == "2"
+    assert (
+        _post(gateway, "/v2/models/breast_cancer/infer", json=body).headers["x-model-version"]
+        == "1"
+    )
+    assert (
+        _post(gateway, "/v2/models/breast_cancer/versions/canary/infer", json=body).headers[
+            "x-model-version"
+        ]
+        == "2"
+    )
 
 
 def test_binary_request_and_response(gateway: Gateway) -> None:
     rows = X_BC[:5]
     raw = tensors.to_raw("FP32", rows)
-    head = json.dumps({"inputs": [{"name": "input", "shape": [5, 30], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": len(raw)}}],
-                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}},
-                                   {"name": "label", "parameters": {"binary_data": False}}]}
-                      ).encode()
-    response = _post(gateway, "/v2/models/breast_cancer/versions/1/infer", data=head + raw,
-                     headers={"Inference-Header-Content-Length": str(len(head))})
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [5, 30],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [
+                {"name": "probabilities", "parameters": {"binary_data": True}},
+                {"name": "label", "parameters": {"binary_data": False}},
+            ],
+        }
+    ).encode()
+    response = _post(
+        gateway,
+        "/v2/models/breast_cancer/versions/1/infer",
+        data=head + raw,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
     assert response.status_code == 200, response.text
     n = int(response.headers["inference-header-content-length"])
     doc = json.loads(response.content[:n])
@@ -111,8 +152,12 @@ def test_requested_output_subset_and_parameters(gateway: Gateway) -> None:
 def test_mixed_type_model_with_strings(gateway: Gateway) -> None:
     frame, _ = churn_frame(20, seed=5)
     inputs = [
-        {"name": c, "shape": [20, 1], "datatype": "BYTES" if frame[c].dtype.kind not in "fi"
-         else "FP32", "data": frame[c].tolist()}
+        {
+            "name": c,
+            "shape": [20, 1],
+            "datatype": "BYTES" if frame[c].dtype.kind not in "fi" else "FP32",
+            "data": frame[c].tolist(),
+        }
         for c in frame.columns
     ]
     response = _post(gateway, "/v2/models/churn/infer", json={"inputs": inputs})
@@ -134,29 +179,53 @@ def test_a_thousand_rows_in_one_request(gateway: Gateway) -> None:
 
 def test_iris_nested_data(gateway: Gateway) -> None:
     x = load_iris(return_X_y=True)[0][:3].astype(np.float32)
-    body = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32",
-                        "data": x.tolist()}]}
+    body = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32", "data": x.tolist()}]}
     doc = _post(gateway, "/v2/models/iris/infer", json=body).json()
     label = next(o for o in doc["outputs"] if o["name"] == "label")
     assert label["data"] == gateway.originals["iris:1"].predict(x.astype(np.float64)).tolist()
 
 
-@pytest.mark.parametrize(("path", "body", "status", "message"), [
-    ("/v2/models/nope/infer", _infer_body(X_BC[:1]), 404, "unknown model 'nope'; models are: "),
-    ("/v2/models/breast_cancer/versions/9/infer", _infer_body(X_BC[:1]), 404,
-     "no version or alias '9'"),
-    ("/v2/models/breast_cancer/infer",
-     {"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP32", "data": [0.0] * 30}]}, 400,
-     "unknown input 'x'; inputs are: input"),
-    ("/v2/models/breast_cancer/infer",
-     {"inputs": [{"name": "input", "shape": [1, 29], "datatype": "FP64", "data": [0.0] * 29}]},
-     400, "input 'input' must be FP32 with shape [-1, 30]; got FP64 [1, 29]"),
-    ("/v2/models/breast_cancer/infer",
-     {"inputs": [{"name": "input", "shape": [2, 30], "datatype": "FP32", "data": [0.0] * 30}]},
-     400, "input 'input': shape [2, 30] needs 60 values; got 30"),
-])
-def test_errors_over_http(gateway: Gateway, path: str, body: dict, status: int,
-                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v2/models/nope/infer", _infer_body(X_BC[:1]), 404, "unknown model 'nope'; models are: "),
+        (
+            "/v2/models/breast_cancer/versions/9/infer",
+            _infer_body(X_BC[:1]),
+            404,
+            "no version or alias '9'",
+        ),
+        (
+            "/v2/models/breast_cancer/infer",
+            {"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP32", "data": [0.0] * 30}]},
+            400,
+            "unknown input 'x'; inputs are: input",
+        ),
+        (
+            "/v2/models/breast_cancer/infer",
+            {
+                "inputs": [
+                    {"name": "input", "shape": [1, 29], "datatype": "FP64", "data": [0.0] * 29}
+                ]
+            },
+            400,
+            "input 'input' must be FP32 with shape [-1, 30]; got FP64 [1, 29]",
+        ),
+        (
+            "/v2/models/breast_cancer/infer",
+            {
+                "inputs": [
+                    {"name": "input", "shape": [2, 30], "datatype": "FP32", "data": [0.0] * 30}
+                ]
+            },
+            400,
+            "input 'input': shape [2, 30] needs 60 values; got 30",
+        ),
+    ],
+)
+def test_errors_over_http(
+    gateway: Gateway, path: str, body: dict, status: int, message: str
+) -> None:
     response = _post(gateway, path, json=body)
     assert response.status_code == status
     assert message in response.json()["error"]
@@ -165,8 +234,12 @@ def test_errors_over_http(gateway: Gateway, path: str, body: dict, status: int,
 def test_malformed_bodies(gateway: Gateway) -> None:
     bad_json = _post(gateway, "/v2/models/breast_cancer/infer", data=b"{oops")
     assert bad_json.status_code == 400 and "malformed JSON" in bad_json.json()["error"]
-    framing = _post(gateway, "/v2/models/breast_cancer/infer", data=b"{}",
-                    headers={"Inference-Header-Content-Length": "500"})
+    framing = _post(
+        gateway,
+        "/v2/models/breast_cancer/infer",
+        data=b"{}",
+        headers={"Inference-Header-Content-Length": "500"},
+    )
     assert framing.status_code == 400 and "outside the body" in framing.json()["error"]
     huge = _post(gateway, "/v2/models/breast_cancer/infer", data=b" " * (2 << 20))
     assert huge.status_code == 413 and "over the limit" in huge.json()["error"]

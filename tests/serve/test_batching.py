@@ -50,8 +50,9 @@ def test_a_failing_request_fails_alone() -> None:
         batcher = MicroBatcher("m", model.run, max_in_flight=1)
         rows = [_row(i) for i in range(10)]
         rows[4] = _row(float("nan"))
-        results = await asyncio.gather(*(batcher.submit(r, 1) for r in rows),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(batcher.submit(r, 1) for r in rows), return_exceptions=True
+        )
         assert isinstance(results[4], InferenceError)
         for i, out in enumerate(results):
             if i != 4:

@@ -25,21 +25,26 @@ def _error(body: bytes, header: str | None = None) -> str:
 
 
 def test_flat_and_nested_data_decode_alike() -> None:
-    flat = _decode({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
-                                "data": [1, 2, 3, 4]}]})
-    nested = _decode({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
-                                  "data": [[1, 2], [3, 4]]}]})
+    flat = _decode(
+        {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    )
+    nested = _decode(
+        {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4]]}]}
+    )
     for request in (flat, nested):
         array = request.inputs[0].array  # type: ignore[attr-defined]
         assert array.dtype == np.float32 and array.tolist() == [[1, 2], [3, 4]]
 
 
 def test_id_parameters_outputs_and_bytes() -> None:
-    request = _decode({
-        "id": "r-1", "parameters": {"binary_data_output": True, "custom": 3},
-        "inputs": [{"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": ["a", "bé"]}],
-        "outputs": [{"name": "label", "parameters": {"binary_data": False}}],
-    })
+    request = _decode(
+        {
+            "id": "r-1",
+            "parameters": {"binary_data_output": True, "custom": 3},
+            "inputs": [{"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": ["a", "bé"]}],
+            "outputs": [{"name": "label", "parameters": {"binary_data": False}}],
+        }
+    )
     assert request.id == "r-1" and request.parameters["custom"] == 3  # type: ignore[attr-defined]
     assert request.binary_output is True  # type: ignore[attr-defined]
     assert request.outputs[0].name == "label" and request.outputs[0].binary is False  # type: ignore
@@ -50,12 +55,24 @@ def test_binary_extension_round_trip() -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     s = np.array([[b"ab"], [b""]], dtype=object)
     raw_x, raw_s = tensors.to_raw("FP32", x), tensors.to_raw("BYTES", s)
-    head = json.dumps({"inputs": [
-        {"name": "x", "shape": [2, 3], "datatype": "FP32",
-         "parameters": {"binary_data_size": len(raw_x)}},
-        {"name": "s", "shape": [2, 1], "datatype": "BYTES",
-         "parameters": {"binary_data_size": len(raw_s)}},
-    ]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw_x)},
+                },
+                {
+                    "name": "s",
+                    "shape": [2, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw_s)},
+                },
+            ]
+        }
+    ).encode()
     request = decode_request(head + raw_x + raw_s, str(len(head)), "m", "1", LIMITS)
     np.testing.assert_array_equal(request.inputs[0].array, x)
     assert request.inputs[1].array.reshape(-1).tolist() == [b"ab", b""]
@@ -63,9 +80,13 @@ def test_binary_extension_round_trip() -> None:
 
 def test_binary_response_has_header_length_and_raw_tensors() -> None:
     probs = np.array([[0.25, 0.75]], dtype=np.float32)
-    response = InferResponse("m", "2", [Tensor("label", "INT64", np.array([1])),
-                                        Tensor("probabilities", "FP32", probs)],
-                             id="x", binary={"label": False, "probabilities": True})
+    response = InferResponse(
+        "m",
+        "2",
+        [Tensor("label", "INT64", np.array([1])), Tensor("probabilities", "FP32", probs)],
+        id="x",
+        binary={"label": False, "probabilities": True},
+    )
     body, headers = encode_response(response)
     n = int(headers["inference-header-content-length"])
     doc = json.loads(body[:n])
@@ -75,28 +96,48 @@ def test_binary_response_has_header_length_and_raw_tensors() -> None:
     np.testing.assert_array_equal(np.frombuffer(body[n:], np.float32).reshape(1, 2), probs)
 
 
-@pytest.mark.parametrize(("body", "header", "message"), [
-    (b"{not json", None, "malformed JSON"),
-    (b"[]", None, "must be a JSON object"),
-    (b'{"inputs": []}', None, "non-empty 'inputs'"),
-    (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}]}', None,
-     "input 'x': shape [2] needs 2 values; got 1"),
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP99", "data": [1]}]}', None,
-     "unknown datatype 'FP99'"),
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}]}', None,
-     "data is not all FP32 values"),
-    (b'{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]}', None,
-     "must be a list of non-negative integers"),
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}', None,
-     "neither 'data' nor parameters.binary_data_size"),
-    (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", '
-     b'"parameters": {"binary_data_size": 8}}]}\x00\x00', "100",
-     "binary_data_size 8 does not fit the 2 binary bytes left"),
-    (b'{}', "abc", "is not an integer"),
-    (b'{}', "999", "outside the body"),
-])
-def test_malformed_requests_name_the_problem(body: bytes, header: str | None,
-                                             message: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "header", "message"),
+    [
+        (b"{not json", None, "malformed JSON"),
+        (b"[]", None, "must be a JSON object"),
+        (b'{"inputs": []}', None, "non-empty 'inputs'"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}]}',
+            None,
+            "input 'x': shape [2] needs 2 values; got 1",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP99", "data": [1]}]}',
+            None,
+            "unknown datatype 'FP99'",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}]}',
+            None,
+            "data is not all FP32 values",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]}',
+            None,
+            "must be a list of non-negative integers",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}',
+            None,
+            "neither 'data' nor parameters.binary_data_size",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", '
+            b'"parameters": {"binary_data_size": 8}}]}\x00\x00',
+            "100",
+            "binary_data_size 8 does not fit the 2 binary bytes left",
+        ),
+        (b"{}", "abc", "is not an integer"),
+        (b"{}", "999", "outside the body"),
+    ],
+)
+def test_malformed_requests_name_the_problem(body: bytes, header: str | None, message: str) -> None:
     assert message in _error(body, header)
 
 

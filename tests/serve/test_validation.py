@@ -10,8 +10,10 @@ from serve.validation import validate
 
 SIG = Signature(
     inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 30])],
-    outputs=[TensorSpec(name="label", datatype="INT64", shape=[-1]),
-             TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2])],
+    outputs=[
+        TensorSpec(name="label", datatype="INT64", shape=[-1]),
+        TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2]),
+    ],
 )
 
 
@@ -33,14 +35,21 @@ def test_valid_request_gives_feeds_and_rows() -> None:
     assert rows == 3 and feeds["x"] is x
 
 
-@pytest.mark.parametrize(("tensor", "message"), [
-    (Tensor("x", "FP64", np.zeros((1, 29))),
-     "input 'x' must be FP32 with shape [-1, 30]; got FP64 [1, 29]"),
-    (Tensor("x", "FP32", np.zeros((1, 30, 1), np.float32)),
-     "input 'x' must be FP32 with shape [-1, 30]; got FP32 [1, 30, 1]"),
-    (Tensor("y", "FP32", np.zeros((1, 30), np.float32)), "unknown input 'y'; inputs are: x"),
-    (Tensor("x", "FP32", np.zeros((0, 30), np.float32)), "input 'x' has no rows"),
-])
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (
+            Tensor("x", "FP64", np.zeros((1, 29))),
+            "input 'x' must be FP32 with shape [-1, 30]; got FP64 [1, 29]",
+        ),
+        (
+            Tensor("x", "FP32", np.zeros((1, 30, 1), np.float32)),
+            "input 'x' must be FP32 with shape [-1, 30]; got FP32 [1, 30, 1]",
+        ),
+        (Tensor("y", "FP32", np.zeros((1, 30), np.float32)), "unknown input 'y'; inputs are: x"),
+        (Tensor("x", "FP32", np.zeros((0, 30), np.float32)), "input 'x' has no rows"),
+    ],
+)
 def test_bad_inputs_are_named(tensor: Tensor, message: str) -> None:
     assert message in _message(_request(tensor))
 
@@ -49,17 +58,23 @@ def test_missing_input_and_unknown_output() -> None:
     assert "missing input 'x' (FP32 with shape [-1, 30])" in _message(_request())
     x = Tensor("x", "FP32", np.zeros((1, 30), np.float32))
     assert "unknown output 'score'; outputs are: label, probabilities" in _message(
-        _request(x, outputs=["score"]))
+        _request(x, outputs=["score"])
+    )
 
 
 def test_inputs_must_agree_on_rows_and_bytes_become_text() -> None:
-    sig = Signature(inputs=[TensorSpec(name="a", datatype="FP32", shape=[-1, 1]),
-                            TensorSpec(name="city", datatype="BYTES", shape=[-1, 1])],
-                    outputs=[TensorSpec(name="label", datatype="INT64", shape=[-1])])
+    sig = Signature(
+        inputs=[
+            TensorSpec(name="a", datatype="FP32", shape=[-1, 1]),
+            TensorSpec(name="city", datatype="BYTES", shape=[-1, 1]),
+        ],
+        outputs=[TensorSpec(name="label", datatype="INT64", shape=[-1])],
+    )
     city = np.array([[b"paris"], [b"rome"]], dtype=object)
     a = Tensor("a", "FP32", np.zeros((2, 1), np.float32))
     feeds, rows = validate(_request(a, Tensor("city", "BYTES", city)), sig)
     assert rows == 2 and feeds["city"].reshape(-1).tolist() == ["paris", "rome"]
     short = Tensor("a", "FP32", np.zeros((1, 1), np.float32))
     assert "input 'city' has 2 rows; other inputs have 1" in _message(
-        _request(short, Tensor("city", "BYTES", city)), sig)
+        _request(short, Tensor("city", "BYTES", city)), sig
+    )
