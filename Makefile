@@ -27,8 +27,8 @@ install-test: $(VENV)/.installed-test
 quickstart: install
 	$(BIN)/modelgate quickstart
 
-# pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: install-test
+# Lint first (ruff + mypy), then pytest; pytest exiting 5 (no test collected) is a failure.
+test: install-test lint
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
 from ray import serve
+from ray.serve.deployment import Deployment
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -72,10 +73,18 @@ class PlainRouter:
         return _answer(self.names, values)
 
 
+def _deployment(cls: object) -> Deployment:
+    return cast(Deployment, cls)  # `@serve.deployment` made it one; mypy sees the class
+
+
 def baseline_app(args: dict[str, str]) -> serve.Application:
-    return InProcess.options(ray_actor_options={"num_cpus": 0.1}).bind(args["artifact"])
+    return (
+        _deployment(InProcess).options(ray_actor_options={"num_cpus": 0.1}).bind(args["artifact"])
+    )
 
 
 def plain_app(args: dict[str, str]) -> serve.Application:
-    model = PlainModel.options(ray_actor_options={"num_cpus": 0.1}).bind(args["artifact"])
-    return PlainRouter.options(ray_actor_options={"num_cpus": 0.1}).bind(model)
+    model = (
+        _deployment(PlainModel).options(ray_actor_options={"num_cpus": 0.1}).bind(args["artifact"])
+    )
+    return _deployment(PlainRouter).options(ray_actor_options={"num_cpus": 0.1}).bind(model)

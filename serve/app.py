@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 from ray import serve
+from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
@@ -133,6 +134,11 @@ class Router:
         if grpc_context is not None:
             grpc_context.set_trailing_metadata([(rest.VERSION_HEADER, response.version)])
         return grpc_service.encode_infer(response)
+
+
+# `@serve.deployment` turns each class into a Deployment; mypy sees only the class.
+RouterDeployment = cast(Deployment, Router)
+ModelVersionDeployment = cast(Deployment, ModelVersion)
 
 
 def _metadata(context: Any, key: str) -> str | None:
@@ -261,7 +267,7 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
         options["autoscaling_config"] = router.autoscaling.ray_config()
     else:
         options["num_replicas"] = router.num_replicas
-    return Router.options(**options).bind(spec.model_dump(), handles)
+    return RouterDeployment.options(**options).bind(spec.model_dump(), handles)
 
 
 def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) -> Any:
@@ -280,7 +286,7 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
         options["autoscaling_config"] = version.autoscaling.ray_config()
     else:
         options["num_replicas"] = version.num_replicas
-    return ModelVersion.options(**options)
+    return ModelVersionDeployment.options(**options)
 
 
 def _default_version(model: ModelConfig, specs: list[VersionSpec]) -> str:

@@ -17,12 +17,12 @@ def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.
     """The ONNX Runtime feeds for this request, and its row count (the batch dimension)."""
     names = ", ".join(t.name for t in signature.inputs)
     given: dict[str, Tensor] = {}
-    for tensor in request.inputs:
-        if tensor.name in given:
-            raise invalid(f"input '{tensor.name}' is given twice")
-        if signature.input(tensor.name) is None:
-            raise invalid(f"unknown input '{tensor.name}'; inputs are: {names}")
-        given[tensor.name] = tensor
+    for item in request.inputs:
+        if item.name in given:
+            raise invalid(f"input '{item.name}' is given twice")
+        if signature.input(item.name) is None:
+            raise invalid(f"unknown input '{item.name}'; inputs are: {names}")
+        given[item.name] = item
     feeds: dict[str, np.ndarray] = {}
     rows: int | None = None
     for spec in signature.inputs:
