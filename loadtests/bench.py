@@ -67,13 +67,43 @@ def _sweep(url: str, body: str, duration_s: int) -> list[dict[str, float]]:
     points = []
     for connections in CONNECTIONS:
         point = wrk.run(url, body, connections, duration_s)
-        print(
-            f"    {connections:>3} conns: {point.rps:8.0f} req/s  p50 {point.p50_ms:6.2f} ms  "
-            f"p99 {point.p99_ms:6.2f} ms  errors {point.errors}",
-            flush=True,
-        )
+        _show("plain", point.as_dict())
         points.append(point.as_dict())
     return points
+
+
+def _show(name: str, p: dict[str, float]) -> None:
+    print(
+        f"  {name:<10} {p['connections']:>3.0f} conns: {p['rps']:8.0f} req/s  "
+        f"p50 {p['p50_ms']:6.2f} ms  p99 {p['p99_ms']:6.2f} ms  errors {p['errors']:.0f}",
+        flush=True,
+    )
+
+
+def _interleaved(
+    urls: dict[str, str], body: str, duration_s: int, rounds: int
+) -> dict[str, list[dict[str, float]]]:
+    """Scenarios alternate at each point, `rounds` times; each point keeps its median round.
+
+    Alternating spreads the machine's drift over all scenarios alike, so ratios hold up better
+    than with one scenario's whole sweep after another's.
+    """
+    from loadtests import wrk
+
+    for url in urls.values():
+        wrk.run(url, body, 8, 2)  # warm-up, discarded
+    samples: dict[str, dict[int, list[dict[str, float]]]] = {n: {} for n in urls}
+    for connections in CONNECTIONS:
+        for _ in range(rounds):
+            for name, url in urls.items():
+                point = wrk.run(url, body, connections, duration_s).as_dict()
+                _show(name, point)
+                samples[name].setdefault(connections, []).append(point)
+    return {name: [_median(samples[name][c]) for c in CONNECTIONS] for name in urls}
+
+
+def _median(points: list[dict[str, float]]) -> dict[str, float]:
+    return sorted(points, key=lambda p: p["rps"])[len(points) // 2]
 
 
 def _prepare() -> str:
@@ -101,17 +131,16 @@ def run_high_throughput(duration_s: int, rounds: int) -> dict[str, list[dict[str
         _app("baseline", "loadtests.baseline:baseline_app", artifact, "/baseline")
     )
     launcher.start_ray()
-    results = {}
     try:
         launcher.deploy(config)
-        print("baseline (one deployment, ONNX in process)", flush=True)
-        results["baseline"] = _sweep(f"{base}/baseline/v2/models/bc/infer", body, duration_s)
-        for placement in ("dedicated", "colocated"):
-            print(f"gateway, {placement}", flush=True)
-            results[placement] = _sweep(f"{base}/v2/models/bc_{placement}/infer", body, duration_s)
+        urls = {
+            "baseline": f"{base}/baseline/v2/models/bc/infer",
+            "dedicated": f"{base}/v2/models/bc_dedicated/infer",
+            "colocated": f"{base}/v2/models/bc_colocated/infer",
+        }
+        return _interleaved(urls, body, duration_s, rounds)
     finally:
         launcher.stop_ray()
-    return results
 
 
 def run_plain(duration_s: int) -> list[dict[str, float]]:
