@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,16 +18,18 @@ from ray import serve
 from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from converters.manifest import read_manifest
 from serve import grpc_service, rest
 from serve.batching import MicroBatcher
-from serve.config import Batching, GatewayConfig, Limits, ModelConfig, VersionConfig
-from serve.dataplane import DataPlane, ModelRoutes, VersionTarget
+from serve.config import Batching, GatewayConfig, Limits, VersionConfig
+from serve.dataplane import DataPlane, VersionTarget
 from serve.errors import ErrorCode, InferenceError
 from serve.protos import grpc_predict_v2_pb2 as pb
+from serve.resolve import Resolved, resolve_versions
 from serve.rest_codec import Limits as CodecLimits
+from serve.routing import RoutingConfig
 from serve.runtime import Feeds, VersionRuntime
 
 logger = logging.getLogger("modelgate")
@@ -50,8 +53,7 @@ class RouterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     versions: list[VersionSpec]
-    defaults: dict[str, str]
-    aliases: dict[str, dict[str, str]]
+    registry_aliases: dict[str, dict[str, str]]
     limits: Limits
 
 
@@ -78,10 +80,22 @@ class Router:
         self.spec = RouterSpec.model_validate(spec)
         self.limits = self.spec.limits
         self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
-        self.plane = DataPlane(_routes(self.spec, handles))
+        self.instance = uuid.uuid4().hex  # tells a reconfigured replica from a restarted one
+        targets = [_target(version, handles) for version in self.spec.versions]
+        self.plane = DataPlane.build(targets, self.spec.registry_aliases)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Routing from the deployment's user_config: applied in place, no restart.
+
+        Idempotent (Ray may call it again with the same config). A config naming versions that
+        are not deployed raises, and the routing in force stays as it was.
+        """
+        self.plane.apply_routing(RoutingConfig.model_validate(user_config or {}))
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
+        if request.scope["path"] == "/modelgate/routes":
+            return JSONResponse({"router": self.instance, "models": self.plane.routes()})
         return await rest.handle(self.plane, request, self.limits)
 
     # -- gRPC (method names are the service's RPC names) --------------------------------------
@@ -118,9 +132,7 @@ class Router:
         self, request: pb.ModelInferRequest, grpc_context: Any = None
     ) -> pb.ModelInferResponse:
         try:
-            infer = grpc_service.decode_infer(
-                request, self.codec_limits, _metadata(grpc_context, rest.ROUTING_HEADER)
-            )
+            infer = grpc_service.decode_infer(request, self.codec_limits, _metadata(grpc_context))
             response = await self.plane.infer(infer)
         except InferenceError as exc:
             grpc_service.set_error(grpc_context, exc)
@@ -141,26 +153,10 @@ RouterDeployment = cast(Deployment, Router)
 ModelVersionDeployment = cast(Deployment, ModelVersion)
 
 
-def _metadata(context: Any, key: str) -> str | None:
+def _metadata(context: Any) -> dict[str, str]:
     if context is None:
-        return None
-    return next((v for k, v in context.invocation_metadata() if k == key), None)
-
-
-def _routes(spec: RouterSpec, handles: dict[str, DeploymentHandle]) -> dict[str, ModelRoutes]:
-    routes: dict[str, ModelRoutes] = {}
-    for version in spec.versions:
-        target = _target(version, handles)
-        model = routes.setdefault(
-            version.model,
-            ModelRoutes(
-                versions={},
-                default=spec.defaults[version.model],
-                aliases=spec.aliases.get(version.model, {}),
-            ),
-        )
-        model.versions[version.version] = target
-    return routes
+        return {}
+    return {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
 
 
 def _target(spec: VersionSpec, handles: dict[str, DeploymentHandle]) -> VersionTarget:
@@ -228,8 +224,6 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
     The args are validated here (a ValidationError names each bad field), then every version is
     resolved to a verified artifact; a config that cannot be served fails the deploy.
     """
-    from serve.resolve import resolve_versions
-
     args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
     resolved = resolve_versions(args)
     handles: dict[str, Any] = {}
@@ -253,10 +247,7 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
             )
         )
     spec = RouterSpec(
-        versions=specs,
-        defaults={m.name: _default_version(m, specs) for m in args.models},
-        aliases={m.name: m.aliases for m in args.models},
-        limits=args.limits,
+        versions=specs, registry_aliases=registry_aliases(resolved), limits=args.limits
     )
     router = args.router
     options: dict[str, Any] = {
@@ -289,14 +280,14 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
     return ModelVersionDeployment.options(**options)
 
 
-def _default_version(model: ModelConfig, specs: list[VersionSpec]) -> str:
-    versions = [s.version for s in specs if s.model == model.name]
-    if model.default_version is None:
-        return max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
-    default = model.aliases.get(model.default_version, model.default_version)
-    if default not in versions:
-        raise ValueError(
-            f"model '{model.name}': default_version {model.default_version!r} is not "
-            f"a deployed version ({', '.join(versions)}) or alias"
-        )
-    return default
+def registry_aliases(resolved: list[Resolved]) -> dict[str, dict[str, str]]:
+    """`uri: models:/m@champion` pins alias `champion` to the version it named at deploy time."""
+    from converters.registry import ModelRef
+
+    aliases: dict[str, dict[str, str]] = {}
+    for model, version_config, _, version in resolved:
+        if version_config.uri is not None:
+            alias = ModelRef.parse(version_config.uri).alias
+            if alias is not None:
+                aliases.setdefault(model.name, {})[alias] = version
+    return aliases

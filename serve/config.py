@@ -85,10 +85,6 @@ class VersionConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Model name in the protocol.")
     versions: list[VersionConfig] = Field(min_length=1)
-    default_version: str | None = Field(
-        None, description="Version served when a request names none; default: the highest."
-    )
-    aliases: dict[str, str] = Field(default_factory=dict, description="alias -> version.")
 
 
 class RouterConfig(_Strict):

@@ -1,8 +1,8 @@
 """The transport-neutral data plane: what the gateway answers, whatever the protocol.
 
 `DataPlane.infer` is the request path in one place:
-    pick the version (pinned, alias, default) → validate against its signature → batch → run →
-    select and encode outputs.
+    pick the version (pinned, alias, weighted/sticky default route) → validate against its
+    signature → batch → run → select and encode outputs.
 REST (serve/rest.py) and gRPC (serve/grpc_service.py) only convert to and from these calls.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from converters.manifest import Manifest
 from serve.batching import MicroBatcher
 from serve.errors import not_found
+from serve.routing import ModelRouting, RouteTable, RoutingConfig
 from serve.types import InferRequest, InferResponse, Tensor
 from serve.validation import validate
 
@@ -42,30 +43,59 @@ class VersionTarget:
 
 
 @dataclass
-class ModelRoutes:
-    versions: dict[str, VersionTarget]
-    default: str
-    aliases: dict[str, str] = field(default_factory=dict)
+class ModelEntry:
+    """A model's deployed versions, and the route table the current routing config compiled."""
 
-    def resolve(self, model: str, version: str | None) -> VersionTarget:
-        name = version or self.default
-        name = self.aliases.get(name, name)
-        target = self.versions.get(name)
-        if target is None:
-            known = sorted(self.versions) + sorted(self.aliases)
-            raise not_found(
-                f"model '{model}' has no version or alias '{version}'; known: {', '.join(known)}"
-            )
-        return target
+    versions: dict[str, VersionTarget]
+    registry_aliases: dict[str, str]
+    table: RouteTable
 
 
 class DataPlane:
-    def __init__(self, models: dict[str, ModelRoutes]) -> None:
+    def __init__(self, models: dict[str, ModelEntry]) -> None:
         self.models = models
+
+    @classmethod
+    def build(
+        cls, targets: list[VersionTarget], registry_aliases: dict[str, dict[str, str]]
+    ) -> DataPlane:
+        """Group versions by model; every model starts on its default routing."""
+        grouped: dict[str, dict[str, VersionTarget]] = {}
+        for target in targets:
+            grouped.setdefault(target.model, {})[target.version] = target
+        entries = {}
+        for model, versions in grouped.items():
+            aliases = registry_aliases.get(model, {})
+            table = RouteTable(model, list(versions), ModelRouting(), aliases)
+            entries[model] = ModelEntry(versions, aliases, table)
+        return cls(entries)
+
+    def apply_routing(self, routing: RoutingConfig) -> None:
+        """Compile and check every model's routing, then switch to it all at once.
+
+        Raises ValueError (and changes nothing) if any part names what is not deployed.
+        """
+        unknown = sorted(set(routing.models) - set(self.models))
+        if unknown:
+            raise ValueError(f"routing names models that are not deployed: {', '.join(unknown)}")
+        tables = {
+            name: RouteTable(
+                name,
+                list(entry.versions),
+                routing.models.get(name, ModelRouting()),
+                entry.registry_aliases,
+            )
+            for name, entry in self.models.items()
+        }
+        for name, table in tables.items():
+            self.models[name].table = table
+
+    def routes(self) -> dict[str, Any]:
+        return {name: entry.table.describe() for name, entry in sorted(self.models.items())}
 
     # -- the request path --------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
-        target = self.target(request.model, request.version)
+        target = self.target(request.model, request.version, request.headers)
         feeds, rows = validate(request, target.manifest.signature)
         try:
             outputs = await target.batcher.submit(feeds, rows)
@@ -76,13 +106,18 @@ class DataPlane:
         return _response(request, target, outputs)
 
     # -- metadata and health -----------------------------------------------------------------
-    def target(self, model: str, version: str | None) -> VersionTarget:
-        routes = self.models.get(model)
-        if routes is None:
+    def target(
+        self, model: str, version: str | None, headers: dict[str, str] | None = None
+    ) -> VersionTarget:
+        entry = self.models.get(model)
+        if entry is None:
             raise not_found(
                 f"unknown model '{model}'; models are: {', '.join(sorted(self.models))}"
             )
-        return routes.resolve(model, version)
+        table = entry.table
+        if version:
+            return entry.versions[table.resolve(version)]
+        return entry.versions[table.pick((headers or {}).get(table.sticky_header))]
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
@@ -102,16 +137,18 @@ class DataPlane:
         return await self.target(model, version).is_ready()
 
     async def server_ready(self) -> bool:
-        for routes in self.models.values():
-            if not await routes.versions[routes.default].is_ready():
-                return False
+        """Ready when every version on a model's default route is."""
+        for entry in self.models.values():
+            for version in entry.table.weights:
+                if not await entry.versions[version].is_ready():
+                    return False
         return True
 
     async def repository_index(self) -> list[dict[str, str]]:
         index = []
-        for name, routes in sorted(self.models.items()):
-            for version in sorted(routes.versions, key=_version_order):
-                ready = await routes.versions[version].is_ready()
+        for name, entry in sorted(self.models.items()):
+            for version in sorted(entry.versions, key=_version_order):
+                ready = await entry.versions[version].is_ready()
                 index.append(
                     {"name": name, "version": version, "state": "READY" if ready else "UNAVAILABLE"}
                 )

@@ -43,7 +43,7 @@ def parameters_of(params: Any) -> dict[str, Any]:
 
 
 def decode_infer(
-    message: pb.ModelInferRequest, limits: Limits, routing_key: str | None = None
+    message: pb.ModelInferRequest, limits: Limits, headers: dict[str, str] | None = None
 ) -> InferRequest:
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
@@ -61,7 +61,7 @@ def decode_infer(
         id=message.id,
         parameters=parameters_of(message.parameters),
         outputs=outputs,
-        routing_key=routing_key,
+        headers=headers or {},
     )
 
 

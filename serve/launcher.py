@@ -16,7 +16,7 @@ import yaml
 
 from converters.errors import ModelgateError
 from serve.config import GatewayConfig
-from serve.resolve import resolve_versions
+from serve.resolve import ConfigError, Resolved, resolve_versions
 
 #: HAProxy ingress + throughput-optimized Serve (see ../shared/DESIGN.md, "Measured").
 HIGH_THROUGHPUT_ENV = {
@@ -73,7 +73,31 @@ def preflight(config: dict[str, Any]) -> None:
     """
     for app in config["applications"]:
         if app.get("import_path") == GATEWAY_IMPORT_PATH:
-            resolve_versions(GatewayConfig.model_validate(app.get("args") or {}))
+            resolved = resolve_versions(GatewayConfig.model_validate(app.get("args") or {}))
+            check_routing(app, resolved)
+
+
+def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:
+    """The Router's user_config must name only deployed versions and aliases."""
+    from serve.app import registry_aliases
+    from serve.routing import RouteTable, RoutingConfig
+
+    router: dict[str, Any] = next(
+        (d for d in app.get("deployments") or [] if d.get("name") == "Router"), {}
+    )
+    routing = RoutingConfig.model_validate(router.get("user_config") or {})
+    versions: dict[str, list[str]] = {}
+    for model, _, _, version in resolved:
+        versions.setdefault(model.name, []).append(version)
+    aliases = registry_aliases(resolved)
+    unknown = sorted(set(routing.models) - set(versions))
+    if unknown:
+        raise ConfigError(f"Router user_config routes models not deployed: {', '.join(unknown)}")
+    for name, model_routing in routing.models.items():
+        try:
+            RouteTable(name, versions[name], model_routing, aliases.get(name))
+        except ValueError as exc:
+            raise ConfigError(f"Router user_config: {exc}") from exc
 
 
 def deploy(config: dict[str, Any], timeout_s: float = 180.0) -> None:

@@ -34,11 +34,6 @@ def resolve_versions(config: GatewayConfig) -> list[Resolved]:
                 raise ConfigError(f"{where}: version {number} of '{model.name}' is listed twice")
             seen.add(number)
             resolved.append((model, version, artifact, number))
-        unknown = sorted(set(model.aliases.values()) - seen)
-        if unknown:
-            raise ConfigError(
-                f"models[{model.name}].aliases point to versions not deployed: {', '.join(unknown)}"
-            )
     return resolved
 
 

@@ -23,7 +23,6 @@ from serve.errors import ErrorCode, InferenceError, invalid
 logger = logging.getLogger("modelgate.rest")
 
 VERSION_HEADER = "x-model-version"
-ROUTING_HEADER = "x-routing-key"
 
 Handler = Callable[[DataPlane, Request, dict[str, str], Limits], Awaitable[Response]]
 
@@ -75,7 +74,7 @@ async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: 
         p.get("version"),
         rest_codec.Limits(max_elements=limits.max_elements),
     )
-    infer_request.routing_key = request.headers.get(ROUTING_HEADER)
+    infer_request.headers = dict(request.headers)  # lower-case names: sticky routing keys
     response = await plane.infer(infer_request)
     content, headers = rest_codec.encode_response(response)
     headers[VERSION_HEADER] = response.version

@@ -14,6 +14,10 @@ from converters.registry import ModelRef, Registry
 from tests.conftest import free_port
 
 APP = "gateway"
+#: The Router's user_config: version 1 takes the default route; aliases on top.
+ROUTING = {
+    "models": {"breast_cancer": {"weights": {"1": 1}, "aliases": {"champion": "1", "canary": "2"}}}
+}
 
 
 @dataclass
@@ -49,6 +53,7 @@ def gateway_config(registry: Registry, artifacts: Path, http: int, grpc: int) ->
                 "name": APP,
                 "route_prefix": "/",
                 "import_path": "serve.app:build_app",
+                "deployments": [{"name": "Router", "user_config": ROUTING}],
                 "args": {
                     "registry": registry.location,
                     "artifacts": str(artifacts),
@@ -56,8 +61,6 @@ def gateway_config(registry: Registry, artifacts: Path, http: int, grpc: int) ->
                     "models": [
                         {
                             "name": "breast_cancer",
-                            "default_version": "champion",
-                            "aliases": {"champion": "1", "canary": "2"},
                             "versions": [
                                 {"uri": "models:/breast_cancer/1", "placement": "dedicated"},
                                 {

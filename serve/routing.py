@@ -1,0 +1,138 @@
+"""Which version answers a request: a pinned version, an alias, or the weighted default route.
+
+Routing lives in the Router's `user_config` (Ray Serve's `reconfigure`), so changing weights or
+aliases with `serve deploy` takes effect in place, without restarting any replica.
+
+Sticky assignment uses weighted rendezvous hashing: each version scores a key as
+`weight / -ln(u)`, with `u` a hash of (key, version) in (0, 1); the highest score wins. The same
+key always lands on the same version for a given weight table, and when weights move, keys move
+only towards versions whose weight grew (from 90/10 to 80/20, only keys leave the first version,
+and about 10% of them: the keys that must).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve.errors import not_found
+
+DEFAULT_STICKY_HEADER = "x-routing-key"
+
+
+class ModelRouting(BaseModel):
+    """Routing for one model (a key of `RoutingConfig.models`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Default route: version or alias -> weight (any positive scale, e.g. 90/10). "
+        "Empty: the highest deployed version takes all traffic.",
+    )
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="alias -> version, on top of the registry aliases pinned at deploy time.",
+    )
+    sticky_header: str = Field(
+        DEFAULT_STICKY_HEADER,
+        description="Request header (gRPC metadata key) whose value pins a caller to a version.",
+    )
+
+
+class RoutingConfig(BaseModel):
+    """The Router deployment's `user_config`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, ModelRouting] = Field(default_factory=dict)
+
+
+class RouteTable:
+    """One model's routing, compiled and checked against the versions actually deployed."""
+
+    def __init__(
+        self,
+        model: str,
+        versions: list[str],
+        routing: ModelRouting,
+        registry_aliases: dict[str, str] | None = None,
+    ) -> None:
+        self.model = model
+        self.versions = list(versions)
+        self.aliases = {**(registry_aliases or {}), **routing.aliases}
+        self.sticky_header = routing.sticky_header.lower()
+        for alias, version in self.aliases.items():
+            if version not in self.versions:
+                raise ValueError(
+                    f"model '{model}': alias '{alias}' points to version {version}, which is not "
+                    f"deployed (deployed: {', '.join(self.versions)})"
+                )
+        raw = routing.weights or {_highest(self.versions): 1.0}
+        weights: dict[str, float] = {}
+        for name, weight in raw.items():
+            version = self.aliases.get(name, name)
+            if version not in self.versions:
+                raise ValueError(
+                    f"model '{model}': weights name '{name}', which is neither a deployed "
+                    f"version ({', '.join(self.versions)}) nor an alias"
+                )
+            if weight < 0 or not math.isfinite(weight):
+                raise ValueError(f"model '{model}': weight of '{name}' must be >= 0, got {weight}")
+            weights[version] = weights.get(version, 0.0) + weight
+        total = sum(weights.values())
+        if total <= 0:
+            raise ValueError(f"model '{model}': weights must not all be zero")
+        self.weights = {v: w / total for v, w in weights.items() if w > 0}
+        self._cumulative = _cumulative(self.weights)
+
+    def resolve(self, requested: str) -> str:
+        """A pinned version or an alias, as named in the request."""
+        version = self.aliases.get(requested, requested)
+        if version not in self.versions:
+            known = self.versions + sorted(self.aliases)
+            raise not_found(
+                f"model '{self.model}' has no version or alias '{requested}'; "
+                f"known: {', '.join(known)}"
+            )
+        return version
+
+    def pick(self, key: str | None, rand: Callable[[], float] = random.random) -> str:
+        """The default route: sticky by key when one is given, else weighted at random."""
+        if key is not None:
+            return max(self.weights, key=lambda v: _score(key, v, self.weights[v]))
+        r = rand()
+        for version, bound in self._cumulative:
+            if r < bound:
+                return version
+        return self._cumulative[-1][0]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "versions": self.versions,
+            "aliases": self.aliases,
+            "weights": {v: round(w, 6) for v, w in self.weights.items()},
+            "sticky_header": self.sticky_header,
+        }
+
+
+def _highest(versions: list[str]) -> str:
+    return max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
+
+
+def _cumulative(weights: dict[str, float]) -> list[tuple[str, float]]:
+    out, total = [], 0.0
+    for version, weight in weights.items():
+        total += weight
+        out.append((version, total))
+    return out
+
+
+def _score(key: str, version: str, weight: float) -> float:
+    digest = hashlib.blake2b(f"{key}\x00{version}".encode(), digest_size=8).digest()
+    u = (int.from_bytes(digest, "big") + 0.5) / 2**64  # in (0, 1)
+    return weight / -math.log(u)

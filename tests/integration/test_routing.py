@@ -1,0 +1,128 @@
+"""Routing through the real gateway: weights, sticky keys, and changes applied in place."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections import Counter
+
+import aiohttp
+import numpy as np
+import pytest
+import requests
+from sklearn.datasets import load_breast_cancer
+
+from serve import launcher
+from serve.resolve import ConfigError
+from tests.integration.conftest import APP, ROUTING, Gateway, gateway_config
+
+ROW = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
+BODY = {
+    "inputs": [
+        {"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW.ravel().tolist()}
+    ]
+}
+
+
+def _routes(gateway: Gateway) -> dict:
+    return requests.get(gateway.base + "/modelgate/routes", timeout=10).json()
+
+
+async def _versions(gateway: Gateway, n: int, keys: list[str] | None = None) -> list[str]:
+    url = gateway.base + "/v2/models/breast_cancer/infer"
+    limit = asyncio.Semaphore(32)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def one(i: int) -> str:
+            headers = {"x-routing-key": keys[i]} if keys else {}
+            async with limit, session.post(url, json=BODY, headers=headers) as response:
+                assert response.status == 200, await response.text()
+                await response.read()
+                return response.headers["x-model-version"]
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def _deploy_routing(gateway: Gateway, routing: dict, tmp_config: dict) -> None:
+    config = copy.deepcopy(tmp_config)
+    config["applications"][0]["deployments"] = [{"name": "Router", "user_config": routing}]
+    launcher.check_routing(config["applications"][0], _resolved(config))
+    launcher.deploy(config)
+    deadline = 50
+    while _routes(gateway)["models"]["breast_cancer"]["weights"] != _weights(routing):
+        deadline -= 1
+        assert deadline > 0, "the new routing never took effect"
+        asyncio.run(asyncio.sleep(0.2))
+
+
+def _weights(routing: dict) -> dict[str, float]:
+    model = routing["models"]["breast_cancer"]
+    aliases = model.get("aliases", {})
+    total = sum(model["weights"].values())
+    return {aliases.get(v, v): round(w / total, 6) for v, w in model["weights"].items()}
+
+
+def _resolved(config: dict) -> list:
+    from serve.config import GatewayConfig
+    from serve.resolve import resolve_versions
+
+    return resolve_versions(GatewayConfig.model_validate(config["applications"][0]["args"]))
+
+
+@pytest.fixture
+def live_config(gateway: Gateway) -> dict:
+    http = int(gateway.base.rsplit(":", 1)[1])
+    grpc = int(gateway.grpc.rsplit(":", 1)[1])
+    args = _current_args()
+    from pathlib import Path
+
+    config = gateway_config(gateway.registry, Path(args["artifacts"]), http, grpc)
+    yield config
+    _deploy_routing(gateway, ROUTING, config)  # leave the session's gateway as it was
+
+
+def _current_args() -> dict:
+    from ray import serve
+
+    details = serve.status().applications[APP]
+    assert details is not None
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_details()["applications"][APP]["deployed_app_config"][
+        "args"
+    ]
+
+
+def test_weights_and_stickiness_change_in_place(gateway: Gateway, live_config: dict) -> None:
+    before = _routes(gateway)
+    assert before["models"]["breast_cancer"]["weights"] == {"1": 1.0}
+    assert set(asyncio.run(_versions(gateway, 50))) == {"1"}
+
+    split = {
+        "models": {
+            "breast_cancer": {"weights": {"1": 50, "canary": 50}, "aliases": {"canary": "2"}}
+        }
+    }
+    _deploy_routing(gateway, split, live_config)
+    after = _routes(gateway)
+    assert after["router"] == before["router"]  # reconfigured, not restarted
+
+    counts = Counter(asyncio.run(_versions(gateway, 2000)))
+    assert abs(counts["2"] / 2000 - 0.5) <= 0.05, counts
+
+    keys = [f"user-{i % 200}" for i in range(800)]  # each key four times
+    answered = asyncio.run(_versions(gateway, len(keys), keys))
+    by_key: dict[str, set[str]] = {}
+    for key, version in zip(keys, answered, strict=True):
+        by_key.setdefault(key, set()).add(version)
+    assert all(len(v) == 1 for v in by_key.values())  # sticky: one version per key
+    assert {next(iter(v)) for v in by_key.values()} == {"1", "2"}
+
+
+def test_routing_to_versions_not_deployed_is_refused(gateway: Gateway, live_config: dict) -> None:
+    bad = {"models": {"breast_cancer": {"weights": {"9": 1}}}}
+    app = copy.deepcopy(live_config["applications"][0])
+    app["deployments"] = [{"name": "Router", "user_config": bad}]
+    with pytest.raises(ConfigError, match="weights name '9'"):
+        launcher.check_routing(app, _resolved(live_config))
+    assert set(asyncio.run(_versions(gateway, 20))) == {"1"}  # still serving as before

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from serve.errors import InferenceError
+from serve.routing import ModelRouting, RouteTable
+
+
+def _table(weights: dict[str, float], **kw: object) -> RouteTable:
+    return RouteTable("m", ["1", "2", "3"], ModelRouting(weights=weights, **kw))  # type: ignore
+
+
+def test_weighted_split_honours_weights_within_two_points() -> None:
+    table = _table({"1": 90, "2": 10})
+    rng = random.Random(7)
+    counts = Counter(table.pick(None, rng.random) for _ in range(10_000))
+    assert abs(counts["1"] / 10_000 - 0.90) <= 0.02
+    assert abs(counts["2"] / 10_000 - 0.10) <= 0.02
+    assert counts["3"] == 0
+
+
+def test_three_way_split_and_aliases_in_weights() -> None:
+    table = _table({"stable": 50, "canary": 30, "3": 20}, aliases={"stable": "1", "canary": "2"})
+    rng = random.Random(3)
+    counts = Counter(table.pick(None, rng.random) for _ in range(10_000))
+    for version, share in (("1", 0.5), ("2", 0.3), ("3", 0.2)):
+        assert abs(counts[version] / 10_000 - share) <= 0.02
+
+
+def test_sticky_keys_stay_and_spread_by_weight() -> None:
+    table = _table({"1": 90, "2": 10})
+    keys = [f"user-{i}" for i in range(10_000)]
+    first = {k: table.pick(k) for k in keys}
+    assert all(table.pick(k) == first[k] for k in keys[:500])  # same key, same version
+    share = sum(v == "2" for v in first.values()) / len(keys)
+    assert abs(share - 0.10) <= 0.02
+
+
+def test_moving_weights_moves_only_the_keys_that_must_move() -> None:
+    before, after = _table({"1": 90, "2": 10}), _table({"1": 80, "2": 20})
+    keys = [f"user-{i}" for i in range(10_000)]
+    moved = [(before.pick(k), after.pick(k)) for k in keys if before.pick(k) != after.pick(k)]
+    assert all(move == ("1", "2") for move in moved)  # nobody leaves the version that grew
+    assert abs(len(moved) / len(keys) - 0.10) <= 0.02  # about the 10 points that changed hands
+
+
+def test_default_route_is_the_highest_version() -> None:
+    assert _table({}).pick(None) == "3"
+
+
+def test_resolve_versions_and_aliases() -> None:
+    table = RouteTable(
+        "m", ["1", "2"], ModelRouting(aliases={"canary": "2"}), registry_aliases={"champion": "1"}
+    )
+    assert table.resolve("canary") == "2" and table.resolve("champion") == "1"
+    assert table.resolve("1") == "1"
+    with pytest.raises(InferenceError) as info:
+        table.resolve("9")
+    assert info.value.http_status == 404 and "known: 1, 2, canary, champion" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("routing", "message"),
+    [
+        (ModelRouting(aliases={"canary": "7"}), "alias 'canary' points to version 7"),
+        (ModelRouting(weights={"9": 1}), "weights name '9'"),
+        (ModelRouting(weights={"1": 0}), "must not all be zero"),
+        (ModelRouting(weights={"1": -1}), "must be >= 0"),
+    ],
+)
+def test_bad_routing_is_refused_with_the_reason(routing: ModelRouting, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RouteTable("m", ["1", "2"], routing)
