@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any, cast
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve.deployment import Deployment
@@ -94,8 +95,11 @@ class Router:
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
-        if request.scope["path"] == "/modelgate/routes":
+        path = request.scope["path"]
+        if path == "/modelgate/routes":
             return JSONResponse({"router": self.instance, "models": self.plane.routes()})
+        if path == "/metrics":  # this replica's own metrics (aggregation: issue 5)
+            return Response(self.plane.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
         return await rest.handle(self.plane, request, self.limits)
 
     # -- gRPC (method names are the service's RPC names) --------------------------------------

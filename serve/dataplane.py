@@ -2,12 +2,14 @@
 
 `DataPlane.infer` is the request path in one place:
     pick the version (pinned, alias, weighted/sticky default route) → validate against its
-    signature → batch → run → select and encode outputs.
+    signature → dispatch to the version's batcher → copy to the shadow (sampled, never awaited)
+    → run → select and encode outputs.
 REST (serve/rest.py) and gRPC (serve/grpc_service.py) only convert to and from these calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ import numpy as np
 from converters.manifest import Manifest
 from serve.batching import MicroBatcher
 from serve.errors import not_found
+from serve.metrics import GatewayMetrics
 from serve.routing import ModelRouting, RouteTable, RoutingConfig
+from serve.shadow import ShadowRunner
 from serve.types import InferRequest, InferResponse, Tensor
 from serve.validation import validate
 
@@ -52,12 +56,19 @@ class ModelEntry:
 
 
 class DataPlane:
-    def __init__(self, models: dict[str, ModelEntry]) -> None:
+    def __init__(
+        self, models: dict[str, ModelEntry], metrics: GatewayMetrics | None = None
+    ) -> None:
         self.models = models
+        self.metrics = metrics or GatewayMetrics()
+        self.shadows: dict[str, ShadowRunner] = {}
 
     @classmethod
     def build(
-        cls, targets: list[VersionTarget], registry_aliases: dict[str, dict[str, str]]
+        cls,
+        targets: list[VersionTarget],
+        registry_aliases: dict[str, dict[str, str]],
+        metrics: GatewayMetrics | None = None,
     ) -> DataPlane:
         """Group versions by model; every model starts on its default routing."""
         grouped: dict[str, dict[str, VersionTarget]] = {}
@@ -68,7 +79,7 @@ class DataPlane:
             aliases = registry_aliases.get(model, {})
             table = RouteTable(model, list(versions), ModelRouting(), aliases)
             entries[model] = ModelEntry(versions, aliases, table)
-        return cls(entries)
+        return cls(entries, metrics)
 
     def apply_routing(self, routing: RoutingConfig) -> None:
         """Compile and check every model's routing, then switch to it all at once.
@@ -87,8 +98,18 @@ class DataPlane:
             )
             for name, entry in self.models.items()
         }
+        shadows = {
+            name: ShadowRunner(
+                name, self.models[name].versions[table.shadow_version], table.shadow, self.metrics
+            )
+            for name, table in tables.items()
+            if table.shadow is not None and table.shadow_version is not None
+        }
         for name, table in tables.items():
             self.models[name].table = table
+        old, self.shadows = self.shadows, shadows
+        for runner in old.values():
+            runner.close()
 
     def routes(self) -> dict[str, Any]:
         return {name: entry.table.describe() for name, entry in sorted(self.models.items())}
@@ -97,8 +118,14 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         target = self.target(request.model, request.version, request.headers)
         feeds, rows = validate(request, target.manifest.signature)
+        shadow = self.shadows.get(request.model)
         try:
-            outputs = await target.batcher.submit(feeds, rows)
+            if shadow is None:
+                outputs = await target.batcher.submit(feeds, rows)
+            else:  # dispatch the primary first; the copy follows and is never awaited here
+                primary = asyncio.ensure_future(target.batcher.submit(feeds, rows))
+                shadow.maybe_copy(request, target.version, primary)
+                outputs = await primary
         except Exception:
             target.failures += 1
             raise

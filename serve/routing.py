@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve.errors import not_found
+from serve.shadow import ShadowConfig
 
 DEFAULT_STICKY_HEADER = "x-routing-key"
 
@@ -41,6 +42,9 @@ class ModelRouting(BaseModel):
     sticky_header: str = Field(
         DEFAULT_STICKY_HEADER,
         description="Request header (gRPC metadata key) whose value pins a caller to a version.",
+    )
+    shadow: ShadowConfig | None = Field(
+        None, description="Copy a sample of this model's requests to another version."
     )
 
 
@@ -89,6 +93,15 @@ class RouteTable:
             raise ValueError(f"model '{model}': weights must not all be zero")
         self.weights = {v: w / total for v, w in weights.items() if w > 0}
         self._cumulative = _cumulative(self.weights)
+        self.shadow = routing.shadow
+        self.shadow_version: str | None = None
+        if routing.shadow is not None:
+            self.shadow_version = self.aliases.get(routing.shadow.version, routing.shadow.version)
+            if self.shadow_version not in self.versions:
+                raise ValueError(
+                    f"model '{model}': shadow version '{routing.shadow.version}' is neither a "
+                    f"deployed version ({', '.join(self.versions)}) nor an alias"
+                )
 
     def resolve(self, requested: str) -> str:
         """A pinned version or an alias, as named in the request."""
@@ -117,6 +130,14 @@ class RouteTable:
             "aliases": self.aliases,
             "weights": {v: round(w, 6) for v, w in self.weights.items()},
             "sticky_header": self.sticky_header,
+            "shadow": None
+            if self.shadow is None
+            else {
+                "version": self.shadow_version,
+                "ratio": self.shadow.ratio,
+                "max_in_flight": self.shadow.max_in_flight,
+                "log_path": self.shadow.log_path,
+            },
         }
 
 

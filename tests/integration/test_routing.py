@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -49,10 +50,23 @@ def _deploy_routing(gateway: Gateway, routing: dict, tmp_config: dict) -> None:
     launcher.check_routing(config["applications"][0], _resolved(config))
     launcher.deploy(config)
     deadline = 50
-    while _routes(gateway)["models"]["breast_cancer"]["weights"] != _weights(routing):
+    while not _in_force(_routes(gateway)["models"]["breast_cancer"], routing):
         deadline -= 1
         assert deadline > 0, "the new routing never took effect"
         asyncio.run(asyncio.sleep(0.2))
+
+
+def _in_force(seen: dict, routing: dict) -> bool:
+    wanted = routing["models"]["breast_cancer"]
+    shadow = wanted.get("shadow")
+    seen_shadow = seen["shadow"]
+    same_shadow = (shadow is None and seen_shadow is None) or (
+        shadow is not None
+        and seen_shadow is not None
+        and seen_shadow["ratio"] == shadow["ratio"]
+        and seen_shadow["log_path"] == shadow.get("log_path")
+    )
+    return seen["weights"] == _weights(routing) and same_shadow
 
 
 def _weights(routing: dict) -> dict[str, float]:
@@ -126,3 +140,52 @@ def test_routing_to_versions_not_deployed_is_refused(gateway: Gateway, live_conf
     with pytest.raises(ConfigError, match="weights name '9'"):
         launcher.check_routing(app, _resolved(live_config))
     assert set(asyncio.run(_versions(gateway, 20))) == {"1"}  # still serving as before
+
+
+def _metric(gateway: Gateway, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(gateway.base + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_shadow_copies_and_compares_without_touching_answers(
+    gateway: Gateway, live_config: dict, tmp_path: Path
+) -> None:
+    log = tmp_path / "disagreements.jsonl"
+    routing = copy.deepcopy(ROUTING)
+    routing["models"]["breast_cancer"]["shadow"] = {
+        "version": "canary",
+        "ratio": 1.0,
+        "log_path": str(log),
+        "diff_threshold": 0.0,
+    }
+    _deploy_routing(gateway, routing, live_config)
+    labels = {"model": "breast_cancer", "primary": "1", "shadow": "2"}
+
+    def outcomes() -> dict[str, float]:
+        return {
+            o: _metric(gateway, "modelgate_shadow_requests_total", outcome=o, **labels)
+            for o in ("compared", "dropped", "error", "primary_failed")
+        }
+
+    before = outcomes()
+    answered = asyncio.run(_versions(gateway, 300))
+    assert set(answered) == {"1"}  # callers only ever see the primary
+    deadline = 50
+    while sum(outcomes().values()) - sum(before.values()) < 300:
+        deadline -= 1
+        assert deadline > 0, f"not every request's copy was accounted for: {outcomes()}"
+        asyncio.run(asyncio.sleep(0.2))
+    after = outcomes()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta["error"] == 0 and delta["primary_failed"] == 0, delta
+    assert delta["compared"] + delta["dropped"] == 300 and delta["compared"] >= 200, delta
+    agreed = _metric(gateway, "modelgate_shadow_rows_total", agree="true", **labels)
+    assert agreed >= delta["compared"]  # GB v1 and HGB v2 agree on this row's label
+    assert _metric(gateway, "modelgate_shadow_max_abs_diff_count", **labels) >= delta["compared"]
+    assert log.exists() and '"shadow":"2"' in log.read_text().splitlines()[0]

@@ -1,0 +1,200 @@
+"""Shadow traffic: copy a sample of a model's requests to another version, compare the answers.
+
+The copy leaves after the primary request is dispatched, runs in a task of its own, and never
+delays or fails the primary: the caller gets the primary's answer whatever the shadow does. A cap
+bounds the copies in flight; past it a copy is dropped and counted, never queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve.errors import OverloadedError
+from serve.metrics import GatewayMetrics
+from serve.types import InferRequest
+from serve.validation import validate
+
+Feeds = dict[str, np.ndarray]
+LABEL, SCORES = "label", ("probabilities", "variable")
+
+
+class ShadowConfig(BaseModel):
+    """Per model, in the Router's user_config: `models.<name>.shadow`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="The shadow: a deployed version or an alias.")
+    ratio: float = Field(ge=0, le=1, description="Share of requests copied to the shadow.")
+    max_in_flight: int = Field(32, ge=1, description="Copies in flight; past it, drop and count.")
+    log_path: str | None = Field(None, description="JSONL file for disagreements (rotated).")
+    log_sample: float = Field(1.0, ge=0, le=1, description="Share of disagreements logged.")
+    log_max_bytes: int = Field(10 << 20, ge=1024, description="Rotate the log past this size.")
+    log_backups: int = Field(3, ge=0, description="Rotated log files kept.")
+    diff_threshold: float = Field(
+        1e-4, ge=0, description="Max abs difference above which answers disagree (for the log)."
+    )
+
+
+@dataclass
+class Comparison:
+    rows: int
+    agree: int | None  # rows whose labels agree; None if neither answer has labels
+    max_abs_diff: float | None
+
+    @property
+    def disagrees(self) -> bool:
+        return self.agree is not None and self.agree < self.rows
+
+
+def compare(primary: Feeds, shadow: Feeds) -> Comparison:
+    rows = len(next(iter(primary.values())))
+    agree = None
+    if LABEL in primary and LABEL in shadow and primary[LABEL].shape == shadow[LABEL].shape:
+        agree = int(np.sum(primary[LABEL].astype(str) == shadow[LABEL].astype(str)))
+    diff = None
+    for name in SCORES:
+        a, b = primary.get(name), shadow.get(name)
+        if a is not None and b is not None and a.shape == b.shape:
+            diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    return Comparison(rows, agree, diff)
+
+
+class ShadowRunner:
+    """One model's shadow: decides which requests to copy, runs and compares the copies."""
+
+    def __init__(
+        self,
+        model: str,
+        target: Any,
+        config: ShadowConfig,
+        metrics: GatewayMetrics,
+        rand: Any = random.random,
+    ) -> None:
+        self.model = model
+        self.target = target  # serve.dataplane.VersionTarget
+        self.config = config
+        self.metrics = metrics
+        self._rand = rand
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._log = _disagreement_log(config) if config.log_path else None
+
+    def maybe_copy(
+        self, request: InferRequest, primary_version: str, primary: asyncio.Future[Feeds]
+    ) -> None:
+        if primary_version == self.target.version or self._rand() >= self.config.ratio:
+            return
+        labels = (self.model, primary_version, self.target.version)
+        if self._in_flight >= self.config.max_in_flight:
+            self.metrics.shadow_requests.labels(*labels, "dropped").inc()
+            return
+        self._in_flight += 1
+        task = asyncio.ensure_future(self._run(request, labels, primary))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+
+    async def _run(
+        self, request: InferRequest, labels: tuple[str, str, str], primary: asyncio.Future[Feeds]
+    ) -> None:
+        started = time.monotonic()
+        try:
+            feeds, rows = validate(request, self.target.manifest.signature)
+            answer = await self.target.batcher.submit(feeds, rows)
+        except OverloadedError:
+            self.metrics.shadow_requests.labels(*labels, "dropped").inc()
+            return
+        except Exception:
+            self.metrics.shadow_requests.labels(*labels, "error").inc()
+            return
+        self.metrics.shadow_duration.labels(*labels).observe(time.monotonic() - started)
+        try:
+            expected = await asyncio.shield(primary)
+        except BaseException:
+            self.metrics.shadow_requests.labels(*labels, "primary_failed").inc()
+            return
+        self._record(labels, compare(expected, answer), request, expected, answer)
+
+    def _record(
+        self,
+        labels: tuple[str, str, str],
+        result: Comparison,
+        request: InferRequest,
+        primary: Feeds,
+        shadow: Feeds,
+    ) -> None:
+        self.metrics.shadow_requests.labels(*labels, "compared").inc()
+        if result.agree is not None:
+            self.metrics.shadow_rows.labels(*labels, "true").inc(result.agree)
+            self.metrics.shadow_rows.labels(*labels, "false").inc(result.rows - result.agree)
+        if result.max_abs_diff is not None:
+            self.metrics.shadow_max_abs_diff.labels(*labels).observe(result.max_abs_diff)
+        differs = result.disagrees or (result.max_abs_diff or 0.0) > self.config.diff_threshold
+        if self._log is not None and differs and self._rand() < self.config.log_sample:
+            self._log.info(_log_line(labels, request, primary, shadow, result))
+
+    def close(self) -> None:
+        if self._log is not None:
+            for handler in list(self._log.handlers):
+                handler.close()
+                self._log.removeHandler(handler)
+
+
+def _disagreement_log(config: ShadowConfig) -> logging.Logger:
+    assert config.log_path is not None
+    logger = logging.getLogger(f"modelgate.shadow.{config.log_path}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.handlers.RotatingFileHandler(
+            config.log_path, maxBytes=config.log_max_bytes, backupCount=config.log_backups
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def _log_line(
+    labels: tuple[str, str, str],
+    request: InferRequest,
+    primary: Feeds,
+    shadow: Feeds,
+    result: Comparison,
+) -> str:
+    model, primary_version, shadow_version = labels
+    doc = {
+        "ts": time.time(),
+        "model": model,
+        "primary": primary_version,
+        "shadow": shadow_version,
+        "id": request.id,
+        "rows": result.rows,
+        "labels_agree": result.agree,
+        "max_abs_diff": result.max_abs_diff,
+        "inputs": {t.name: _plain(t.array) for t in request.inputs},
+        "primary_outputs": {k: _plain(v) for k, v in primary.items()},
+        "shadow_outputs": {k: _plain(v) for k, v in shadow.items()},
+    }
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _plain(array: np.ndarray) -> Any:
+    if array.dtype == object:
+        return [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for v in array.reshape(-1)
+        ]
+    return np.ascontiguousarray(array)

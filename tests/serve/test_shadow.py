@@ -1,0 +1,177 @@
+"""Shadow traffic in the data plane, with real batchers and stand-in models (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.manifest import Manifest
+from converters.signature import Signature, TensorSpec
+from serve.batching import MicroBatcher
+from serve.dataplane import DataPlane, VersionTarget
+from serve.errors import ErrorCode, InferenceError
+from serve.metrics import GatewayMetrics
+from serve.routing import ModelRouting, RoutingConfig
+from serve.shadow import ShadowConfig, compare
+from serve.types import InferRequest, Tensor
+
+SIG = Signature(
+    inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 2])],
+    outputs=[
+        TensorSpec(name="label", datatype="INT64", shape=[-1]),
+        TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2]),
+    ],
+)
+
+
+def _manifest(version: str) -> Manifest:
+    return Manifest(
+        name="m",
+        version=version,
+        source_uri=f"models:/m/{version}",
+        registry="-",
+        flavor="sklearn",
+        source_sha256="-",
+        sha256="-",
+        signature=SIG,
+        task="classification",
+        opset={},
+        converter={},
+        created_at="-",
+    )
+
+
+def _model(shift: float, fail: bool = False, delay: float = 0.0):  # type: ignore[no-untyped-def]
+    async def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        await asyncio.sleep(delay)
+        if fail:
+            raise InferenceError(ErrorCode.INTERNAL, "shadow broke")
+        p1 = np.clip(feeds["input"][:, 0] + shift, 0, 1).astype(np.float32)
+        probs = np.stack([1 - p1, p1], axis=1)
+        return {"label": (p1 > 0.5).astype(np.int64), "probabilities": probs}
+
+    return run
+
+
+async def _ready() -> bool:
+    return True
+
+
+def _plane(shadow_model, metrics: GatewayMetrics, shadow: ShadowConfig) -> DataPlane:  # type: ignore[no-untyped-def]
+    targets = [
+        VersionTarget("m", "1", _manifest("1"), MicroBatcher("m:1", _model(0.0)), _ready, "c"),
+        VersionTarget("m", "2", _manifest("2"), MicroBatcher("m:2", shadow_model), _ready, "c"),
+    ]
+    plane = DataPlane.build(targets, {}, metrics)
+    plane.apply_routing(RoutingConfig(models={"m": ModelRouting(weights={"1": 1}, shadow=shadow)}))
+    return plane
+
+
+def _request(x: list[float], request_id: str = "") -> InferRequest:
+    return InferRequest(
+        "m", None, [Tensor("input", "FP32", np.array([x], np.float32))], id=request_id
+    )
+
+
+def _value(metrics: GatewayMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(
+        name, {"model": "m", "primary": "1", "shadow": "2", **labels}
+    )
+    return value or 0.0
+
+
+async def _settle(plane: DataPlane) -> None:
+    for runner in plane.shadows.values():
+        while runner._tasks:
+            await asyncio.gather(*runner._tasks)
+
+
+def test_compare_labels_and_scores() -> None:
+    a = {"label": np.array([0, 1, 1]), "probabilities": np.array([[1, 0], [0, 1], [0.4, 0.6]])}
+    b = {"label": np.array([0, 1, 0]), "probabilities": np.array([[1, 0], [0, 1], [0.6, 0.4]])}
+    result = compare(a, b)
+    assert (result.rows, result.agree) == (3, 2)
+    assert result.max_abs_diff == pytest.approx(0.2) and result.disagrees
+
+
+def test_every_request_is_compared_at_ratio_one(tmp_path: Path) -> None:
+    metrics = GatewayMetrics()
+    log = tmp_path / "shadow.jsonl"
+    plane = _plane(_model(0.3), metrics, ShadowConfig(version="2", ratio=1.0, log_path=str(log)))
+
+    async def main() -> list[str]:
+        rows = [[0.1, 0], [0.4, 0], [0.9, 0], [0.35, 0]]
+        answers = [await plane.infer(_request(r, f"r{i}")) for i, r in enumerate(rows)]
+        await _settle(plane)
+        return [a.version for a in answers]
+
+    assert asyncio.run(main()) == ["1"] * 4  # callers get the primary's answers
+    assert _value(metrics, "modelgate_shadow_requests_total", outcome="compared") == 4
+    # +0.3 flips the labels of 0.4 and 0.35 (to 1), not of 0.1 or 0.9
+    assert _value(metrics, "modelgate_shadow_rows_total", agree="true") == 2
+    assert _value(metrics, "modelgate_shadow_rows_total", agree="false") == 2
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) == 4  # every copy differs by 0.3 > threshold
+    flipped = [ln for ln in lines if ln["labels_agree"] == 0]
+    assert {ln["id"] for ln in flipped} == {"r1", "r3"}
+    assert flipped[0]["inputs"]["input"] == [[0.4, 0.0]]
+
+
+def test_a_failing_shadow_never_fails_the_primary() -> None:
+    metrics = GatewayMetrics()
+    plane = _plane(_model(0, fail=True), metrics, ShadowConfig(version="2", ratio=1.0))
+
+    async def main() -> None:
+        answer = await plane.infer(_request([0.9, 0]))
+        assert answer.version == "1" and answer.outputs[0].array.tolist() == [1]
+        await _settle(plane)
+
+    asyncio.run(main())
+    assert _value(metrics, "modelgate_shadow_requests_total", outcome="error") == 1
+
+
+def test_a_slow_shadow_never_slows_the_primary_and_the_cap_drops_copies() -> None:
+    metrics = GatewayMetrics()
+    plane = _plane(
+        _model(0, delay=0.5), metrics, ShadowConfig(version="2", ratio=1.0, max_in_flight=2)
+    )
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(5):
+            await plane.infer(_request([0.2, 0]))
+        elapsed = loop.time() - started
+        await _settle(plane)
+        return elapsed
+
+    assert asyncio.run(main()) < 0.25  # five primaries answered while the shadow sleeps 0.5 s
+    assert _value(metrics, "modelgate_shadow_requests_total", outcome="dropped") == 3
+    assert _value(metrics, "modelgate_shadow_requests_total", outcome="compared") == 2
+
+
+def test_ratio_samples_requests() -> None:
+    metrics = GatewayMetrics()
+    plane = _plane(_model(0), metrics, ShadowConfig(version="2", ratio=0.25))
+
+    async def main() -> None:
+        for _ in range(800):
+            await plane.infer(_request([0.2, 0]))
+        await _settle(plane)
+
+    asyncio.run(main())
+    compared = _value(metrics, "modelgate_shadow_requests_total", outcome="compared")
+    assert 140 <= compared <= 260  # 200 expected
+
+
+def test_shadow_version_must_be_deployed() -> None:
+    plane = _plane(_model(0), GatewayMetrics(), ShadowConfig(version="2", ratio=1.0))
+    with pytest.raises(ValueError, match="shadow version '7'"):
+        plane.apply_routing(
+            RoutingConfig(models={"m": ModelRouting(shadow=ShadowConfig(version="7", ratio=1.0))})
+        )
+    assert plane.shadows["m"].target.version == "2"  # the routing in force stayed
