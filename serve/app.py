@@ -95,7 +95,7 @@ class Router:
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
-        path = request.scope["path"]
+        path = rest.app_path(request.scope)
         if path == "/modelgate/routes":
             return JSONResponse({"router": self.instance, "models": self.plane.routes()})
         if path == "/metrics":  # this replica's own metrics (aggregation: issue 5)
@@ -257,6 +257,7 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
     options: dict[str, Any] = {
         "max_ongoing_requests": router.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": router.num_cpus},
+        "max_surge_percent": router.max_surge_percent,
     }
     if router.autoscaling is not None:
         options["autoscaling_config"] = router.autoscaling.ray_config()
@@ -276,6 +277,7 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
         # Each router keeps at most max_in_flight batches on a version at once.
         "max_ongoing_requests": version.batching.max_in_flight * router_replicas + 2,
         "ray_actor_options": {"num_cpus": version.num_cpus},
+        "max_surge_percent": version.max_surge_percent,
     }
     if version.autoscaling is not None:
         options["autoscaling_config"] = version.autoscaling.ray_config()

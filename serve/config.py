@@ -68,6 +68,9 @@ class VersionConfig(_Strict):
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is not set.")
     autoscaling: Autoscaling | None = None
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads.")
+    max_surge_percent: int = Field(
+        100, ge=0, le=100, description="As RouterConfig.max_surge_percent, for this version."
+    )
     num_cpus: float = Field(
         0.1,
         ge=0,
@@ -92,6 +95,13 @@ class RouterConfig(_Strict):
     autoscaling: Autoscaling | None = None
     max_ongoing_requests: int = Field(1024, ge=1)
     num_cpus: float = Field(0.1, ge=0, description="Logical CPUs each router replica reserves.")
+    max_surge_percent: int = Field(
+        100,
+        ge=0,
+        le=100,
+        description="Extra replicas a rolling restart may start before it "
+        "stops old ones (Ray Serve's max_surge_percent). 100: new replicas are ready first.",
+    )
 
 
 class Limits(_Strict):

@@ -22,6 +22,10 @@ from serve.resolve import ConfigError, Resolved, resolve_versions
 HIGH_THROUGHPUT_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # A prediction is a pure function of its inputs, so HAProxy may replay a request that a
+    # replica closed on without answering (a router replica stopping in a rollout), not only
+    # one it could not connect for (Ray's default).
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
 }
 GATEWAY_IMPORT_PATH = "serve.app:build_app"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.requests import Request
@@ -97,13 +97,19 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
 async def handle(plane: DataPlane, request: Request, limits: Limits) -> Response:
     """Route one HTTP request; every error becomes `{"error": ...}` with its status."""
     try:
-        handler, params = _match(request.method, request.scope["path"])
+        handler, params = _match(request.method, app_path(request.scope))
         return await handler(plane, request, params, limits)
     except InferenceError as exc:
         return error_response(exc)
     except Exception:
         logger.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(InferenceError(ErrorCode.INTERNAL, "internal error"))
+
+
+def app_path(scope: MutableMapping[str, Any]) -> str:
+    """The path below the application's route prefix (Ray Serve keeps it in root_path)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
 def _match(method: str, path: str) -> tuple[Handler, dict[str, str]]:

@@ -15,7 +15,10 @@ import pytest
 # Ray Serve reads these when it is imported, in this process and in the workers Ray starts from it.
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
+# A stopping ingress replica keeps serving this long so HAProxy can take it out of rotation
+# first (Ray's default, 30 s, would make every redeploy in the suite wait; 0 drops requests).
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "3")
+os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response")
 
 from converters.registry import Registry, open_registry
 

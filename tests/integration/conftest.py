@@ -27,6 +27,7 @@ class Gateway:
     registry: Registry
     originals: dict[str, Any]  # "model:version" -> the original scikit-learn model
     autoscaled: str  # deployment name of the autoscaling version
+    config: dict[str, Any]  # the Ray Serve config the session deployed
 
 
 def gateway_config(registry: Registry, artifacts: Path, http: int, grpc: int) -> dict[str, Any]:
@@ -119,6 +120,7 @@ def gateway(demo_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -
             demo_registry,
             originals,
             "breast_cancer-v2",
+            config,
         )
     finally:
         launcher.stop_ray()

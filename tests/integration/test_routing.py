@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +16,7 @@ from sklearn.datasets import load_breast_cancer
 
 from serve import launcher
 from serve.resolve import ConfigError
-from tests.integration.conftest import APP, ROUTING, Gateway, gateway_config
+from tests.integration.conftest import ROUTING, Gateway
 
 ROW = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
 BODY = {
@@ -84,27 +85,9 @@ def _resolved(config: dict) -> list:
 
 
 @pytest.fixture
-def live_config(gateway: Gateway) -> dict:
-    http = int(gateway.base.rsplit(":", 1)[1])
-    grpc = int(gateway.grpc.rsplit(":", 1)[1])
-    args = _current_args()
-    from pathlib import Path
-
-    config = gateway_config(gateway.registry, Path(args["artifacts"]), http, grpc)
-    yield config
-    _deploy_routing(gateway, ROUTING, config)  # leave the session's gateway as it was
-
-
-def _current_args() -> dict:
-    from ray import serve
-
-    details = serve.status().applications[APP]
-    assert details is not None
-    from ray.serve.context import _get_global_client
-
-    return _get_global_client().get_serve_details()["applications"][APP]["deployed_app_config"][
-        "args"
-    ]
+def live_config(gateway: Gateway) -> Iterator[dict]:
+    yield gateway.config
+    _deploy_routing(gateway, ROUTING, gateway.config)  # leave the session's gateway as it was
 
 
 def test_weights_and_stickiness_change_in_place(gateway: Gateway, live_config: dict) -> None:
