@@ -157,6 +157,37 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return cmd_serve(args)
 
 
+def cmd_routes(args: argparse.Namespace) -> int:
+    """Routing as the running gateway sees it: versions, aliases, weights, shadow, readiness."""
+    import json
+    import urllib.request
+
+    base = args.url.rstrip("/")
+    with urllib.request.urlopen(f"{base}/modelgate/routes", timeout=10) as response:
+        routes = json.load(response)
+    request = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        states = {(e["name"], e["version"]): e["state"] for e in json.load(response)}
+    print(f"router replica {routes['router']}")
+    for name, table in routes["models"].items():
+        print(name)
+        for version in table["versions"]:
+            aliases = [a for a, v in table["aliases"].items() if v == version]
+            weight = table["weights"].get(version, 0.0)
+            print(
+                f"  v{version:<4} {states.get((name, version), '?'):<11} weight {weight:6.1%}"
+                + (f"  aliases: {', '.join(sorted(aliases))}" if aliases else "")
+            )
+        shadow = table.get("shadow")
+        if shadow:
+            print(
+                f"  shadow -> v{shadow['version']} at ratio {shadow['ratio']}"
+                f" (max {shadow['max_in_flight']} in flight)"
+            )
+        print(f"  sticky header: {table['sticky_header']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     quick = sub.add_parser("quickstart", help="register and convert the demo models, then serve")
     _registry_arg(quick)
     quick.set_defaults(func=cmd_quickstart)
+
+    routes = sub.add_parser("routes", help="show routing as the running gateway sees it")
+    routes.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's HTTP URL")
+    routes.set_defaults(func=cmd_routes)
 
     run = sub.add_parser("serve", help="start Ray (or join --address) and deploy a config")
     run.add_argument("config", help="a Ray Serve config file, e.g. configs/quickstart.yaml")

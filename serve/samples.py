@@ -150,10 +150,13 @@ def print_samples(config: dict, base: str, grpc_target: str) -> None:  # type: i
             f"  gRPC        ModelInfer({model.name}) at {grpc_target} -> version {answered}: "
             + ", ".join(f"{k}={v.reshape(-1)[:3].tolist()}" for k, v in outputs.items())
         )
+        if model.name == "breast_cancer":
+            print_routing_demo(base, model.name, rows)
     first = next(iter(seen))
     print(
         f"\ntry it:\n  curl -s {base}/v2/models/{first}\n"
-        f"  curl -s -X POST {base}/v2/repository/index -d '{{}}'"
+        f"  curl -s -X POST {base}/v2/repository/index -d '{{}}'\n"
+        f"  .venv/bin/modelgate routes --url {base}"
     )
 
 
@@ -161,3 +164,43 @@ def _summary(doc: dict) -> str:  # type: ignore[type-arg]
     if "outputs" not in doc:
         return json.dumps(doc)
     return ", ".join(f"{o['name']}={o['data'][:3]}" for o in doc["outputs"])
+
+
+def print_routing_demo(base: str, model: str, rows: dict[str, np.ndarray]) -> None:
+    """The canary split, a sticky key and the shadow's comparison, as a client sees them."""
+    from collections import Counter
+
+    seen = Counter(http_json(base, model, rows)[1].get("x-model-version", "?") for _ in range(200))
+    split = ", ".join(f"v{v}: {n}" for v, n in sorted(seen.items()))
+    print(f"  canary split over 200 requests without a version: {split}")
+    sticky = {
+        http_json(base, model, rows, headers={"x-routing-key": "user-42"})[1].get(
+            "x-model-version", "?"
+        )
+        for _ in range(5)
+    }
+    print(f"  x-routing-key: user-42, five times -> version(s) {sorted(sticky)}")
+    compared = _scrape(base, "modelgate_shadow_requests_total", model, outcome="compared")
+    agreed = _scrape(base, "modelgate_shadow_rows_total", model, agree="true")
+    if compared:
+        print(
+            f"  shadow: {compared:.0f} copies compared so far, labels agreed on {agreed:.0f} "
+            f"rows ({base}/metrics, modelgate_shadow_*)"
+        )
+
+
+def _scrape(base: str, name: str, model: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == name
+                and sample.labels.get("model") == model
+                and all(sample.labels.get(k) == v for k, v in labels.items())
+            ):
+                total += sample.value
+    return total

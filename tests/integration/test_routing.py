@@ -172,3 +172,23 @@ def test_shadow_copies_and_compares_without_touching_answers(
     assert agreed >= delta["compared"]  # GB v1 and HGB v2 agree on this row's label
     assert _metric(gateway, "modelgate_shadow_max_abs_diff_count", **labels) >= delta["compared"]
     assert log.exists() and '"shadow":"2"' in log.read_text().splitlines()[0]
+
+
+def test_routes_cli_shows_what_the_gateway_routes_by(gateway: Gateway) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "serve.cli", "routes", "--url", gateway.base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "breast_cancer" in lines
+    assert any(
+        ln.startswith("  v1 ") and "READY" in ln and "100.0%" in ln and "champion" in ln
+        for ln in lines
+    ), lines
+    assert any(ln.startswith("  v2 ") and "0.0%" in ln and "canary" in ln for ln in lines), lines
