@@ -4,6 +4,7 @@ Scenarios, one after another on the same Ray instance (high-throughput mode):
   baseline   one Ray Serve deployment running the ONNX model in process (no gateway work)
   dedicated  the gateway, the version on its own replicas behind the router
   colocated  the gateway, the version inside the router replicas
+  shadowed   colocated, with every request shadowed to another (colocated) version
 and, in a separate Ray instance on Serve's defaults (no high-throughput flags):
   plain      router → model through a handle, one call per request
 Each is driven by wrk at 1, 8, 32 and 64 connections with one breast_cancer row per request.
@@ -137,6 +138,7 @@ def run_high_throughput(duration_s: int, rounds: int) -> dict[str, list[dict[str
             "baseline": f"{base}/baseline/v2/models/bc/infer",
             "dedicated": f"{base}/v2/models/bc_dedicated/infer",
             "colocated": f"{base}/v2/models/bc_colocated/infer",
+            "shadowed": f"{base}/v2/models/bc_shadowed/infer",
         }
         return _interleaved(urls, body, duration_s, rounds)
     finally:
@@ -240,6 +242,14 @@ def write_results(results: dict[str, list[dict[str, float]]], duration_s: int, r
             f"- {name}: {at32['rps'] / base[32]['rps']:.2f}× baseline req/s at 32 "
             f"connections; p50 at 1 connection {at1['p50_ms'] / base[1]['p50_ms']:.2f}× "
             "baseline"
+        )
+    if "shadowed" in results:
+        plain = {p["connections"]: p for p in results["colocated"]}
+        shadowed = {p["connections"]: p for p in results["shadowed"]}
+        lines.append(
+            f"- shadow cost (colocated v1, every request shadowed to v2): "
+            f"{shadowed[32]['rps'] / plain[32]['rps']:.2f}× the unshadowed req/s at 32 "
+            f"connections; p50 at 1 connection {shadowed[1]['p50_ms'] - plain[1]['p50_ms']:+.2f} ms"
         )
     lines += ["", NOTES]
     text = "\n".join(lines) + "\n"
