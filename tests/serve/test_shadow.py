@@ -175,3 +175,24 @@ def test_shadow_version_must_be_deployed() -> None:
             RoutingConfig(models={"m": ModelRouting(shadow=ShadowConfig(version="7", ratio=1.0))})
         )
     assert plane.shadows["m"].target.version == "2"  # the routing in force stayed
+
+
+def test_disagreement_log_rotates(tmp_path: Path) -> None:
+    log = tmp_path / "shadow.jsonl"
+    config = ShadowConfig(
+        version="2", ratio=1.0, log_path=str(log), log_max_bytes=2048, log_backups=2
+    )
+    plane = _plane(_model(0.3), GatewayMetrics(), config)
+
+    async def main() -> None:
+        for i in range(60):
+            await plane.infer(_request([0.4, 0], f"r{i}"))
+        await _settle(plane)
+
+    asyncio.run(main())
+    plane.apply_routing(RoutingConfig())  # closes the log
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["shadow.jsonl", "shadow.jsonl.1", "shadow.jsonl.2"]
+    assert all(p.stat().st_size <= 2048 for p in tmp_path.iterdir())
+    last = [json.loads(line) for line in log.read_text().splitlines()]
+    assert last and last[-1]["id"] == "r59"
