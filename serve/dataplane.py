@@ -122,15 +122,34 @@ class DataPlane:
         try:
             if shadow is None:
                 outputs = await target.batcher.submit(feeds, rows)
-            else:  # dispatch the primary first; the copy follows and is never awaited here
-                primary = asyncio.ensure_future(target.batcher.submit(feeds, rows))
-                shadow.maybe_copy(request, target.version, primary)
-                outputs = await primary
+            else:
+                outputs = await self._with_shadow(shadow, request, target, feeds, rows)
         except Exception:
             target.failures += 1
             raise
         target.last_inference_ms = int(time.time() * 1000)
         return _response(request, target, outputs)
+
+    @staticmethod
+    async def _with_shadow(
+        shadow: ShadowRunner,
+        request: InferRequest,
+        target: VersionTarget,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+    ) -> dict[str, np.ndarray]:
+        """The primary is dispatched first (the copy's task starts only when this one yields);
+        the copy learns the primary's answer through `answer`, and is never awaited here."""
+        answer: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        shadow.maybe_copy(request, target.version, answer)
+        try:
+            outputs = await target.batcher.submit(feeds, rows)
+        except BaseException as exc:
+            answer.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+            answer.exception()  # retrieved here: the copy may not be waiting for it
+            raise
+        answer.set_result(outputs)
+        return outputs
 
     # -- metadata and health -----------------------------------------------------------------
     def target(

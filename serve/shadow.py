@@ -59,8 +59,11 @@ class Comparison:
 def compare(primary: Feeds, shadow: Feeds) -> Comparison:
     rows = len(next(iter(primary.values())))
     agree = None
-    if LABEL in primary and LABEL in shadow and primary[LABEL].shape == shadow[LABEL].shape:
-        agree = int(np.sum(primary[LABEL].astype(str) == shadow[LABEL].astype(str)))
+    a_label, b_label = primary.get(LABEL), shadow.get(LABEL)
+    if a_label is not None and b_label is not None and a_label.shape == b_label.shape:
+        if a_label.dtype == object or b_label.dtype == object:  # string classes
+            a_label, b_label = a_label.astype(str), b_label.astype(str)
+        agree = int(np.count_nonzero(a_label == b_label))
     diff = None
     for name in SCORES:
         a, b = primary.get(name), shadow.get(name)
@@ -88,18 +91,26 @@ class ShadowRunner:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = _disagreement_log(config) if config.log_path else None
+        self._series: dict[str, _Series] = {}
+
+    def _metrics_for(self, primary_version: str) -> _Series:
+        series = self._series.get(primary_version)
+        if series is None:
+            series = _Series(self.metrics, (self.model, primary_version, self.target.version))
+            self._series[primary_version] = series
+        return series
 
     def maybe_copy(
         self, request: InferRequest, primary_version: str, primary: asyncio.Future[Feeds]
     ) -> None:
         if primary_version == self.target.version or self._rand() >= self.config.ratio:
             return
-        labels = (self.model, primary_version, self.target.version)
+        series = self._metrics_for(primary_version)
         if self._in_flight >= self.config.max_in_flight:
-            self.metrics.shadow_requests.labels(*labels, "dropped").inc()
+            series.dropped.inc()
             return
         self._in_flight += 1
-        task = asyncio.ensure_future(self._run(request, labels, primary))
+        task = asyncio.ensure_future(self._run(request, series, primary))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -108,49 +119,65 @@ class ShadowRunner:
         self._in_flight -= 1
 
     async def _run(
-        self, request: InferRequest, labels: tuple[str, str, str], primary: asyncio.Future[Feeds]
+        self, request: InferRequest, series: _Series, primary: asyncio.Future[Feeds]
     ) -> None:
         started = time.monotonic()
         try:
             feeds, rows = validate(request, self.target.manifest.signature)
             answer = await self.target.batcher.submit(feeds, rows)
         except OverloadedError:
-            self.metrics.shadow_requests.labels(*labels, "dropped").inc()
+            series.dropped.inc()
             return
         except Exception:
-            self.metrics.shadow_requests.labels(*labels, "error").inc()
+            series.error.inc()
             return
-        self.metrics.shadow_duration.labels(*labels).observe(time.monotonic() - started)
+        series.duration.observe(time.monotonic() - started)
         try:
             expected = await asyncio.shield(primary)
         except BaseException:
-            self.metrics.shadow_requests.labels(*labels, "primary_failed").inc()
+            series.primary_failed.inc()
             return
-        self._record(labels, compare(expected, answer), request, expected, answer)
+        self._record(series, compare(expected, answer), request, expected, answer)
 
     def _record(
         self,
-        labels: tuple[str, str, str],
+        series: _Series,
         result: Comparison,
         request: InferRequest,
         primary: Feeds,
         shadow: Feeds,
     ) -> None:
-        self.metrics.shadow_requests.labels(*labels, "compared").inc()
+        series.compared.inc()
         if result.agree is not None:
-            self.metrics.shadow_rows.labels(*labels, "true").inc(result.agree)
-            self.metrics.shadow_rows.labels(*labels, "false").inc(result.rows - result.agree)
+            series.rows_agree.inc(result.agree)
+            series.rows_disagree.inc(result.rows - result.agree)
         if result.max_abs_diff is not None:
-            self.metrics.shadow_max_abs_diff.labels(*labels).observe(result.max_abs_diff)
+            series.max_abs_diff.observe(result.max_abs_diff)
         differs = result.disagrees or (result.max_abs_diff or 0.0) > self.config.diff_threshold
         if self._log is not None and differs and self._rand() < self.config.log_sample:
-            self._log.info(_log_line(labels, request, primary, shadow, result))
+            self._log.info(_log_line(series.labels, request, primary, shadow, result))
 
     def close(self) -> None:
         if self._log is not None:
             for handler in list(self._log.handlers):
                 handler.close()
                 self._log.removeHandler(handler)
+
+
+class _Series:
+    """One (model, primary, shadow) triple's metric children, looked up once."""
+
+    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        outcome = metrics.shadow_requests
+        self.compared = outcome.labels(*labels, "compared")
+        self.dropped = outcome.labels(*labels, "dropped")
+        self.error = outcome.labels(*labels, "error")
+        self.primary_failed = outcome.labels(*labels, "primary_failed")
+        self.rows_agree = metrics.shadow_rows.labels(*labels, "true")
+        self.rows_disagree = metrics.shadow_rows.labels(*labels, "false")
+        self.max_abs_diff = metrics.shadow_max_abs_diff.labels(*labels)
+        self.duration = metrics.shadow_duration.labels(*labels)
 
 
 def _disagreement_log(config: ShadowConfig) -> logging.Logger:
