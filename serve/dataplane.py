@@ -141,7 +141,7 @@ class DataPlane:
         """The primary is dispatched first (the copy's task starts only when this one yields);
         the copy learns the primary's answer through `answer`, and is never awaited here."""
         answer: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        shadow.maybe_copy(request, target.version, answer)
+        shadow.maybe_copy(request, target, feeds, answer)
         try:
             outputs = await target.batcher.submit(feeds, rows)
         except BaseException as exc:

@@ -35,7 +35,9 @@ class ShadowConfig(BaseModel):
 
     version: str = Field(description="The shadow: a deployed version or an alias.")
     ratio: float = Field(ge=0, le=1, description="Share of requests copied to the shadow.")
-    max_in_flight: int = Field(32, ge=1, description="Copies in flight; past it, drop and count.")
+    max_in_flight: int = Field(
+        256, ge=1, description="Copies queued or running; past it, drop and count."
+    )
     log_path: str | None = Field(None, description="JSONL file for disagreements (rotated).")
     log_sample: float = Field(1.0, ge=0, le=1, description="Share of disagreements logged.")
     log_max_bytes: int = Field(10 << 20, ge=1024, description="Rotate the log past this size.")
@@ -72,8 +74,22 @@ def compare(primary: Feeds, shadow: Feeds) -> Comparison:
     return Comparison(rows, agree, diff)
 
 
+@dataclass
+class _Copy:
+    request: InferRequest
+    feeds: Feeds | None  # the primary's validated feeds, when the signatures match
+    series: _Series
+    answer: asyncio.Future[Feeds]
+    started: float
+
+
 class ShadowRunner:
-    """One model's shadow: decides which requests to copy, runs and compares the copies."""
+    """One model's shadow: picks the requests to copy, runs the copies in batches, compares.
+
+    Copies queue in a list owned by one worker task; each round takes every queued copy, runs
+    them as one batch on the shadow version, and compares each with its primary's answer. The
+    caller's cost per copy is a sample draw and a list append.
+    """
 
     def __init__(
         self,
@@ -88,10 +104,40 @@ class ShadowRunner:
         self.config = config
         self.metrics = metrics
         self._rand = rand
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: list[_Copy] = []
+        self._in_flight = 0  # copies queued or running
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._log = _disagreement_log(config) if config.log_path else None
         self._series: dict[str, _Series] = {}
+        self._same_inputs: dict[str, bool] = {}
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    def maybe_copy(
+        self, request: InferRequest, primary: Any, feeds: Feeds, answer: asyncio.Future[Feeds]
+    ) -> None:
+        if primary.version == self.target.version or self._rand() >= self.config.ratio:
+            return
+        series = self._metrics_for(primary.version)
+        if self._in_flight >= self.config.max_in_flight:
+            series.dropped.inc()
+            return
+        same = self._same_inputs.get(primary.version)
+        if same is None:
+            same = primary.manifest.signature.inputs == self.target.manifest.signature.inputs
+            self._same_inputs[primary.version] = same
+        self._pending.append(
+            _Copy(request, feeds if same else None, series, answer, time.monotonic())
+        )
+        self._in_flight += 1
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+        self._wakeup.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._loop())
 
     def _metrics_for(self, primary_version: str) -> _Series:
         series = self._series.get(primary_version)
@@ -100,44 +146,60 @@ class ShadowRunner:
             self._series[primary_version] = series
         return series
 
-    def maybe_copy(
-        self, request: InferRequest, primary_version: str, primary: asyncio.Future[Feeds]
-    ) -> None:
-        if primary_version == self.target.version or self._rand() >= self.config.ratio:
-            return
-        series = self._metrics_for(primary_version)
-        if self._in_flight >= self.config.max_in_flight:
-            series.dropped.inc()
-            return
-        self._in_flight += 1
-        task = asyncio.ensure_future(self._run(request, series, primary))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch, self._pending = self._pending, []
+            try:
+                await self._run_batch(batch)
+            except Exception:  # a bug here must not stop the shadow for good
+                for copy in batch:
+                    copy.series.error.inc()
+            finally:
+                self._in_flight -= len(batch)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._in_flight -= 1
+    async def _run_batch(self, batch: list[_Copy]) -> None:
+        ready: list[tuple[_Copy, Feeds]] = []
+        for copy in batch:
+            try:
+                feeds = copy.feeds or validate(copy.request, self.target.manifest.signature)[0]
+            except Exception:
+                copy.series.error.inc()
+                continue
+            ready.append((copy, feeds))
+        for group in _groups(ready):
+            await self._run_group(group)
 
-    async def _run(
-        self, request: InferRequest, series: _Series, primary: asyncio.Future[Feeds]
-    ) -> None:
-        started = time.monotonic()
+    async def _run_group(self, group: list[tuple[_Copy, Feeds]]) -> None:
+        names = list(group[0][1])
+        sizes = [len(f[names[0]]) for _, f in group]
+        feeds = {n: np.concatenate([f[n] for _, f in group]) for n in names}
         try:
-            feeds, rows = validate(request, self.target.manifest.signature)
-            answer = await self.target.batcher.submit(feeds, rows)
+            answers = await self.target.batcher.submit(feeds, sum(sizes))
         except OverloadedError:
-            series.dropped.inc()
+            for copy, _ in group:
+                copy.series.dropped.inc()
             return
         except Exception:
-            series.error.inc()
+            for copy, _ in group:
+                copy.series.error.inc()
             return
-        series.duration.observe(time.monotonic() - started)
-        try:
-            expected = await asyncio.shield(primary)
-        except BaseException:
-            series.primary_failed.inc()
-            return
-        self._record(series, compare(expected, answer), request, expected, answer)
+        done = time.monotonic()
+        cuts = np.cumsum(sizes)[:-1]
+        split = {n: np.split(v, cuts) for n, v in answers.items()}
+        expected = await asyncio.gather(
+            *(asyncio.shield(c.answer) for c, _ in group), return_exceptions=True
+        )
+        for i, ((copy, _), primary) in enumerate(zip(group, expected, strict=True)):
+            copy.series.duration.observe(done - copy.started)
+            if isinstance(primary, BaseException):
+                copy.series.primary_failed.inc()
+                continue
+            shadow = {n: parts[i] for n, parts in split.items()}
+            self._record(copy.series, compare(primary, shadow), copy.request, primary, shadow)
 
     def _record(
         self,
@@ -158,10 +220,21 @@ class ShadowRunner:
             self._log.info(_log_line(series.labels, request, primary, shadow, result))
 
     def close(self) -> None:
+        if self._worker is not None and not self._pending and self._in_flight == 0:
+            self._worker.cancel()
         if self._log is not None:
             for handler in list(self._log.handlers):
                 handler.close()
                 self._log.removeHandler(handler)
+
+
+def _groups(ready: list[tuple[_Copy, Feeds]]) -> list[list[tuple[_Copy, Feeds]]]:
+    """Copies whose tensors can be concatenated (same names, trailing shapes, dtypes)."""
+    groups: dict[tuple[Any, ...], list[tuple[_Copy, Feeds]]] = {}
+    for copy, feeds in ready:
+        key = tuple((n, v.shape[1:], v.dtype.str) for n, v in feeds.items())
+        groups.setdefault(key, []).append((copy, feeds))
+    return list(groups.values())
 
 
 class _Series:

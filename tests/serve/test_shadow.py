@@ -86,8 +86,8 @@ def _value(metrics: GatewayMetrics, name: str, **labels: str) -> float:
 
 async def _settle(plane: DataPlane) -> None:
     for runner in plane.shadows.values():
-        while runner._tasks:
-            await asyncio.gather(*runner._tasks)
+        while runner.busy:
+            await asyncio.sleep(0.01)
 
 
 def test_compare_labels_and_scores() -> None:
