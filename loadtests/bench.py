@@ -204,6 +204,11 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   (uvicorn, direct-ingress ASGI, request metrics, access logging) dominates; modelgate's code is
   under a tenth of the samples. `max_in_flight: 1` measured ~20% more req/s at 32 connections
   than 2, but keeps only one model replica busy per router; the default stays 2.
+- **shadowed** copies every request to a second version. Copies queue and one worker per shadow
+  runs all queued copies as one batch, then compares each with its primary's answer; the caller
+  only draws a sample and appends. An earlier design with one task per copy cost ~20% req/s.
+- Run-to-run spread on this 2-core machine is large (colocated has measured 0.83×–1.07× of the
+  baseline at 32 connections across runs); compare ratios within one run.
 - **plain** (Ray Serve defaults, one handle call per request, `max_ongoing_requests` 5) collapses
   under concurrency and times out requests, as DESIGN.md warns."""
 
