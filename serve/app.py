@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from converters.manifest import read_manifest
 from serve import grpc_service, rest
 from serve.batching import MicroBatcher
-from serve.config import Batching, GatewayConfig, Limits, VersionConfig
+from serve.config import Autoscaling, Batching, GatewayConfig, Limits, VersionConfig
 from serve.dataplane import DataPlane, VersionTarget
 from serve.errors import ErrorCode, InferenceError
 from serve.protos import grpc_predict_v2_pb2 as pb
@@ -258,11 +258,8 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
         "max_ongoing_requests": router.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": router.num_cpus},
         "max_surge_percent": router.max_surge_percent,
+        **_scaling(router.autoscaling, router.num_replicas),
     }
-    if router.autoscaling is not None:
-        options["autoscaling_config"] = router.autoscaling.ray_config()
-    else:
-        options["num_replicas"] = router.num_replicas
     return RouterDeployment.options(**options).bind(spec.model_dump(), handles)
 
 
@@ -278,12 +275,16 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
         "max_ongoing_requests": version.batching.max_in_flight * router_replicas + 2,
         "ray_actor_options": {"num_cpus": version.num_cpus},
         "max_surge_percent": version.max_surge_percent,
+        **_scaling(version.autoscaling, version.num_replicas),
     }
-    if version.autoscaling is not None:
-        options["autoscaling_config"] = version.autoscaling.ray_config()
-    else:
-        options["num_replicas"] = version.num_replicas
     return ModelVersionDeployment.options(**options)
+
+
+def _scaling(autoscaling: Autoscaling | None, num_replicas: int) -> dict[str, Any]:
+    """Ray Serve takes either an autoscaling_config or a fixed num_replicas."""
+    if autoscaling is not None:
+        return {"autoscaling_config": autoscaling.ray_config()}
+    return {"num_replicas": num_replicas}
 
 
 def registry_aliases(resolved: list[Resolved]) -> dict[str, dict[str, str]]:
