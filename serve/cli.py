@@ -132,8 +132,13 @@ def _ports(config: dict) -> tuple[int, int]:  # type: ignore[type-arg]
 
 
 def _block() -> None:
+    import signal
     import time
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a plain kill stops Ray too (see cmd_serve's finally)
     try:
         while True:
             time.sleep(3600)
