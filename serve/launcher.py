@@ -7,8 +7,12 @@ the processes it starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +52,24 @@ def start_ray(address: str | None = None, dashboard: bool = False) -> None:
     if address:
         ray.init(address=address)
     else:
-        # "local": always a fresh instance, never an unrelated cluster found in /tmp/ray.
-        ray.init(address="local", include_dashboard=dashboard, num_cpus=os.cpu_count())
+        with _children_ignore_sigint():
+            # "local": always a fresh instance, never an unrelated cluster found in /tmp/ray.
+            ray.init(address="local", include_dashboard=dashboard, num_cpus=os.cpu_count())
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Ray's processes inherit an ignored SIGINT, so a Ctrl-C reaches only this driver, which
+    then stops Serve and Ray in order (a raylet killed by the same Ctrl-C leaves the driver
+    hanging in its shutdown)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def stop_ray() -> None:
