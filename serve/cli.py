@@ -139,6 +139,7 @@ def _block() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # a plain kill stops Ray too (see cmd_serve's finally)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     try:
         while True:
             time.sleep(3600)
