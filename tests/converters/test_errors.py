@@ -148,21 +148,24 @@ def test_feature_count_mismatch(
 class Boom:
     """Unpickling this would run code: the test proves the converter never does so unasked."""
 
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (Path.touch, (str(MARKER),))
-
-
-MARKER = Path("/tmp/modelgate-pickle-ran")
+        return (Path.touch, (str(self.marker),))
 
 
 def test_pickle_is_refused_unless_trusted(folder_registry: Registry, tmp_path: Path) -> None:
-    MARKER.unlink(missing_ok=True)
+    marker = tmp_path / "pickle-ran"
     version_dir = Path(folder_registry.location) / "evil" / "1"
     version_dir.mkdir(parents=True)
-    (version_dir / "model.pkl").write_bytes(pickle.dumps(Boom()))
+    (version_dir / "model.pkl").write_bytes(pickle.dumps(Boom(marker)))
+    pickle.loads((version_dir / "model.pkl").read_bytes())  # the file does run code when loaded
+    assert marker.exists()
+    marker.unlink()
     with pytest.raises(UntrustedModelError, match=r"is a pickle.*--trust-pickle"):
         convert_uri(folder_registry, "models:/evil/1", _options(tmp_path))
-    assert not MARKER.exists()
+    assert not marker.exists()
 
 
 def test_trusted_pickle_loads(
