@@ -98,7 +98,9 @@ class DataPlane:
             )
             for name, entry in self.models.items()
         }
-        shadows = {
+        for runner in self.shadows.values():  # first: a new runner may reopen the same log
+            runner.close()
+        self.shadows = {
             name: ShadowRunner(
                 name, self.models[name].versions[table.shadow_version], table.shadow, self.metrics
             )
@@ -107,9 +109,6 @@ class DataPlane:
         }
         for name, table in tables.items():
             self.models[name].table = table
-        old, self.shadows = self.shadows, shadows
-        for runner in old.values():
-            runner.close()
 
     def routes(self) -> dict[str, Any]:
         return {name: entry.table.describe() for name, entry in sorted(self.models.items())}

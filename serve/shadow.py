@@ -111,6 +111,7 @@ class ShadowRunner:
         self._log = _disagreement_log(config) if config.log_path else None
         self._series: dict[str, _Series] = {}
         self._same_inputs: dict[str, bool] = {}
+        self._closed = False
 
     @property
     def busy(self) -> bool:
@@ -119,7 +120,9 @@ class ShadowRunner:
     def maybe_copy(
         self, request: InferRequest, primary: Any, feeds: Feeds, answer: asyncio.Future[Feeds]
     ) -> None:
-        if primary.version == self.target.version or self._rand() >= self.config.ratio:
+        if self._closed or primary.version == self.target.version:
+            return
+        if self._rand() >= self.config.ratio:
             return
         series = self._metrics_for(primary.version)
         if self._in_flight >= self.config.max_in_flight:
@@ -150,6 +153,8 @@ class ShadowRunner:
         assert self._wakeup is not None
         while True:
             while not self._pending:
+                if self._closed:
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
             batch, self._pending = self._pending, []
@@ -220,8 +225,10 @@ class ShadowRunner:
             self._log.info(_log_line(series.labels, request, primary, shadow, result))
 
     def close(self) -> None:
-        if self._worker is not None and not self._pending and self._in_flight == 0:
-            self._worker.cancel()
+        """Take no more copies; the worker finishes what it holds, then ends."""
+        self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
         if self._log is not None:
             for handler in list(self._log.handlers):
                 handler.close()

@@ -196,3 +196,24 @@ def test_disagreement_log_rotates(tmp_path: Path) -> None:
     assert all(p.stat().st_size <= 2048 for p in tmp_path.iterdir())
     last = [json.loads(line) for line in log.read_text().splitlines()]
     assert last and last[-1]["id"] == "r59"
+
+
+def test_reapplying_the_same_routing_keeps_the_log_working(tmp_path: Path) -> None:
+    log = tmp_path / "shadow.jsonl"
+    config = ShadowConfig(version="2", ratio=1.0, log_path=str(log))
+    plane = _plane(_model(0.3), GatewayMetrics(), config)
+    routing = RoutingConfig(models={"m": ModelRouting(weights={"1": 1}, shadow=config)})
+
+    async def main() -> None:
+        await plane.infer(_request([0.4, 0], "before"))
+        await _settle(plane)
+        old = plane.shadows["m"]
+        plane.apply_routing(routing)  # Ray may call reconfigure again with the same config
+        await plane.infer(_request([0.4, 0], "after"))
+        await _settle(plane)
+        await asyncio.sleep(0.01)
+        assert old._worker is not None and old._worker.done()  # the old worker ended
+
+    asyncio.run(main())
+    ids = [json.loads(line)["id"] for line in log.read_text().splitlines()]
+    assert ids == ["before", "after"]
