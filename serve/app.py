@@ -27,6 +27,7 @@ from serve.batching import MicroBatcher
 from serve.config import Autoscaling, Batching, GatewayConfig, Limits, VersionConfig
 from serve.dataplane import DataPlane, VersionTarget
 from serve.errors import ErrorCode, InferenceError
+from serve.metrics import GatewayMetrics
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.resolve import Resolved, resolve_versions
 from serve.rest_codec import Limits as CodecLimits
@@ -82,8 +83,9 @@ class Router:
         self.limits = self.spec.limits
         self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
         self.instance = uuid.uuid4().hex  # tells a reconfigured replica from a restarted one
-        targets = [_target(version, handles) for version in self.spec.versions]
-        self.plane = DataPlane.build(targets, self.spec.registry_aliases)
+        metrics = GatewayMetrics()
+        targets = [_target(version, handles, metrics) for version in self.spec.versions]
+        self.plane = DataPlane.build(targets, self.spec.registry_aliases, metrics)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Routing from the deployment's user_config: applied in place, no restart.
@@ -163,7 +165,9 @@ def _metadata(context: Any) -> dict[str, str]:
     return {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
 
 
-def _target(spec: VersionSpec, handles: dict[str, DeploymentHandle]) -> VersionTarget:
+def _target(
+    spec: VersionSpec, handles: dict[str, DeploymentHandle], metrics: GatewayMetrics
+) -> VersionTarget:
     name = f"{spec.model}:{spec.version}"
     if spec.placement == "colocated":
         runtime = VersionRuntime(Path(spec.artifact), spec.intra_op_threads)
@@ -189,6 +193,7 @@ def _target(spec: VersionSpec, handles: dict[str, DeploymentHandle]) -> VersionT
         max_wait_s=b.max_wait_ms / 1000,
         max_in_flight=b.max_in_flight,
         max_queued=b.max_queued,
+        on_batch=metrics.batch_observer(spec.model, spec.version),
     )
     return VersionTarget(spec.model, spec.version, manifest, batcher, ready, spec.placement)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from converters.manifest import Manifest
 from serve.batching import MicroBatcher
-from serve.errors import not_found
+from serve.errors import ErrorCode, InferenceError, not_found
 from serve.metrics import GatewayMetrics
 from serve.routing import ModelRouting, RouteTable, RoutingConfig
 from serve.shadow import ShadowRunner
@@ -115,7 +115,31 @@ class DataPlane:
 
     # -- the request path --------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
-        target = self.target(request.model, request.version, request.headers)
+        """Answer one request, counted and timed per (model, version, protocol, code)."""
+        started = time.monotonic()
+        model = request.model if request.model in self.models else ""  # no series per typo
+        version, code = "", "ok"
+        self.metrics.in_flight.labels(model).inc()
+        try:
+            target = self.target(request.model, request.version, request.headers)
+            version = target.version
+            return await self._infer(request, target)
+        except InferenceError as exc:
+            code = exc.code.value
+            if exc.code is ErrorCode.OVERLOADED:
+                self.metrics.shed.labels(model, version).inc()
+            raise
+        except Exception:
+            code = ErrorCode.INTERNAL.value
+            raise
+        finally:
+            self.metrics.in_flight.labels(model).dec()
+            self.metrics.requests.labels(model, version, request.protocol, code).inc()
+            self.metrics.request_duration.labels(model, version, request.protocol).observe(
+                time.monotonic() - started
+            )
+
+    async def _infer(self, request: InferRequest, target: VersionTarget) -> InferResponse:
         feeds, rows = validate(request, target.manifest.signature)
         shadow = self.shadows.get(request.model)
         try:

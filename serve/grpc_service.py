@@ -62,6 +62,7 @@ def decode_infer(
         parameters=parameters_of(message.parameters),
         outputs=outputs,
         headers=headers or {},
+        protocol="grpc",
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Sub-millisecond to seconds.
 LATENCY_BUCKETS = (
@@ -22,6 +22,7 @@ LATENCY_BUCKETS = (
     5,
     10,
 )
+ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 SHADOW_LABELS = ("model", "primary", "shadow")
@@ -31,6 +32,60 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.requests = Counter(
+            "modelgate_requests_total",
+            "Inference requests by outcome: code is 'ok' or the error code (serve/errors.py).",
+            ["model", "version", "protocol", "code"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "modelgate_requests_in_flight",
+            "Inference requests being answered, per model.",
+            ["model"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "modelgate_request_duration_seconds",
+            "Router time per inference request, from routing to the answer (body decoding and "
+            "encoding excluded).",
+            ["model", "version", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "modelgate_queue_wait_seconds",
+            "Mean wait of a batch's requests before it ran.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "modelgate_compute_seconds",
+            "Time to run one batch (ONNX Runtime, plus the handle call for dedicated versions).",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "modelgate_batch_rows",
+            "Rows per batch run.",
+            ["model", "version"],
+            buckets=ROWS_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "modelgate_batch_requests",
+            "Requests per batch run.",
+            ["model", "version"],
+            buckets=ROWS_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "modelgate_shed_total",
+            "Requests shed because a version's queue was full.",
+            ["model", "version"],
+            registry=r,
+        )
         self.shadow_requests = Counter(
             "modelgate_shadow_requests_total",
             "Shadow copies by outcome: compared, error (the shadow failed), dropped (in-flight "
@@ -61,3 +116,18 @@ class GatewayMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def batch_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
+        """The micro-batcher's `on_batch` hook for one version."""
+        queue = self.queue_wait.labels(model, version)
+        compute = self.compute.labels(model, version)
+        rows_h = self.batch_rows.labels(model, version)
+        requests_h = self.batch_requests.labels(model, version)
+
+        def observe(requests: int, rows: int, queue_s: float, compute_s: float) -> None:
+            queue.observe(queue_s)
+            compute.observe(compute_s)
+            rows_h.observe(rows)
+            requests_h.observe(requests)
+
+        return observe

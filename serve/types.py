@@ -40,6 +40,7 @@ class InferRequest:
     parameters: Parameters = field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False  # request-level `binary_data_output`
+    protocol: str = "http"  # "http" or "grpc", for metrics
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names; sticky keys
 
 

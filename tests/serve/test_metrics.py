@@ -1,0 +1,105 @@
+"""Request, batch and shedding metrics of the data plane (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve.batching import MicroBatcher
+from serve.dataplane import DataPlane, VersionTarget
+from serve.errors import InferenceError
+from serve.metrics import GatewayMetrics
+from serve.types import InferRequest, Tensor
+from tests.serve.test_shadow import _manifest, _model, _ready
+
+
+def _plane(metrics: GatewayMetrics, delay: float = 0.0, max_queued: int = 1024) -> DataPlane:
+    batcher = MicroBatcher(
+        "m:1",
+        _model(0.0, delay=delay),
+        max_in_flight=1,
+        max_queued=max_queued,
+        on_batch=metrics.batch_observer("m", "1"),
+    )
+    return DataPlane.build(
+        [VersionTarget("m", "1", _manifest("1"), batcher, _ready, "c")], {}, metrics
+    )
+
+
+def _request(
+    model: str = "m", shape: tuple[int, int] = (1, 2), protocol: str = "http"
+) -> InferRequest:
+    x = np.zeros(shape, np.float32)
+    return InferRequest(model, None, [Tensor("input", "FP32", x)], protocol=protocol)
+
+
+def _value(metrics: GatewayMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_requests_are_counted_by_outcome_and_protocol() -> None:
+    metrics = GatewayMetrics()
+    plane = _plane(metrics)
+
+    async def main() -> None:
+        for _ in range(3):
+            await plane.infer(_request())
+        await plane.infer(_request(protocol="grpc"))
+        for bad in (_request(shape=(1, 3)), _request(model="nope")):
+            with pytest.raises(InferenceError):
+                await plane.infer(bad)
+
+    asyncio.run(main())
+    count = "modelgate_requests_total"
+    assert _value(metrics, count, model="m", version="1", protocol="http", code="ok") == 3
+    assert _value(metrics, count, model="m", version="1", protocol="grpc", code="ok") == 1
+    assert (
+        _value(metrics, count, model="m", version="1", protocol="http", code="invalid_argument")
+        == 1
+    )
+    # an unknown model name gets no series of its own
+    assert _value(metrics, count, model="", version="", protocol="http", code="not_found") == 1
+    assert (
+        _value(
+            metrics,
+            "modelgate_request_duration_seconds_count",
+            model="m",
+            version="1",
+            protocol="http",
+        )
+        == 4
+    )
+    assert _value(metrics, "modelgate_requests_in_flight", model="m") == 0
+    assert _value(metrics, "modelgate_batch_rows_count", model="m", version="1") == 4
+    assert _value(metrics, "modelgate_compute_seconds_count", model="m", version="1") == 4
+
+
+def test_batches_and_shedding_are_measured() -> None:
+    metrics = GatewayMetrics()
+    plane = _plane(metrics, delay=0.05, max_queued=4)
+
+    async def main() -> list[object]:
+        return await asyncio.gather(
+            *(plane.infer(_request()) for _ in range(12)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    shed = sum(isinstance(r, InferenceError) and r.http_status == 503 for r in results)
+    assert shed > 0
+    assert _value(metrics, "modelgate_shed_total", model="m", version="1") == shed
+    assert (
+        _value(
+            metrics,
+            "modelgate_requests_total",
+            model="m",
+            version="1",
+            protocol="http",
+            code="overloaded",
+        )
+        == shed
+    )
+    batched = _value(metrics, "modelgate_batch_requests_sum", model="m", version="1")
+    assert batched == 12 - shed  # every accepted request ran in exactly one batch
+    assert _value(metrics, "modelgate_batch_requests_count", model="m", version="1") < batched
