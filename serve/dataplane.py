@@ -21,7 +21,7 @@ from converters.manifest import Manifest
 from serve.batching import MicroBatcher
 from serve.errors import ErrorCode, InferenceError, not_found
 from serve.metrics import GatewayMetrics
-from serve.routing import ModelRouting, RouteTable, RoutingConfig
+from serve.routing import ModelRouting, RouteTable, RoutingConfig, compile_routing
 from serve.shadow import ShadowRunner
 from serve.types import InferRequest, InferResponse, Tensor
 from serve.validation import validate
@@ -86,18 +86,11 @@ class DataPlane:
 
         Raises ValueError (and changes nothing) if any part names what is not deployed.
         """
-        unknown = sorted(set(routing.models) - set(self.models))
-        if unknown:
-            raise ValueError(f"routing names models that are not deployed: {', '.join(unknown)}")
-        tables = {
-            name: RouteTable(
-                name,
-                list(entry.versions),
-                routing.models.get(name, ModelRouting()),
-                entry.registry_aliases,
-            )
-            for name, entry in self.models.items()
-        }
+        tables = compile_routing(
+            {name: list(entry.versions) for name, entry in self.models.items()},
+            {name: entry.registry_aliases for name, entry in self.models.items()},
+            routing,
+        )
         for runner in self.shadows.values():  # first: a new runner may reopen the same log
             runner.close()
         self.shadows = {

@@ -104,7 +104,7 @@ def preflight(config: dict[str, Any]) -> None:
 def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:
     """The Router's user_config must name only deployed versions and aliases."""
     from serve.app import registry_aliases
-    from serve.routing import RouteTable, RoutingConfig
+    from serve.routing import RoutingConfig, compile_routing
 
     router: dict[str, Any] = next(
         (d for d in app.get("deployments") or [] if d.get("name") == "Router"), {}
@@ -113,15 +113,10 @@ def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:
     versions: dict[str, list[str]] = {}
     for model, _, _, version in resolved:
         versions.setdefault(model.name, []).append(version)
-    aliases = registry_aliases(resolved)
-    unknown = sorted(set(routing.models) - set(versions))
-    if unknown:
-        raise ConfigError(f"Router user_config routes models not deployed: {', '.join(unknown)}")
-    for name, model_routing in routing.models.items():
-        try:
-            RouteTable(name, versions[name], model_routing, aliases.get(name))
-        except ValueError as exc:
-            raise ConfigError(f"Router user_config: {exc}") from exc
+    try:  # the same compilation the Router's reconfigure() runs
+        compile_routing(versions, registry_aliases(resolved), routing)
+    except ValueError as exc:
+        raise ConfigError(f"Router user_config: {exc}") from exc
 
 
 def deploy(config: dict[str, Any], timeout_s: float = 180.0) -> None:

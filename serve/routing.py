@@ -141,6 +141,23 @@ class RouteTable:
         }
 
 
+def compile_routing(
+    versions: dict[str, list[str]],
+    registry_aliases: dict[str, dict[str, str]],
+    routing: RoutingConfig,
+) -> dict[str, RouteTable]:
+    """Every deployed model's route table; ValueError if the routing names what is not deployed."""
+    unknown = sorted(set(routing.models) - set(versions))
+    if unknown:
+        raise ValueError(f"routing names models that are not deployed: {', '.join(unknown)}")
+    return {
+        name: RouteTable(
+            name, deployed, routing.models.get(name, ModelRouting()), registry_aliases.get(name)
+        )
+        for name, deployed in versions.items()
+    }
+
+
 def _highest(versions: list[str]) -> str:
     return max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
 
