@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from pathlib import Path
 from typing import Any, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve.deployment import Deployment
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from converters.manifest import read_manifest
 from serve import grpc_service, rest
@@ -82,7 +80,6 @@ class Router:
         self.spec = RouterSpec.model_validate(spec)
         self.limits = self.spec.limits
         self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
-        self.instance = uuid.uuid4().hex  # tells a reconfigured replica from a restarted one
         metrics = GatewayMetrics()
         targets = [_target(version, handles, metrics) for version in self.spec.versions]
         self.plane = DataPlane.build(targets, self.spec.registry_aliases, metrics)
@@ -97,11 +94,6 @@ class Router:
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
-        path = rest.app_path(request.scope)
-        if path == "/modelgate/routes":
-            return JSONResponse({"router": self.instance, "models": self.plane.routes()})
-        if path == "/metrics":  # this replica's own metrics (aggregation: issue 5)
-            return Response(self.plane.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
         return await rest.handle(self.plane, request, self.limits)
 
     # -- gRPC (method names are the service's RPC names) --------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,7 @@ class DataPlane:
         self.models = models
         self.metrics = metrics or GatewayMetrics()
         self.shadows: dict[str, ShadowRunner] = {}
+        self.instance = uuid.uuid4().hex  # tells a reconfigured replica from a restarted one
 
     @classmethod
     def build(
@@ -104,7 +106,8 @@ class DataPlane:
             self.models[name].table = table
 
     def routes(self) -> dict[str, Any]:
-        return {name: entry.table.describe() for name, entry in sorted(self.models.items())}
+        models = {name: entry.table.describe() for name, entry in sorted(self.models.items())}
+        return {"router": self.instance, "models": models}
 
     # -- the request path --------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -61,6 +62,19 @@ async def _stats(plane: DataPlane, request: Request, p: dict[str, str], limits: 
     return JSONResponse(plane.statistics(p.get("model"), p.get("version")))
 
 
+async def _routes(
+    plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+) -> Response:
+    return JSONResponse(plane.routes())
+
+
+async def _metrics(
+    plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+) -> Response:
+    """This replica's own metrics (aggregation across replicas: issue 5)."""
+    return Response(plane.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
 async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
     return JSONResponse(await plane.repository_index())
 
@@ -86,6 +100,8 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("GET", re.compile(r"/v2/health/ready"), _ready),
     ("GET", re.compile(r"/v2/?"), _server_metadata),
     ("GET", re.compile(r"/v2/models/stats"), _stats),
+    ("GET", re.compile(r"/modelgate/routes"), _routes),
+    ("GET", re.compile(r"/metrics"), _metrics),
     ("POST", re.compile(r"/v2/repository/index"), _index),
     ("POST", re.compile(_MODEL + r"/infer"), _infer),
     ("GET", re.compile(_MODEL + r"/ready"), _model_ready),
