@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = launcher.load_config(args.config)
     print(f"checking and converting the models in {args.config} ...")
-    launcher.preflight(config)
+    resolved = launcher.preflight(config)
     launcher.start_ray(args.address, dashboard=args.dashboard)
     try:
         launcher.deploy(config)
@@ -113,8 +113,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"\nmodelgate is serving {args.config}")
         print(f"  HTTP (Open Inference Protocol v2): http://127.0.0.1:{http}/v2")
         print(f"  gRPC (inference.GRPCInferenceService): 127.0.0.1:{grpc_port}")
-        if args.samples:
-            _print_samples(config, http, grpc_port)
+        if args.samples and resolved:
+            from serve.samples import print_samples
+
+            first_gateway = next(iter(resolved.values()))
+            print_samples(first_gateway, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
         if args.no_block:
             return 0
         print("\nserving; Ctrl-C to stop")
@@ -145,12 +148,6 @@ def _block() -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping")
-
-
-def _print_samples(config: dict, http: int, grpc_port: int) -> None:  # type: ignore[type-arg]
-    from serve.samples import print_samples
-
-    print_samples(config, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:

@@ -89,16 +89,20 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def preflight(config: dict[str, Any]) -> None:
+def preflight(config: dict[str, Any]) -> dict[str, list[Resolved]]:
     """Validate and resolve every modelgate application before Ray Serve sees the config.
 
     Converting here also warms the artifact cache, so the builder on the cluster finds each
-    artifact ready (same content address) instead of converting it again.
+    artifact ready (same content address) instead of converting it again. Returns each gateway
+    application's resolved versions, by application name.
     """
+    resolved_by_app = {}
     for app in config["applications"]:
         if app.get("import_path") == GATEWAY_IMPORT_PATH:
             resolved = resolve_versions(GatewayConfig.model_validate(app.get("args") or {}))
             check_routing(app, resolved)
+            resolved_by_app[app["name"]] = resolved
+    return resolved_by_app
 
 
 def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.manifest import Manifest
+from serve.resolve import Resolved
 from serve.runtime import typical_row
 
 
@@ -118,17 +119,14 @@ def _datatype(array: np.ndarray) -> str:
     return NUMPY_TO_DATATYPE[array.dtype]
 
 
-def print_samples(config: dict, base: str, grpc_target: str) -> None:  # type: ignore[type-arg]
-    """One JSON, one binary and one gRPC prediction per model of the first gateway app."""
+def print_samples(resolved: list[Resolved], base: str, grpc_target: str) -> None:
+    """One JSON, one binary and one gRPC prediction per model of a gateway app (as resolved by
+    `launcher.preflight`)."""
     from converters.manifest import read_manifest
-    from serve.config import GatewayConfig
-    from serve.resolve import resolve_versions
 
-    app = next(a for a in config["applications"] if a.get("import_path") == "serve.app:build_app")
-    gateway = GatewayConfig.model_validate(app["args"])
     seen: set[str] = set()
     print("\nsample predictions:")
-    for model, _, artifact, version in resolve_versions(gateway):
+    for model, _, artifact, version in resolved:
         if model.name in seen:
             continue
         seen.add(model.name)
