@@ -7,13 +7,15 @@ as it is. Anything that cannot be served fails here, before Ray Serve changes an
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from converters.artifacts import cached
 from converters.errors import ModelgateError
 from converters.pipeline import ConvertOptions, convert_uri
-from converters.registry import open_registry
+from converters.registry import Registry, open_registry
 from serve.config import GatewayConfig, ModelConfig, VersionConfig
 
 Resolved = tuple[ModelConfig, VersionConfig, str, str]  # model, its config, artifact dir, version
@@ -24,12 +26,16 @@ class ConfigError(ModelgateError, ValueError):
 
 
 def resolve_versions(config: GatewayConfig) -> list[Resolved]:
+    # Opened once, and only if a version names a registry URI.
+    registry = functools.cache(
+        lambda: open_registry(config.registry or os.environ.get("MODELGATE_REGISTRY"))
+    )
     resolved: list[Resolved] = []
     for model in config.models:
         seen: set[str] = set()
         for index, version in enumerate(model.versions):
             where = f"models[{model.name}].versions[{index}]"
-            artifact, number = _resolve(config, version, where)
+            artifact, number = _resolve(config, registry, version, where)
             if number in seen:
                 raise ConfigError(f"{where}: version {number} of '{model.name}' is listed twice")
             seen.add(number)
@@ -37,7 +43,9 @@ def resolve_versions(config: GatewayConfig) -> list[Resolved]:
     return resolved
 
 
-def _resolve(config: GatewayConfig, version: VersionConfig, where: str) -> tuple[str, str]:
+def _resolve(
+    config: GatewayConfig, registry: Callable[[], Registry], version: VersionConfig, where: str
+) -> tuple[str, str]:
     if version.artifact is not None:
         path = Path(version.artifact).resolve()
         manifest = cached(path)
@@ -48,10 +56,9 @@ def _resolve(config: GatewayConfig, version: VersionConfig, where: str) -> tuple
             )
         return str(path), manifest.version
     assert version.uri is not None
-    registry = open_registry(config.registry or os.environ.get("MODELGATE_REGISTRY"))
     try:
         result = convert_uri(
-            registry, version.uri, ConvertOptions(out=Path(config.artifacts).resolve())
+            registry(), version.uri, ConvertOptions(out=Path(config.artifacts).resolve())
         )
     except ModelgateError as exc:
         raise ConfigError(f"{where}.uri: {exc}") from exc
