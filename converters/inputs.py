@@ -82,9 +82,8 @@ def _prepare_columns(frame: Any) -> PreparedInputs:
 
 def n_features(model: Any) -> int | None:
     """How many features a numeric model takes, if it says."""
-    for attr in ("n_features_in_",):
-        if hasattr(model, attr):
-            return int(getattr(model, attr))
+    if hasattr(model, "n_features_in_"):
+        return int(model.n_features_in_)
     if hasattr(model, "num_feature"):  # lightgbm.Booster
         return int(model.num_feature())
     return None
