@@ -11,7 +11,7 @@ from converters.signature import Signature
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: FeatureStats.bin_edges / bin_fractions
 
 
 class ParityReport(BaseModel):
@@ -44,6 +44,16 @@ class FeatureStats(BaseModel):
     quantiles: list[float] = Field(description="Deciles 0.1..0.9 of the sample values.")
     min: float
     max: float
+    bin_edges: list[float] = Field(
+        default_factory=list,
+        description="Distinct deciles, ascending: bin i holds values in (edge[i-1], edge[i]]; "
+        "the last bin, values above the last edge.",
+    )
+    bin_fractions: list[float] = Field(
+        default_factory=list,
+        description="Share of the sample values in each bin (len(bin_edges) + 1 of them): "
+        "the reference distribution input drift is measured against.",
+    )
 
 
 class TensorStats(BaseModel):

@@ -27,7 +27,7 @@ from converters.artifacts import (
 from converters.errors import ConversionError
 from converters.inputs import PreparedInputs, generated_sample, prepare
 from converters.loaders import load_model
-from converters.manifest import Manifest, ParityReport
+from converters.manifest import FORMAT_VERSION, Manifest, ParityReport
 from converters.opsets import BOOST_OPSET, SKLEARN_OPSET
 from converters.parity import Tolerance, check_parity
 from converters.registry import FetchedModel, ModelRef, Registry
@@ -72,6 +72,7 @@ def _settings(options: ConvertOptions) -> dict[str, Any]:
     import skl2onnx
 
     return {
+        "manifest_format": FORMAT_VERSION,
         "tolerance": options.tolerance.model_dump(),
         "opsets": {"sklearn": SKLEARN_OPSET, "boost": BOOST_OPSET},
         "skl2onnx": skl2onnx.__version__,

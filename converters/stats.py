@@ -24,10 +24,20 @@ def reference_stats(feeds: dict[str, np.ndarray]) -> dict[str, TensorStats]:
 
 
 def _feature(column: np.ndarray) -> FeatureStats:
+    quantiles = np.quantile(column, DECILES)
+    edges = np.unique(quantiles)  # tied deciles (a binary feature, say) make one edge
+    counts = np.bincount(bin_index(edges, column), minlength=len(edges) + 1)
     return FeatureStats(
         mean=float(column.mean()),
         std=float(column.std()),
-        quantiles=[float(q) for q in np.quantile(column, DECILES)],
+        quantiles=[float(q) for q in quantiles],
         min=float(column.min()),
         max=float(column.max()),
+        bin_edges=[float(e) for e in edges],
+        bin_fractions=[float(c) for c in counts / len(column)],
     )
+
+
+def bin_index(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Bin of each value: i where edges[i-1] < value <= edges[i]; len(edges) above the last."""
+    return np.searchsorted(edges, values, side="left")

@@ -22,15 +22,24 @@ from starlette.responses import Response
 from converters.manifest import read_manifest
 from serve import grpc_service, rest
 from serve.batching import MicroBatcher
-from serve.config import Autoscaling, Batching, GatewayConfig, Limits, VersionConfig
+from serve.config import (
+    Autoscaling,
+    Batching,
+    DriftConfig,
+    GatewayConfig,
+    Limits,
+    MetricsConfig,
+    VersionConfig,
+)
 from serve.dataplane import DataPlane, VersionTarget
 from serve.errors import ErrorCode, InferenceError
-from serve.metrics import GatewayMetrics
+from serve.exporter import MULTIPROC_ENV
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.resolve import Resolved, resolve_versions
 from serve.rest_codec import Limits as CodecLimits
 from serve.routing import RoutingConfig
 from serve.runtime import Feeds, VersionRuntime
+from serve.telemetry import ReplicaTelemetry
 
 logger = logging.getLogger("modelgate")
 
@@ -49,27 +58,44 @@ class VersionSpec(BaseModel):
     deployment: str | None
 
 
+class TelemetrySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: MetricsConfig
+    drift: DriftConfig
+
+    def start(self) -> ReplicaTelemetry:
+        return ReplicaTelemetry(self.metrics, self.drift)
+
+
 class RouterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     versions: list[VersionSpec]
     registry_aliases: dict[str, dict[str, str]]
     limits: Limits
+    telemetry: TelemetrySpec
 
 
 @serve.deployment
 class ModelVersion:
     """One (model, version): an ONNX Runtime session, warmed up before the replica is ready."""
 
-    def __init__(self, artifact: str, intra_op_threads: int) -> None:
-        self.runtime = VersionRuntime(Path(artifact), intra_op_threads)
-        self.runtime.warm_up()
+    def __init__(self, spec: dict[str, Any], telemetry: dict[str, Any]) -> None:
+        version = VersionSpec.model_validate(spec)
+        self.telemetry = TelemetrySpec.model_validate(telemetry).start()
+        runtime = VersionRuntime(Path(version.artifact), version.intra_op_threads)
+        runtime.warm_up()
+        self._run = self.telemetry.instrument(runtime, version.model, version.version)
 
     async def run(self, feeds: Feeds) -> Feeds:
-        return self.runtime.run(feeds)
+        return self._run(feeds)
 
     async def ready(self) -> bool:
         return True
+
+    def __del__(self) -> None:  # Ray Serve calls it when the replica stops
+        self.telemetry.close()
 
 
 @serve.deployment
@@ -80,9 +106,12 @@ class Router:
         self.spec = RouterSpec.model_validate(spec)
         self.limits = self.spec.limits
         self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
-        metrics = GatewayMetrics()
-        targets = [_target(version, handles, metrics) for version in self.spec.versions]
-        self.plane = DataPlane.build(targets, self.spec.registry_aliases, metrics)
+        self.telemetry = self.spec.telemetry.start()
+        targets = [_target(version, handles, self.telemetry) for version in self.spec.versions]
+        self.plane = DataPlane.build(targets, self.spec.registry_aliases, self.telemetry.metrics)
+
+    def __del__(self) -> None:
+        self.telemetry.close()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Routing from the deployment's user_config: applied in place, no restart.
@@ -158,15 +187,16 @@ def _metadata(context: Any) -> dict[str, str]:
 
 
 def _target(
-    spec: VersionSpec, handles: dict[str, DeploymentHandle], metrics: GatewayMetrics
+    spec: VersionSpec, handles: dict[str, DeploymentHandle], telemetry: ReplicaTelemetry
 ) -> VersionTarget:
     name = f"{spec.model}:{spec.version}"
     if spec.placement == "colocated":
         runtime = VersionRuntime(Path(spec.artifact), spec.intra_op_threads)
         runtime.warm_up()
+        run_instrumented = telemetry.instrument(runtime, spec.model, spec.version)
 
         async def run_local(feeds: Feeds) -> Feeds:
-            return runtime.run(feeds)
+            return run_instrumented(feeds)
 
         async def always_ready() -> bool:
             return True
@@ -185,7 +215,7 @@ def _target(
         max_wait_s=b.max_wait_ms / 1000,
         max_in_flight=b.max_in_flight,
         max_queued=b.max_queued,
-        on_batch=metrics.batch_observer(spec.model, spec.version),
+        on_batch=telemetry.metrics.batch_observer(spec.model, spec.version),
     )
     return VersionTarget(spec.model, spec.version, manifest, batcher, ready, spec.placement)
 
@@ -227,37 +257,39 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
     """
     args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
     resolved = resolve_versions(args)
+    telemetry = TelemetrySpec(metrics=args.metrics, drift=args.drift).model_dump()
     handles: dict[str, Any] = {}
     specs: list[VersionSpec] = []
     for model, version_config, artifact, version in resolved:
-        deployment = None
-        if version_config.placement == "dedicated":
-            deployment = f"{model.name}-v{version}"
-            handles[deployment] = _model_deployment(deployment, version_config, args).bind(
-                artifact, version_config.intra_op_threads
-            )
-        specs.append(
-            VersionSpec(
-                model=model.name,
-                version=version,
-                artifact=artifact,
-                placement=version_config.placement,
-                batching=version_config.batching,
-                intra_op_threads=version_config.intra_op_threads,
-                deployment=deployment,
-            )
+        dedicated = version_config.placement == "dedicated"
+        spec = VersionSpec(
+            model=model.name,
+            version=version,
+            artifact=artifact,
+            placement=version_config.placement,
+            batching=version_config.batching,
+            intra_op_threads=version_config.intra_op_threads,
+            deployment=f"{model.name}-v{version}" if dedicated else None,
         )
-    spec = RouterSpec(
-        versions=specs, registry_aliases=registry_aliases(resolved), limits=args.limits
+        if spec.deployment is not None:
+            handles[spec.deployment] = _model_deployment(
+                spec.deployment, version_config, args
+            ).bind(spec.model_dump(), telemetry)
+        specs.append(spec)
+    router_spec = RouterSpec(
+        versions=specs,
+        registry_aliases=registry_aliases(resolved),
+        limits=args.limits,
+        telemetry=TelemetrySpec(metrics=args.metrics, drift=args.drift),
     )
     router = args.router
     options: dict[str, Any] = {
         "max_ongoing_requests": router.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": router.num_cpus},
+        "ray_actor_options": _actor_options(router.num_cpus, args),
         "max_surge_percent": router.max_surge_percent,
         **_scaling(router.autoscaling, router.num_replicas),
     }
-    return RouterDeployment.options(**options).bind(spec.model_dump(), handles)
+    return RouterDeployment.options(**options).bind(router_spec.model_dump(), handles)
 
 
 def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) -> Any:
@@ -270,11 +302,18 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
         "name": name,
         # Each router keeps at most max_in_flight batches on a version at once.
         "max_ongoing_requests": version.batching.max_in_flight * router_replicas + 2,
-        "ray_actor_options": {"num_cpus": version.num_cpus},
+        "ray_actor_options": _actor_options(version.num_cpus, args),
         "max_surge_percent": version.max_surge_percent,
         **_scaling(version.autoscaling, version.num_replicas),
     }
     return ModelVersionDeployment.options(**options)
+
+
+def _actor_options(num_cpus: float, args: GatewayConfig) -> dict[str, Any]:
+    """Every replica writes its metrics to the node's folder (serve/exporter.py); the variable
+    must be set before the worker imports prometheus-client, hence the runtime_env."""
+    env = {MULTIPROC_ENV: args.metrics.directory}
+    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}}
 
 
 def _scaling(autoscaling: Autoscaling | None, num_replicas: int) -> dict[str, Any]:

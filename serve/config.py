@@ -109,6 +109,43 @@ class Limits(_Strict):
     max_elements: int = Field(1 << 24, ge=1, description="Largest tensor, in elements.")
 
 
+class MetricsConfig(_Strict):
+    """Where the node's metrics (all replicas on a node, summed) can be scraped."""
+
+    port: int | None = Field(
+        9464,
+        ge=1,
+        le=65535,
+        description="Node exporter port on every node running gateway replicas (one replica "
+        "per node serves it; null: off). /metrics on the HTTP port answers as well.",
+    )
+    host: str = Field("0.0.0.0", description="Address the node exporter binds.")
+    directory: str = Field(
+        "/tmp/ray/session_latest/modelgate-metrics",
+        description="Node-local folder where replicas write their metric values "
+        "(prometheus-client multiprocess mode). Under Ray's session folder by default, so a "
+        "new Ray session starts from zero.",
+    )
+
+
+class DriftConfig(_Strict):
+    """Input drift scores per version and feature (serve/drift.py)."""
+
+    enabled: bool = True
+    window_s: float = Field(300.0, gt=0, description="Live rows scored: those of this window.")
+    interval_s: float = Field(5.0, gt=0, description="Scores refresh this often.")
+    min_rows: int = Field(100, ge=1, description="Rows the window needs before it is scored.")
+    max_rows_per_interval: int = Field(
+        20_000, ge=1, description="Rows kept per interval and replica; more are not scored."
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> DriftConfig:
+        if self.interval_s > self.window_s:
+            raise ValueError(f"interval_s {self.interval_s} > window_s {self.window_s}")
+        return self
+
+
 class GatewayConfig(_Strict):
     """`args` of the application."""
 
@@ -117,6 +154,8 @@ class GatewayConfig(_Strict):
     artifacts: str = Field(".modelgate/artifacts", description="Artifact store folder.")
     router: RouterConfig = Field(default_factory=RouterConfig)
     limits: Limits = Field(default_factory=Limits)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")
     def _unique_models(self) -> GatewayConfig:

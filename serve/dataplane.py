@@ -63,6 +63,7 @@ class DataPlane:
         self.models = models
         self.metrics = metrics or GatewayMetrics()
         self.shadows: dict[str, ShadowRunner] = {}
+        self._published_aliases: dict[str, dict[str, str]] = {}
         self.instance = uuid.uuid4().hex  # tells a reconfigured replica from a restarted one
 
     @classmethod
@@ -81,7 +82,9 @@ class DataPlane:
             aliases = registry_aliases.get(model, {})
             table = RouteTable(model, list(versions), ModelRouting(), aliases)
             entries[model] = ModelEntry(versions, aliases, table)
-        return cls(entries, metrics)
+        plane = cls(entries, metrics)
+        plane._publish_routing()
+        return plane
 
     def apply_routing(self, routing: RoutingConfig) -> None:
         """Compile and check every model's routing, then switch to it all at once.
@@ -104,6 +107,19 @@ class DataPlane:
         }
         for name, table in tables.items():
             self.models[name].table = table
+        self._publish_routing()
+
+    def _publish_routing(self) -> None:
+        """Weights and aliases as gauges, so dashboards can put canary and stable side by side."""
+        for name, entry in self.models.items():
+            table = entry.table
+            for version in entry.versions:
+                self.metrics.route_weight.labels(name, version).set(table.weights.get(version, 0))
+            for alias, version in self._published_aliases.get(name, {}).items():
+                self.metrics.alias.labels(name, alias, version).set(0)
+            for alias, version in table.aliases.items():
+                self.metrics.alias.labels(name, alias, version).set(1)
+            self._published_aliases[name] = dict(table.aliases)
 
     def routes(self) -> dict[str, Any]:
         models = {name: entry.table.describe() for name, entry in sorted(self.models.items())}

@@ -1,8 +1,15 @@
-"""Prometheus metrics, defined once, on a registry the owner injects (never the global one)."""
+"""Prometheus metrics, defined once, on a registry the owner injects (never the global one).
+
+Every replica on a node (routers and model versions) runs prometheus-client in multiprocess
+mode: `PROMETHEUS_MULTIPROC_DIR` names one node-local folder (serve/app.py sets it in each
+replica's runtime_env), each process writes its values there, and an exposition sums the
+folder, so a scrape sees the node's totals (serve/exporter.py). Without that variable (tests of
+the core, no Ray), the exposition is the process's own registry.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: Sub-millisecond to seconds.
 LATENCY_BUCKETS = (
@@ -43,6 +50,7 @@ class GatewayMetrics:
             "Inference requests being answered, per model.",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.request_duration = Histogram(
             "modelgate_request_duration_seconds",
@@ -59,11 +67,25 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.compute = Histogram(
-            "modelgate_compute_seconds",
-            "Time to run one batch (ONNX Runtime, plus the handle call for dedicated versions).",
+        self.batch_duration = Histogram(
+            "modelgate_batch_duration_seconds",
+            "Router time to run one batch: ONNX Runtime, plus the call to the version's replica "
+            "for dedicated versions.",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "modelgate_compute_seconds",
+            "ONNX Runtime time per batch, measured where the session runs.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_rows = Counter(
+            "modelgate_model_rows_total",
+            "Rows ONNX Runtime ran, measured where the session runs (warm-up excluded).",
+            ["model", "version"],
             registry=r,
         )
         self.batch_rows = Histogram(
@@ -85,6 +107,43 @@ class GatewayMetrics:
             "Requests shed because a version's queue was full.",
             ["model", "version"],
             registry=r,
+        )
+        self.timeouts = Counter(
+            "modelgate_timeouts_total",
+            "Requests dropped because their deadline passed before they ran.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.route_weight = Gauge(
+            "modelgate_route_weight",
+            "Share of a model's default-route traffic each version gets (0..1), as configured.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.alias = Gauge(
+            "modelgate_alias_info",
+            "1 for each alias and the version it names (join on model, version to put canary "
+            "and stable side by side).",
+            ["model", "alias", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_psi = Gauge(
+            "modelgate_input_drift_psi",
+            "Population stability index of live inputs against the version's reference bins, "
+            "per input tensor and feature (column), over the drift window. 0 until the window "
+            "holds min_rows rows. Above 0.25: the inputs have shifted.",
+            ["model", "version", "input", "feature"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_rows = Gauge(
+            "modelgate_input_drift_window_rows",
+            "Rows in the drift window.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.shadow_requests = Counter(
             "modelgate_shadow_requests_total",
@@ -114,20 +173,28 @@ class GatewayMetrics:
             registry=r,
         )
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
-
     def batch_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
         """The micro-batcher's `on_batch` hook for one version."""
         queue = self.queue_wait.labels(model, version)
-        compute = self.compute.labels(model, version)
+        duration = self.batch_duration.labels(model, version)
         rows_h = self.batch_rows.labels(model, version)
         requests_h = self.batch_requests.labels(model, version)
 
-        def observe(requests: int, rows: int, queue_s: float, compute_s: float) -> None:
+        def observe(requests: int, rows: int, queue_s: float, batch_s: float) -> None:
             queue.observe(queue_s)
-            compute.observe(compute_s)
+            duration.observe(batch_s)
             rows_h.observe(rows)
             requests_h.observe(requests)
+
+        return observe
+
+    def run_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
+        """Called where ONNX Runtime runs a batch: its rows and its time."""
+        compute = self.compute.labels(model, version)
+        rows_c = self.model_rows.labels(model, version)
+
+        def observe(rows: int, seconds: float) -> None:
+            compute.observe(seconds)
+            rows_c.inc(rows)
 
         return observe

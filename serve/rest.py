@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from serve import rest_codec
+from serve import exporter, rest_codec
 from serve.config import Limits
 from serve.dataplane import DataPlane
 from serve.errors import ErrorCode, InferenceError, invalid
@@ -71,8 +71,9 @@ async def _routes(
 async def _metrics(
     plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
 ) -> Response:
-    """This replica's own metrics (aggregation across replicas: issue 5)."""
-    return Response(plane.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    """The metrics of every gateway replica on this router's node, summed (serve/exporter.py)."""
+    content = exporter.exposition(exporter.node_registry(plane.metrics.registry))
+    return Response(content, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:

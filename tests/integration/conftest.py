@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,27 @@ class Gateway:
     originals: dict[str, Any]  # "model:version" -> the original scikit-learn model
     autoscaled: str  # deployment name of the autoscaling version
     config: dict[str, Any]  # the Ray Serve config the session deployed
+    metrics: str  # the node exporter's URL
 
 
-def gateway_config(registry: Registry, artifacts: Path, http: int, grpc: int) -> dict[str, Any]:
+def deploy_beside(gateway: Gateway, app: dict[str, Any], preflight: bool = True) -> None:
+    """Deploy `app` next to the session's gateway (same registry, artifacts and telemetry)."""
+    from serve import launcher
+
+    base = copy.deepcopy(gateway.config)
+    args = base["applications"][0]["args"]
+    app = copy.deepcopy(app)
+    for key in ("registry", "artifacts", "metrics", "drift"):
+        app["args"][key] = args[key]
+    base["applications"].append(app)
+    if preflight:
+        launcher.preflight(base)
+    launcher.deploy(base)
+
+
+def gateway_config(
+    registry: Registry, artifacts: Path, http: int, grpc: int, metrics: int
+) -> dict[str, Any]:
     fast = {
         "min_replicas": 1,
         "max_replicas": 2,
@@ -59,6 +78,8 @@ def gateway_config(registry: Registry, artifacts: Path, http: int, grpc: int) ->
                     "registry": registry.location,
                     "artifacts": str(artifacts),
                     "limits": {"max_body_bytes": 1 << 20},
+                    "metrics": {"port": metrics, "host": "127.0.0.1"},
+                    "drift": {"interval_s": 1, "window_s": 60, "min_rows": 50},
                     "models": [
                         {
                             "name": "breast_cancer",
@@ -95,9 +116,9 @@ def gateway_config(registry: Registry, artifacts: Path, http: int, grpc: int) ->
 def gateway(demo_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     from serve import launcher
 
-    http, grpc = free_port(), free_port()
+    http, grpc, metrics = free_port(), free_port(), free_port()
     artifacts = tmp_path_factory.mktemp("artifacts")
-    config = gateway_config(demo_registry, artifacts, http, grpc)
+    config = gateway_config(demo_registry, artifacts, http, grpc, metrics)
     originals = {}
     for name, version in [
         ("breast_cancer", "1"),
@@ -121,6 +142,7 @@ def gateway(demo_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -
             originals,
             "breast_cancer-v2",
             config,
+            f"http://127.0.0.1:{metrics}/metrics",
         )
     finally:
         launcher.stop_ray()

@@ -4,7 +4,6 @@ request fails, and each phase's traffic goes where its config says."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from sklearn.datasets import load_breast_cancer
 from serve import launcher
 from serve.launcher import DeployError
 from serve.resolve import ConfigError
-from tests.integration.conftest import Gateway
+from tests.integration.conftest import Gateway, deploy_beside
 
 PREFIX = "/rollout"
 ROW = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
@@ -40,11 +39,7 @@ def _app(versions: list[str], weights: dict[str, int], broken: bool = False) -> 
         "name": "rollout",
         "route_prefix": PREFIX,
         "import_path": "serve.app:build_app",
-        "args": {
-            "registry": None,
-            "artifacts": None,
-            "models": [{"name": "bc", "versions": entries}],
-        },
+        "args": {"models": [{"name": "bc", "versions": entries}]},
         "deployments": [
             {"name": "Router", "user_config": {"models": {"bc": {"weights": weights}}}}
         ],
@@ -79,17 +74,6 @@ class Traffic:
         return Counter(v for at, status, v in self.outcomes if at >= t and status == 200)
 
 
-def _deploy(gateway: Gateway, app: dict[str, Any], preflight: bool = True) -> None:
-    base = copy.deepcopy(gateway.config)
-    args = base["applications"][0]["args"]
-    app = copy.deepcopy(app)
-    app["args"]["registry"], app["args"]["artifacts"] = args["registry"], args["artifacts"]
-    base["applications"].append(app)
-    if preflight:
-        launcher.preflight(base)
-    launcher.deploy(base)
-
-
 def _wait_routes(gateway: Gateway, weights: dict[str, float], timeout_s: float = 30) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -104,7 +88,7 @@ def _wait_routes(gateway: Gateway, weights: dict[str, float], timeout_s: float =
 
 
 def test_rollout_under_load_drops_nothing(gateway: Gateway) -> None:
-    _deploy(gateway, _app(["1", "2"], {"1": 100, "2": 0}))
+    deploy_beside(gateway, _app(["1", "2"], {"1": 100, "2": 0}))
     traffic = Traffic(f"{gateway.base}{PREFIX}/v2/models/bc/infer")
     traffic.thread.start()
     marks: list[tuple[float, str]] = []
@@ -118,7 +102,7 @@ def test_rollout_under_load_drops_nothing(gateway: Gateway) -> None:
         ]
         for versions, weights, expected in phases:
             marks.append((time.monotonic(), f"deploy {versions} {weights}"))
-            _deploy(gateway, _app(versions, weights))
+            deploy_beside(gateway, _app(versions, weights))
             marks.append((time.monotonic(), "deployed"))
             since = _wait_routes(gateway, expected)
             time.sleep(1.5)
@@ -131,9 +115,9 @@ def test_rollout_under_load_drops_nothing(gateway: Gateway) -> None:
         broken = _app(["2", "3"], {"3": 100}, broken=True)
         marks.append((time.monotonic(), "broken"))
         with pytest.raises(ConfigError, match="/nonexistent/artifact is not a complete"):
-            _deploy(gateway, broken)  # modelgate serve refuses it before Ray sees it
+            deploy_beside(gateway, broken)  # modelgate serve refuses it before Ray sees it
         with pytest.raises(DeployError, match="nonexistent"):  # serve deploy: Ray refuses it
-            _deploy(gateway, broken, preflight=False)
+            deploy_beside(gateway, broken, preflight=False)
         time.sleep(1.5)
         assert traffic.versions_since(time.monotonic() - 1.0)["3"] > 0  # still serving
     finally:

@@ -11,6 +11,7 @@ from serve.batching import MicroBatcher
 from serve.dataplane import DataPlane, VersionTarget
 from serve.errors import InferenceError
 from serve.metrics import GatewayMetrics
+from serve.routing import ModelRouting, RoutingConfig
 from serve.types import InferRequest, Tensor
 from tests.serve.test_shadow import _manifest, _model, _ready
 
@@ -73,7 +74,7 @@ def test_requests_are_counted_by_outcome_and_protocol() -> None:
     )
     assert _value(metrics, "modelgate_requests_in_flight", model="m") == 0
     assert _value(metrics, "modelgate_batch_rows_count", model="m", version="1") == 4
-    assert _value(metrics, "modelgate_compute_seconds_count", model="m", version="1") == 4
+    assert _value(metrics, "modelgate_batch_duration_seconds_count", model="m", version="1") == 4
 
 
 def test_batches_and_shedding_are_measured() -> None:
@@ -103,3 +104,24 @@ def test_batches_and_shedding_are_measured() -> None:
     batched = _value(metrics, "modelgate_batch_requests_sum", model="m", version="1")
     assert batched == 12 - shed  # every accepted request ran in exactly one batch
     assert _value(metrics, "modelgate_batch_requests_count", model="m", version="1") < batched
+
+
+def test_weights_and_aliases_are_published_and_follow_reconfiguration() -> None:
+    metrics = GatewayMetrics()
+    targets = [
+        VersionTarget("m", v, _manifest(v), MicroBatcher(f"m:{v}", _model(0.0)), _ready, "c")
+        for v in ("1", "2")
+    ]
+    plane = DataPlane.build(targets, {"m": {"champion": "1"}}, metrics)
+    weight, alias = "modelgate_route_weight", "modelgate_alias_info"
+    assert _value(metrics, weight, model="m", version="2") == 1  # default: the highest
+    assert _value(metrics, alias, model="m", alias="champion", version="1") == 1
+    plane.apply_routing(
+        RoutingConfig(models={"m": ModelRouting(weights={"1": 9, "2": 1}, aliases={"stable": "1"})})
+    )
+    assert _value(metrics, weight, model="m", version="1") == pytest.approx(0.9)
+    assert _value(metrics, weight, model="m", version="2") == pytest.approx(0.1)
+    plane.apply_routing(RoutingConfig(models={"m": ModelRouting(aliases={"stable": "2"})}))
+    assert _value(metrics, alias, model="m", alias="stable", version="1") == 0
+    assert _value(metrics, alias, model="m", alias="stable", version="2") == 1
+    assert _value(metrics, alias, model="m", alias="champion", version="1") == 1

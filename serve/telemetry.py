@@ -1,0 +1,71 @@
+"""What each replica process measures and exposes: metrics, the node exporter, drift monitors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from serve import exporter
+from serve.config import DriftConfig, MetricsConfig
+from serve.drift import DriftMonitor, DriftTicker
+from serve.metrics import GatewayMetrics
+from serve.runtime import Feeds, VersionRuntime
+
+
+class ReplicaTelemetry:
+    def __init__(self, metrics: MetricsConfig, drift: DriftConfig) -> None:
+        exporter.prepare()  # before the first metric value is created
+        self.metrics = GatewayMetrics()
+        self.node_exporter = None
+        if metrics.port is not None:
+            registry = exporter.node_registry(self.metrics.registry)
+            self.node_exporter = exporter.NodeExporter(registry, metrics.port, metrics.host)
+            self.node_exporter.start()
+        self.drift = drift
+        self.ticker = DriftTicker(drift.interval_s)
+
+    def instrument(
+        self, runtime: VersionRuntime, model: str, version: str
+    ) -> Callable[[Feeds], Feeds]:
+        """`runtime.run`, timed and counted, its inputs handed to the version's drift monitor."""
+        observe = self.metrics.run_observer(model, version)
+        monitor = self._monitor(runtime, model, version)
+
+        def run(feeds: Feeds) -> Feeds:
+            started = time.perf_counter()
+            outputs = runtime.run(feeds)
+            rows = len(next(iter(feeds.values())))
+            observe(rows, time.perf_counter() - started)
+            if monitor is not None:
+                monitor.observe(feeds, rows)
+            return outputs
+
+        return run
+
+    def _monitor(self, runtime: VersionRuntime, model: str, version: str) -> DriftMonitor | None:
+        if not self.drift.enabled:
+            return None
+        psi, window_rows = self.metrics.drift_psi, self.metrics.drift_rows.labels(model, version)
+
+        def publish(scores: dict[tuple[str, int], float], rows: int) -> None:
+            for (name, feature), score in scores.items():
+                psi.labels(model, version, name, str(feature)).set(score)
+            window_rows.set(rows)
+
+        d = self.drift
+        monitor = DriftMonitor(
+            runtime.manifest,
+            publish,
+            window_s=d.window_s,
+            interval_s=d.interval_s,
+            min_rows=d.min_rows,
+            max_rows_per_interval=d.max_rows_per_interval,
+        )
+        self.ticker.add(monitor)
+        return monitor if monitor.active else None
+
+    def close(self) -> None:
+        self.ticker.close()
+        if self.node_exporter is not None:
+            self.node_exporter.close()
+        exporter.leave()
