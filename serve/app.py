@@ -56,6 +56,7 @@ class VersionSpec(BaseModel):
     batching: Batching
     intra_op_threads: int
     deployment: str | None
+    timeout_ms: float | None
 
 
 class TelemetrySpec(BaseModel):
@@ -217,7 +218,10 @@ def _target(
         max_queued=b.max_queued,
         on_batch=telemetry.metrics.batch_observer(spec.model, spec.version),
     )
-    return VersionTarget(spec.model, spec.version, manifest, batcher, ready, spec.placement)
+    timeout_s = None if spec.timeout_ms is None else spec.timeout_ms / 1000
+    return VersionTarget(
+        spec.model, spec.version, manifest, batcher, ready, spec.placement, timeout_s
+    )
 
 
 def _remote_run(name: str, handle: DeploymentHandle):  # type: ignore[no-untyped-def]
@@ -270,6 +274,7 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
             batching=version_config.batching,
             intra_op_threads=version_config.intra_op_threads,
             deployment=f"{model.name}-v{version}" if dedicated else None,
+            timeout_ms=model.timeout_ms,
         )
         if spec.deployment is not None:
             handles[spec.deployment] = _model_deployment(

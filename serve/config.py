@@ -88,6 +88,13 @@ class VersionConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Model name in the protocol.")
     versions: list[VersionConfig] = Field(min_length=1)
+    timeout_ms: float | None = Field(
+        30_000,
+        gt=0,
+        description="Default deadline of a request, from routing to its answer; a request "
+        "may ask for less with the `timeout` parameter (microseconds). Past it: 504 / "
+        "DEADLINE_EXCEEDED, and a request still queued is dropped before compute. null: none.",
+    )
 
 
 class RouterConfig(_Strict):

@@ -20,7 +20,7 @@ import numpy as np
 
 from converters.manifest import Manifest
 from serve.batching import MicroBatcher
-from serve.errors import ErrorCode, InferenceError, not_found
+from serve.errors import ErrorCode, InferenceError, invalid, not_found
 from serve.metrics import GatewayMetrics
 from serve.routing import ModelRouting, RouteTable, RoutingConfig, compile_routing
 from serve.shadow import ShadowRunner
@@ -43,6 +43,7 @@ class VersionTarget:
     batcher: MicroBatcher
     is_ready: Callable[[], Awaitable[bool]]
     placement: str
+    timeout_s: float | None = None  # the model's default deadline
     failures: int = 0
     last_inference_ms: int = 0
 
@@ -64,6 +65,10 @@ class DataPlane:
         self.metrics = metrics or GatewayMetrics()
         self.shadows: dict[str, ShadowRunner] = {}
         self._published_aliases: dict[str, dict[str, str]] = {}
+        for name, entry in models.items():  # counters exist at 0 from the start (for rate())
+            for version in entry.versions:
+                self.metrics.shed.labels(name, version)
+                self.metrics.timeouts.labels(name, version)
         self.instance = uuid.uuid4().hex  # tells a reconfigured replica from a restarted one
 
     @classmethod
@@ -140,6 +145,8 @@ class DataPlane:
             code = exc.code.value
             if exc.code is ErrorCode.OVERLOADED:
                 self.metrics.shed.labels(model, version).inc()
+            elif exc.code is ErrorCode.DEADLINE_EXCEEDED:
+                self.metrics.timeouts.labels(model, version).inc()
             raise
         except Exception:
             code = ErrorCode.INTERNAL.value
@@ -154,11 +161,20 @@ class DataPlane:
     async def _infer(self, request: InferRequest, target: VersionTarget) -> InferResponse:
         feeds, rows = validate(request, target.manifest.signature)
         shadow = self.shadows.get(request.model)
+        timeout_s = deadline_s(request, target.timeout_s)
         try:
-            if shadow is None:
-                outputs = await target.batcher.submit(feeds, rows)
-            else:
-                outputs = await self._with_shadow(shadow, request, target, feeds, rows)
+            async with asyncio.timeout(timeout_s):  # queued: dropped before compute
+                if shadow is None:
+                    outputs = await target.batcher.submit(feeds, rows)
+                else:
+                    outputs = await self._with_shadow(shadow, request, target, feeds, rows)
+        except TimeoutError:
+            target.failures += 1
+            raise InferenceError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"model '{target.model}' version {target.version}: no answer within the "
+                f"request's deadline of {(timeout_s or 0) * 1000:g} ms",
+            ) from None
         except Exception:
             target.failures += 1
             raise
@@ -289,3 +305,17 @@ def _stats(target: VersionTarget) -> dict[str, Any]:
             "compute_infer": {"count": s.batches, "ns": compute_ns},
         },
     }
+
+
+def deadline_s(request: InferRequest, default_s: float | None) -> float | None:
+    """The request's `timeout` parameter (microseconds, as Triton's clients send it), capped by
+    the model's default deadline."""
+    value = request.parameters.get("timeout")
+    if value is None:
+        return default_s
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise invalid(
+            f"parameter 'timeout' must be a positive number of microseconds; got {value!r}"
+        )
+    requested = value / 1e6
+    return requested if default_s is None else min(requested, default_s)

@@ -47,6 +47,15 @@ def _sum(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: 
     return sum(v for n, ls, v in samples if n == name and labels.items() <= ls.items())
 
 
+def _both_routers_answer(pool: ThreadPoolExecutor, gateway: Gateway, timeout_s: float = 30) -> None:
+    """HAProxy may take a moment to list a new ingress replica."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while len(seen) < 2:
+        assert time.monotonic() < deadline, f"router replicas answering: {len(seen)}"
+        seen |= set(pool.map(lambda _: _router(gateway), range(40)))
+
+
 def _router(gateway: Gateway) -> str:
     routes = requests.get(f"{gateway.base}{PREFIX}/modelgate/routes", timeout=5).json()
     return str(routes["router"])
@@ -73,8 +82,7 @@ def test_node_exporter_sums_router_and_model_replicas_and_scores_drift(gateway: 
     try:
         n = 120
         with ThreadPoolExecutor(8) as pool:  # HAProxy balances by least connections
-            routers = set(pool.map(lambda _: _router(gateway), range(80)))
-            assert len(routers) == 2  # both router replicas answer
+            _both_routers_answer(pool, gateway)
             list(pool.map(lambda i: _infer(gateway, "1", X[i : i + 1]), range(n)))
         scrape = _samples(gateway.metrics)
         ok = {"model": "agg", "version": "1", "protocol": "http", "code": "ok"}

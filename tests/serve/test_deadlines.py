@@ -1,0 +1,100 @@
+"""Per-request deadlines: the model's default, the request's `timeout`, counted (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve.batching import MicroBatcher
+from serve.dataplane import DataPlane, VersionTarget
+from serve.errors import ErrorCode, InferenceError
+from serve.metrics import GatewayMetrics
+from serve.types import InferRequest, Tensor
+from tests.serve.test_shadow import _manifest, _ready
+
+
+class _Slow:
+    """A stand-in model that takes `delay` seconds per batch and records what it ran."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.batches: list[int] = []
+
+    async def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches.append(len(feeds["input"]))
+        await asyncio.sleep(self.delay)
+        n = len(feeds["input"])
+        return {"label": np.zeros(n, np.int64), "probabilities": np.zeros((n, 2), np.float32)}
+
+
+def _plane(model: _Slow, default_s: float | None) -> tuple[DataPlane, GatewayMetrics]:
+    metrics = GatewayMetrics()
+    batcher = MicroBatcher("m:1", model, max_in_flight=1)
+    target = VersionTarget("m", "1", _manifest("1"), batcher, _ready, "c", default_s)
+    return DataPlane.build([target], {}, metrics), metrics
+
+
+def _request(timeout_us: object = None) -> InferRequest:
+    parameters = {} if timeout_us is None else {"timeout": timeout_us}
+    x = np.zeros((1, 2), np.float32)
+    return InferRequest("m", None, [Tensor("input", "FP32", x)], parameters=parameters)
+
+
+def test_a_request_past_its_deadline_is_answered_504_and_counted() -> None:
+    plane, metrics = _plane(_Slow(0.3), default_s=None)
+
+    async def main() -> None:
+        with pytest.raises(InferenceError) as caught:
+            await plane.infer(_request(timeout_us=50_000))
+        assert caught.value.code is ErrorCode.DEADLINE_EXCEEDED
+        assert caught.value.http_status == 504
+        assert "50 ms" in caught.value.message
+
+    asyncio.run(main())
+    labels = {"model": "m", "version": "1"}
+    assert metrics.registry.get_sample_value("modelgate_timeouts_total", labels) == 1
+    requests = {**labels, "protocol": "http", "code": "deadline_exceeded"}
+    assert metrics.registry.get_sample_value("modelgate_requests_total", requests) == 1
+
+
+def test_a_queued_request_past_its_deadline_is_dropped_before_compute() -> None:
+    model = _Slow(0.2)
+    plane, _ = _plane(model, default_s=None)
+
+    async def main() -> list[object]:
+        first = asyncio.create_task(plane.infer(_request()))
+        await asyncio.sleep(0.01)  # the first holds the only slot
+        late = asyncio.create_task(plane.infer(_request(timeout_us=30_000)))
+        return await asyncio.gather(first, late, return_exceptions=True)
+
+    first, late = asyncio.run(main())
+    assert not isinstance(first, BaseException)
+    assert isinstance(late, InferenceError) and late.code is ErrorCode.DEADLINE_EXCEEDED
+    assert model.batches == [1]  # the late request never ran
+
+
+def test_the_model_default_caps_the_request_and_applies_without_one() -> None:
+    plane, _ = _plane(_Slow(0.2), default_s=0.05)
+
+    async def main() -> None:
+        for request in (_request(), _request(timeout_us=10_000_000)):
+            with pytest.raises(InferenceError) as caught:
+                await plane.infer(request)
+            assert caught.value.code is ErrorCode.DEADLINE_EXCEEDED
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("bad", [0, -5, "soon", True])
+def test_a_bad_timeout_parameter_is_invalid_argument(bad: object) -> None:
+    plane, _ = _plane(_Slow(0.0), default_s=None)
+
+    async def main() -> None:
+        with pytest.raises(InferenceError) as caught:
+            await plane.infer(_request(timeout_us=bad))
+        assert caught.value.code is ErrorCode.INVALID_ARGUMENT
+        assert "timeout" in caught.value.message
+
+    asyncio.run(main())
