@@ -106,13 +106,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = launcher.load_config(args.config)
     print(f"checking and converting the models in {args.config} ...")
     resolved = launcher.preflight(config)
-    launcher.start_ray(args.address, dashboard=args.dashboard)
+    launcher.start_ray(args.address, args.dashboard, args.ray_metrics_port)
     try:
         launcher.deploy(config)
         http, grpc_port = _ports(config)
         print(f"\nmodelgate is serving {args.config}")
         print(f"  HTTP (Open Inference Protocol v2): http://127.0.0.1:{http}/v2")
         print(f"  gRPC (inference.GRPCInferenceService): 127.0.0.1:{grpc_port}")
+        for port in _exporter_ports(config):
+            print(f"  metrics, all replicas on this node: http://127.0.0.1:{port}/metrics")
+        if not args.address:
+            print(
+                f"  Ray's own metrics (ray_serve_*): http://127.0.0.1:{args.ray_metrics_port}/metrics"
+            )
         if args.samples and resolved:
             from serve.samples import print_samples
 
@@ -132,6 +138,18 @@ def _ports(config: dict) -> tuple[int, int]:  # type: ignore[type-arg]
     http = int((config.get("http_options") or {}).get("port", 8000))
     grpc_port = int((config.get("grpc_options") or {}).get("port", 9000))
     return http, grpc_port
+
+
+def _exporter_ports(config: dict) -> list[int]:  # type: ignore[type-arg]
+    from serve.config import GatewayConfig
+    from serve.launcher import GATEWAY_IMPORT_PATH
+
+    ports = {
+        GatewayConfig.model_validate(app.get("args") or {}).metrics.port
+        for app in config["applications"]
+        if app.get("import_path") == GATEWAY_IMPORT_PATH
+    }
+    return sorted(p for p in ports if p is not None)
 
 
 def _block() -> None:
@@ -156,6 +174,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     register_demo_models(_open(args))
     args.config, args.address, args.dashboard = QUICKSTART_CONFIG, None, False
+    args.ray_metrics_port = 8080
     args.samples, args.no_block = True, False
     return cmd_serve(args)
 
@@ -239,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dashboard",
         action="store_true",
         help="start Ray's dashboard (needed by `serve deploy`; costs ~1 GB)",
+    )
+    run.add_argument(
+        "--ray-metrics-port",
+        type=int,
+        default=8080,
+        help="where a local Ray exports its own metrics for Prometheus (default: 8080)",
     )
     run.add_argument("--samples", action="store_true", help="send and print sample predictions")
     run.add_argument(

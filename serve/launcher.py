@@ -43,7 +43,11 @@ def set_high_throughput_env(extra: dict[str, str] | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
-def start_ray(address: str | None = None, dashboard: bool = False) -> None:
+def start_ray(
+    address: str | None = None, dashboard: bool = False, metrics_export_port: int | None = None
+) -> None:
+    """Join `address`, or start a local Ray; `metrics_export_port`: where a local Ray's node
+    exports its own metrics (ray_serve_*, for Prometheus), a free port if None."""
     set_high_throughput_env()
     import ray
 
@@ -54,7 +58,12 @@ def start_ray(address: str | None = None, dashboard: bool = False) -> None:
     else:
         with _children_ignore_sigint():
             # "local": always a fresh instance, never an unrelated cluster found in /tmp/ray.
-            ray.init(address="local", include_dashboard=dashboard, num_cpus=os.cpu_count())
+            ray.init(
+                address="local",
+                include_dashboard=dashboard,
+                num_cpus=os.cpu_count(),
+                _metrics_export_port=metrics_export_port,
+            )
 
 
 @contextlib.contextmanager
