@@ -105,3 +105,16 @@ def test_errors_have_grpc_codes(
         stub.ModelInfer(request)
     assert info.value.code() == code
     assert message in info.value.details()
+
+
+def test_a_request_past_its_timeout_parameter_is_deadline_exceeded(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    request = _raw_request(X_BC[:1], version="1")  # dedicated: the answer takes a Ray call
+    request.parameters["timeout"].int64_param = 1  # microseconds, as Triton's clients send it
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "deadline" in (caught.value.details() or "")
+    response = stub.ModelInfer(_raw_request(X_BC[:1], version="1"), timeout=10)  # still serving
+    assert _outputs(response)["label"].shape == (1,)

@@ -221,6 +221,18 @@ def test_iris_nested_data(gateway: Gateway) -> None:
             400,
             "input 'input': shape [2, 30] needs 60 values; got 30",
         ),
+        (
+            "/v2/models/breast_cancer/versions/1/infer",  # dedicated: the answer takes a Ray call
+            _infer_body(X_BC[:1], parameters={"timeout": 1}),  # one microsecond
+            504,
+            "deadline of 0.001 ms",
+        ),
+        (
+            "/v2/models/breast_cancer/infer",
+            _infer_body(X_BC[:1], parameters={"timeout": "soon"}),
+            400,
+            "parameter 'timeout' must be a positive number of microseconds",
+        ),
     ],
 )
 def test_errors_over_http(
