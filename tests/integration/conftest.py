@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from converters.loaders import load_model
 from converters.registry import ModelRef, Registry
+from serve.protos import grpc_predict_v2_pb2 as pb
+from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.conftest import free_port
 
 APP = "gateway"
@@ -110,6 +114,29 @@ def gateway_config(
             }
         ],
     }
+
+
+def restore(gateway: Gateway, timeout_s: float = 60) -> None:
+    """The session's gateway alone again, once the other applications are gone: gRPC calls
+    without `application` metadata work only while a single application exists."""
+    from ray import serve
+
+    from serve import launcher
+
+    launcher.deploy(gateway.config)
+    deadline = time.monotonic() + timeout_s
+    while set(serve.status().applications) != {APP}:
+        assert time.monotonic() < deadline, f"apps left: {set(serve.status().applications)}"
+        time.sleep(0.25)
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while True:
+            try:
+                stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "gRPC without application metadata"
+                time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
-from serve import launcher
-from tests.integration.conftest import Gateway, deploy_beside
+from tests.integration.conftest import Gateway, deploy_beside, restore
 from tests.test_dashboard import queries, selectors
 
 PREFIX = "/dash"
@@ -84,4 +83,4 @@ def test_dashboard_queries_name_metrics_the_gateway_exports(gateway: Gateway) ->
                 missing = matched - exported[name]
                 assert not missing, f"panel {title!r}: {name} has no label(s) {missing}"
     finally:
-        launcher.deploy(gateway.config)  # the session's gateway alone again
+        restore(gateway)

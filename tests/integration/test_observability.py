@@ -11,9 +11,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
-from serve import launcher
 from serve.drift import DRIFT_THRESHOLD
-from tests.integration.conftest import Gateway, deploy_beside
+from tests.integration.conftest import Gateway, deploy_beside, restore
 
 PREFIX = "/observe"
 X = load_breast_cancer(return_X_y=True)[0].astype(np.float32)
@@ -107,7 +106,7 @@ def test_node_exporter_sums_router_and_model_replicas_and_scores_drift(gateway: 
         assert max(psi["3"]) < DRIFT_THRESHOLD, psi["3"]
         assert len(psi["3"]) == X.shape[1]  # one score per feature
     finally:
-        launcher.deploy(gateway.config)  # the session's gateway alone again
+        restore(gateway)
 
 
 def _wait_drift(gateway: Gateway, rows: int, timeout_s: float = 30) -> dict[str, list[float]]:

@@ -15,10 +15,9 @@ import pytest
 import requests
 from sklearn.datasets import load_breast_cancer
 
-from serve import launcher
 from serve.launcher import DeployError
 from serve.resolve import ConfigError
-from tests.integration.conftest import Gateway, deploy_beside
+from tests.integration.conftest import Gateway, deploy_beside, restore
 
 PREFIX = "/rollout"
 ROW = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
@@ -123,7 +122,7 @@ def test_rollout_under_load_drops_nothing(gateway: Gateway) -> None:
     finally:
         traffic.stop.set()
         traffic.thread.join(timeout=30)
-        launcher.deploy(gateway.config)  # the session's gateway alone again
+        restore(gateway)
     failed = [o for o in traffic.outcomes if o[1] != 200]
     assert len(traffic.outcomes) > 500
     start = marks[0][0] if marks else 0.0
