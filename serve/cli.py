@@ -247,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(quick)
     quick.set_defaults(func=cmd_quickstart)
 
+    from loadtests import cli as loadtest_cli
+
+    loadtest = sub.add_parser("loadtest", help="drive a running gateway: latency/throughput steps")
+    loadtest_cli.add_loadtest_args(loadtest)
+    loadtest.set_defaults(func=loadtest_cli.cmd_loadtest)
+    plan = sub.add_parser(
+        "plan", help="highest rate under a p99 target, scaling, replicas needed, a sized config"
+    )
+    loadtest_cli.add_plan_args(plan)
+    plan.set_defaults(func=loadtest_cli.cmd_plan)
+
     routes = sub.add_parser("routes", help="show routing as the running gateway sees it")
     routes.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's HTTP URL")
     routes.set_defaults(func=cmd_routes)

@@ -58,6 +58,14 @@ async def _model_ready(
     return JSONResponse({"name": p["model"], "ready": ready}, status_code=200 if ready else 503)
 
 
+async def _manifest(
+    plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+) -> Response:
+    """The version's manifest: signature, provenance, parity, reference statistics."""
+    target = plane.target(p["model"], p.get("version") or None)
+    return Response(target.manifest.model_dump_json(), media_type="application/json")
+
+
 async def _stats(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
     return JSONResponse(plane.statistics(p.get("model"), p.get("version")))
 
@@ -102,6 +110,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("GET", re.compile(r"/v2/?"), _server_metadata),
     ("GET", re.compile(r"/v2/models/stats"), _stats),
     ("GET", re.compile(r"/modelgate/routes"), _routes),
+    ("GET", re.compile(r"/modelgate" + _MODEL[3:] + r"/manifest"), _manifest),
     ("GET", re.compile(r"/metrics"), _metrics),
     ("POST", re.compile(r"/v2/repository/index"), _index),
     ("POST", re.compile(_MODEL + r"/infer"), _infer),

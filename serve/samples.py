@@ -9,6 +9,7 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,13 +18,8 @@ from serve.resolve import Resolved
 from serve.runtime import typical_row
 
 
-def http_json(
-    base: str,
-    model: str,
-    rows: dict[str, np.ndarray],
-    version: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], dict]:
+def json_request(rows: dict[str, np.ndarray], **extra: object) -> bytes:
+    """An infer request body in JSON."""
     inputs = [
         {
             "name": n,
@@ -33,18 +29,11 @@ def http_json(
         }
         for n, a in rows.items()
     ]
-    body = json.dumps({"id": "sample", "inputs": inputs}).encode()
-    status, head, raw = _post(
-        f"{base}{_path(model, version)}/infer",
-        body,
-        {"content-type": "application/json", **(headers or {})},
-    )
-    return status, head, json.loads(raw)
+    return json.dumps({**extra, "inputs": inputs}).encode()
 
 
-def http_binary(
-    base: str, model: str, rows: dict[str, np.ndarray], version: str | None = None
-) -> tuple[int, dict[str, str], bytes]:
+def binary_request(rows: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """An infer request body in Triton's binary tensor extension, and its headers."""
     from serve import tensors
 
     raws = [tensors.to_raw(_datatype(a), a) for a in rows.values()]
@@ -61,14 +50,49 @@ def http_binary(
         "parameters": {"binary_data_output": True},
     }
     head = json.dumps(doc).encode()
-    return _post(
-        f"{base}{_path(model, version)}/infer",
-        head + b"".join(raws),
-        {
-            "inference-header-content-length": str(len(head)),
-            "content-type": "application/octet-stream",
-        },
+    headers = {
+        "inference-header-content-length": str(len(head)),
+        "content-type": "application/octet-stream",
+    }
+    return head + b"".join(raws), headers
+
+
+def grpc_request(model: str, rows: dict[str, np.ndarray], version: str | None = None) -> Any:
+    """A ModelInferRequest with raw input contents."""
+    from serve import tensors
+    from serve.protos import grpc_predict_v2_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model, model_version=version or "")
+    for name, array in rows.items():
+        request.inputs.add(name=name, datatype=_datatype(array), shape=list(array.shape))
+        request.raw_input_contents.append(tensors.to_raw(_datatype(array), array))
+    return request
+
+
+def infer_path(model: str, version: str | None = None) -> str:
+    return f"{_path(model, version)}/infer"
+
+
+def http_json(
+    base: str,
+    model: str,
+    rows: dict[str, np.ndarray],
+    version: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], dict]:
+    status, head, raw = _post(
+        base + infer_path(model, version),
+        json_request(rows, id="sample"),
+        {"content-type": "application/json", **(headers or {})},
     )
+    return status, head, json.loads(raw)
+
+
+def http_binary(
+    base: str, model: str, rows: dict[str, np.ndarray], version: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    body, headers = binary_request(rows)
+    return _post(base + infer_path(model, version), body, headers)
 
 
 def grpc_infer(
@@ -77,13 +101,9 @@ def grpc_infer(
     import grpc
 
     from serve import tensors
-    from serve.protos import grpc_predict_v2_pb2 as pb
     from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 
-    request = pb.ModelInferRequest(model_name=model, model_version=version or "")
-    for name, array in rows.items():
-        request.inputs.add(name=name, datatype=_datatype(array), shape=list(array.shape))
-        request.raw_input_contents.append(tensors.to_raw(_datatype(array), array))
+    request = grpc_request(model, rows, version)
     with grpc.insecure_channel(target) as channel:
         response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     outputs = {

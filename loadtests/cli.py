@@ -1,0 +1,429 @@
+"""`modelgate loadtest` / `python -m loadtests`, and `modelgate plan`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from loadtests import report
+from loadtests.clients import PROTOCOLS, Target
+from loadtests.engine import Step, StepResult
+from loadtests.payload import Payload
+
+SELFTEST_FILE = Path(".modelgate/loadtest-selftest.json")
+#: One generator process is asked for at most this share of its measured ceiling.
+GENERATOR_SHARE = 0.7
+
+
+# -- arguments shared by both commands --------------------------------------------------------
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's HTTP URL")
+    parser.add_argument("--grpc", default="127.0.0.1:9000", help="the gateway's gRPC address")
+    parser.add_argument("--model", help="model name")
+    parser.add_argument("--version", default=None, help="version or alias (default route)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="http", help="http: JSON")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
+    parser.add_argument("--jsonl", type=Path, help="requests to send, one JSON body per line")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds")
+    parser.add_argument(
+        "--processes", default="auto", help="generator processes, or 'auto' (from --selftest)"
+    )
+    parser.add_argument("--ray-address", help="run generators as Ray tasks on this cluster")
+    parser.add_argument("--out", type=Path, help="folder for the JSON, markdown and PNG reports")
+
+
+def add_loadtest_args(parser: argparse.ArgumentParser) -> None:
+    add_target_args(parser)
+    parser.add_argument("--mode", choices=("closed", "open"), default="closed")
+    parser.add_argument("--concurrency", default="1,8,32", help="closed: clients per step")
+    parser.add_argument("--rate", default="100,200,400", help="open: requests/s per step")
+    parser.add_argument("--arrival", choices=("constant", "poisson"), default="poisson")
+    parser.add_argument("--max-in-flight", type=int, default=256, help="open: connection cap")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per step")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--max-requests", type=int, default=1_000_000, help="per step")
+    parser.add_argument(
+        "--selftest", action="store_true", help="measure one generator process's ceiling"
+    )
+
+
+def add_plan_args(parser: argparse.ArgumentParser) -> None:
+    add_target_args(parser)
+    parser.add_argument("--slo-p99", required=True, help="p99 target, e.g. 25ms or 0.1s")
+    parser.add_argument("--max-error-ratio", type=float, default=0.001)
+    parser.add_argument(
+        "--target-rate", type=float, help="req/s to size for (default: the best measured)"
+    )
+    parser.add_argument("--headroom", type=float, default=0.2, help="spare capacity, 0.2 = 20%%")
+    parser.add_argument("--config", type=Path, help="the deployed Ray Serve config (to resize)")
+    parser.add_argument("--address", default="auto", help="Ray cluster to redeploy on")
+    parser.add_argument("--replicas", default="1,2", help="replica counts to measure")
+    parser.add_argument("--start-rate", type=float, default=100.0)
+    parser.add_argument("--max-rate", type=float, default=20_000.0)
+    parser.add_argument("--probe-duration", type=float, default=5.0, help="measured s per probe")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--max-probes", type=int, default=10)
+
+
+# -- loadtest ---------------------------------------------------------------------------------
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    if args.selftest:
+        return selftest(args.duration)
+    if not args.model:
+        raise SystemExit("--model is required (or --selftest)")
+    from loadtests.runner import load_payloads
+
+    target = _target(args)
+    payloads = load_payloads(target, args.rows, args.jsonl)
+    steps = [
+        Step(
+            args.mode,
+            concurrency=int(n) if args.mode == "closed" else args.max_in_flight,
+            rate=0.0 if args.mode == "closed" else float(n),
+            arrival=args.arrival,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            max_requests=args.max_requests,
+            timeout_s=args.timeout,
+        )
+        for n in (args.concurrency if args.mode == "closed" else args.rate).split(",")
+    ]
+    results = [_run(target, payloads, step, args) for step in steps]
+    rows = [report.step_row(r) for r in results]
+    print(report.table(rows))
+    if args.out:
+        _write_loadtest(args.out, target, payloads, rows, args)
+    return 0
+
+
+def _target(args: argparse.Namespace) -> Target:
+    return Target(args.url, args.model, args.version, args.protocol, args.grpc)
+
+
+def _run(
+    target: Target, payloads: list[Payload], step: Step, args: argparse.Namespace
+) -> StepResult:
+    from rich.progress import Progress
+
+    from loadtests.runner import run
+
+    processes = _processes(args.processes, step)
+    what = (
+        f"{step.mode} {step.concurrency} clients"
+        if step.mode == "closed"
+        else f"open {step.rate:g} req/s"
+    )
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"{what} ({processes} generator(s))", total=1.0)
+        result = run(
+            target,
+            payloads,
+            step,
+            processes,
+            args.ray_address,
+            lambda f: progress.update(task, completed=f),
+        )
+    s = result.summary()
+    print(
+        f"{what}: {s['achieved_rps']:.0f} req/s, p50 {s['latency_ms']['p50']:.2f} ms, "
+        f"p99 {s['latency_ms']['p99']:.2f} ms, errors {sum(s['errors'].values())}, "
+        f"late {s['late']}",
+        flush=True,
+    )
+    return result
+
+
+def _processes(setting: str, step: Step) -> int:
+    if setting != "auto":
+        return max(1, int(setting))
+    if step.mode == "closed" or not SELFTEST_FILE.exists():
+        return 1
+    ceiling = json.loads(SELFTEST_FILE.read_text())["one_process_rps"]
+    return max(1, math.ceil(step.rate / (GENERATOR_SHARE * ceiling)))
+
+
+def _write_loadtest(
+    out: Path,
+    target: Target,
+    payloads: list[Payload],
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+) -> None:
+    from loadtests.payload import describe
+
+    doc = {
+        "schema": report.LOADTEST_SCHEMA,
+        "machine": report.machine(),
+        "target": vars(target),
+        "payload": describe(payloads),
+        "generators": {"processes": args.processes, "ray_address": args.ray_address},
+        "steps": rows,
+    }
+    report.write_json(out / "loadtest.json", doc)
+    (out / "loadtest.md").write_text(f"# Load test: {target.model}\n\n{report.table(rows)}\n")
+    name = f"{target.model} ({target.protocol})"
+    if args.mode == "open":
+        report.plot_latency_vs_throughput(out / "latency_vs_throughput.png", {name: rows}, None)
+    else:
+        report.plot_throughput_vs_concurrency(out / "throughput_vs_concurrency.png", {name: rows})
+    print(f"reports in {out}/")
+
+
+def selftest(duration_s: float = 5.0) -> int:
+    """The generator's own ceiling: closed loop against a trivial local server, with 1 and 2
+    generator processes; the result sizes `--processes auto`."""
+    from loadtests.runner import load_payloads, run
+    from loadtests.testserver import local_server
+
+    with local_server() as url:
+        target = Target(url, "m")
+        payloads = load_payloads(target)
+        figures = {}
+        for processes in (1, 2):
+            step = Step("closed", concurrency=32, duration_s=duration_s, warmup_s=1.0)
+            result = run(target, payloads, step, processes)
+            figures[processes] = result.achieved_rps
+            print(f"{processes} generator process(es), 32 clients: {result.achieved_rps:.0f} req/s")
+    SELFTEST_FILE.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"one_process_rps": figures[1], "two_processes_rps": figures[2], **report.machine()}
+    SELFTEST_FILE.write_text(json.dumps(doc, indent=2) + "\n")
+    print(
+        f"one generator process drives about {figures[1]:.0f} req/s here (the trivial server "
+        f"shares the machine); --processes auto asks each for at most "
+        f"{GENERATOR_SHARE:.0%} of that. Saved to {SELFTEST_FILE}."
+    )
+    return 0
+
+
+# -- plan -------------------------------------------------------------------------------------
+def parse_duration_ms(text: str) -> float:
+    """'25ms', '0.1s', '250us' or a bare number of milliseconds."""
+    for suffix, factor in (("ms", 1.0), ("us", 1e-3), ("s", 1e3)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from loadtests.plan import Scaling, Slo, search_max_rate
+    from loadtests.runner import load_payloads
+
+    if not args.model:
+        raise SystemExit("--model is required")
+    slo = Slo(parse_duration_ms(args.slo_p99), args.max_error_ratio)
+    target = _target(args)
+    payloads = load_payloads(target, args.rows, args.jsonl)
+    version = _served_version(target)
+    out: Path = args.out or Path(f"plan-{args.model}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def probe(rate: float) -> StepResult:
+        step = Step(
+            "open",
+            concurrency=1024,
+            rate=rate,
+            arrival="poisson",
+            duration_s=args.probe_duration,
+            warmup_s=args.warmup,
+            timeout_s=args.timeout,
+        )
+        return _run(target, payloads, step, args)
+
+    def search() -> Any:
+        return search_max_rate(
+            probe, slo, args.start_rate, args.max_rate, max_probes=args.max_probes
+        )
+
+    searches: dict[int, Any] = {}
+    if args.config is None:
+        print(f"searching the highest rate with p99 <= {slo.p99_ms:g} ms (replicas as deployed)")
+        searches[0] = search()
+    else:
+        searches = _search_per_replicas(args, target, version, search)
+    sweep = [report.step_row(_closed_step(target, payloads, n, args)) for n in (1, 4, 16, 64)]
+    measured = {n: s.max_rate for n, s in searches.items() if n > 0}
+    scaling = Scaling(measured or {1: searches[0].max_rate})
+    best = max(s.max_rate for s in searches.values())
+    target_rate = args.target_rate or best
+    needed = scaling.replicas_for(target_rate, args.headroom)
+    doc = _plan_doc(args, target, version, slo, searches, scaling, target_rate, needed, sweep)
+    _write_plan(out, doc, searches, sweep, slo, args, version, needed)
+    return 0
+
+
+def _served_version(target: Target) -> str:
+    """The registry version the gateway serves for --version (an alias resolved)."""
+    import urllib.error
+
+    from loadtests.runner import get_json
+
+    suffix = f"models/{target.model}" + (f"/versions/{target.version}" if target.version else "")
+    try:
+        return str(get_json(f"{target.url.rstrip('/')}/modelgate/{suffix}/manifest")["version"])
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:  # not a modelgate gateway: no manifest route
+            raise
+        return target.version or "default"
+
+
+def _search_per_replicas(
+    args: argparse.Namespace, target: Target, version: str, search: Any
+) -> dict[int, Any]:
+    """Redeploy the config at each replica count, search, and put the original config back."""
+    from loadtests.clients import wait_ready
+    from loadtests.plan import patch_config
+    from serve import launcher
+
+    config = launcher.load_config(args.config)
+    resolved = launcher.preflight(config)
+    launcher.start_ray(args.address)
+    searches = {}
+    try:
+        for replicas in (int(n) for n in args.replicas.split(",")):
+            print(f"deploying {args.model} v{version} on {replicas} replica(s)")
+            launcher.deploy(patch_config(config, resolved, args.model, version, replicas))
+            import asyncio
+
+            asyncio.run(wait_ready(target))
+            searches[replicas] = search()
+            print(
+                f"  {replicas} replica(s): {searches[replicas].max_rate:.0f} req/s within the SLO"
+            )
+    finally:
+        print("putting the original config back")
+        launcher.deploy(config)
+    return searches
+
+
+def _closed_step(
+    target: Target, payloads: list[Payload], clients: int, args: argparse.Namespace
+) -> StepResult:
+    step = Step(
+        "closed",
+        concurrency=clients,
+        duration_s=min(args.probe_duration, 3.0),
+        warmup_s=args.warmup,
+        timeout_s=args.timeout,
+    )
+    return _run(target, payloads, step, args)
+
+
+def _plan_doc(
+    args: argparse.Namespace,
+    target: Target,
+    version: str,
+    slo: Any,
+    searches: dict[int, Any],
+    scaling: Any,
+    target_rate: float,
+    needed: int | None,
+    sweep: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "schema": report.PLAN_SCHEMA,
+        "machine": report.machine(),
+        "target": {**vars(target), "served_version": version},
+        "slo": {"p99_ms": slo.p99_ms, "max_error_ratio": slo.max_error_ratio},
+        "searches": {
+            ("as deployed" if n == 0 else f"{n} replicas"): s.as_dict() for n, s in searches.items()
+        },
+        "capacity_rps": scaling.capacity,
+        "scaling_efficiency": scaling.efficiency,
+        "target_rate": target_rate,
+        "headroom": args.headroom,
+        "replicas_needed": needed,
+        "assumptions": [
+            "capacity at n replicas = capacity(1) * (1 + (n - 1) * efficiency), efficiency "
+            "measured from 1 to 2 replicas (1.0 if only one count was measured)",
+            f"the target is met with {args.headroom:.0%} spare capacity",
+            "the load looks like this run's: same protocol, rows per request and input values",
+            "the load generator shared this machine's CPUs with the gateway unless it ran on "
+            "other nodes (--ray-address); the capacities are lower bounds then",
+        ],
+        "closed_loop_sweep": sweep,
+    }
+
+
+def _write_plan(
+    out: Path,
+    doc: dict[str, Any],
+    searches: dict[int, Any],
+    sweep: list[dict[str, Any]],
+    slo: Any,
+    args: argparse.Namespace,
+    version: str,
+    needed: int | None,
+) -> None:
+    import yaml
+
+    from loadtests.plan import patch_config
+
+    report.write_json(out / "plan.json", doc)
+    series = {
+        ("as deployed" if n == 0 else f"{n} replica(s)"): [
+            {"achieved_rps": p["achieved_rps"], "latency_ms": p["latency_ms"]}
+            for p in s.as_dict()["probes"]
+            if p["measured"]
+        ]
+        for n, s in searches.items()
+    }
+    report.plot_latency_vs_throughput(out / "latency_vs_throughput.png", series, slo.p99_ms)
+    report.plot_throughput_vs_concurrency(
+        out / "throughput_vs_concurrency.png", {args.model: sweep}
+    )
+    config_path = out / "config.yaml"
+    if needed is not None and args.config is not None:
+        from serve import launcher
+
+        config = launcher.load_config(args.config)
+        resolved = launcher.preflight(config)
+        patched = patch_config(config, resolved, args.model, version, needed)
+        config_path.write_text(
+            f"# modelgate plan: {args.model} v{version} sized for {doc['target_rate']:.0f} req/s "
+            f"with p99 <= {slo.p99_ms:g} ms ({args.headroom:.0%} headroom)\n"
+            + yaml.safe_dump(patched, sort_keys=False)
+        )
+    elif needed is not None:
+        patch = {"model": args.model, "version": version, "num_replicas": needed}
+        config_path.write_text(
+            "# modelgate plan: set this version's num_replicas (or the router's, if colocated)\n"
+            + yaml.safe_dump(patch, sort_keys=False)
+        )
+    lines = [
+        f"# Capacity plan: {args.model} v{version}",
+        "",
+        f"SLO: p99 <= {slo.p99_ms:g} ms, errors <= {slo.max_error_ratio:.2%}.",
+        "",
+        "| replicas | max req/s within the SLO |",
+        "|---|---:|",
+        *[f"| {k} | {v['max_rate']:.0f} |" for k, v in doc["searches"].items()],
+        "",
+        f"Scaling efficiency (1 -> 2 replicas): {doc['scaling_efficiency']:.2f}. "
+        f"For {doc['target_rate']:.0f} req/s with {args.headroom:.0%} headroom: "
+        f"**{needed if needed is not None else 'more than 64'} replica(s)**.",
+        "",
+        "Assumptions: " + "; ".join(doc["assumptions"]) + ".",
+        "",
+        "Closed-loop sweep:",
+        "",
+        report.table(sweep),
+        "",
+    ]
+    (out / "plan.md").write_text("\n".join(lines))
+    print("\n".join(lines[4:12]))
+    print(f"plan, plots and config in {out}/")
+
+
+def plan_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelgate plan")
+    add_plan_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__)
+    add_loadtest_args(parser)
+    return cmd_loadtest(parser.parse_args(argv))

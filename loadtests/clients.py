@@ -1,0 +1,112 @@
+"""Async senders: one request out, its outcome back ("ok", "http_503", "grpc_UNAVAILABLE",
+"timeout", "connection"). HTTP keeps connections alive (aiohttp); gRPC shares one channel."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from loadtests.payload import Payload
+from serve.samples import infer_path
+
+PROTOCOLS = ("http", "binary", "grpc")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the load goes: the gateway's HTTP URL (metadata always comes from there), its gRPC
+    address, the protocol to send with, and the model and version (or alias) to ask for."""
+
+    url: str
+    model: str
+    version: str | None = None
+    protocol: str = "http"
+    grpc: str = "127.0.0.1:9000"
+
+
+class Sender(Protocol):
+    async def __call__(self, payload: Payload) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpSender:
+    def __init__(self, target: Target, connections: int, timeout_s: float) -> None:
+        import aiohttp
+
+        self.binary = target.protocol == "binary"
+        self.url = target.url.rstrip("/") + infer_path(target.model, target.version)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        )
+        self.errors = (aiohttp.ClientError, OSError)
+
+    async def __call__(self, payload: Payload) -> str:
+        if self.binary:
+            body, headers = payload.binary, payload.binary_headers
+        else:
+            body, headers = payload.json, {"content-type": "application/json"}
+        try:
+            async with self.session.post(self.url, data=body, headers=headers) as response:
+                await response.read()
+                return "ok" if response.status == 200 else f"http_{response.status}"
+        except TimeoutError:
+            return "timeout"
+        except self.errors:
+            return "connection"
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class GrpcSender:
+    def __init__(self, target: Target, timeout_s: float) -> None:
+        import grpc
+
+        from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+
+        self.grpc = grpc
+        self.channel = grpc.aio.insecure_channel(target.grpc)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    async def __call__(self, payload: Payload) -> str:
+        try:
+            await self.stub.ModelInfer(payload.grpc, timeout=self.timeout_s)
+            return "ok"
+        except self.grpc.aio.AioRpcError as exc:
+            if exc.code() == self.grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "timeout"
+            return f"grpc_{exc.code().name}"
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def sender(target: Target, connections: int, timeout_s: float) -> Sender:
+    if target.protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {target.protocol}")
+    if target.protocol == "grpc":
+        return GrpcSender(target, timeout_s)
+    return HttpSender(target, connections, timeout_s)
+
+
+async def wait_ready(target: Target, timeout_s: float = 30.0) -> None:
+    """Until the model answers ready over HTTP."""
+    import aiohttp
+
+    url = target.url.rstrip("/") + infer_path(target.model, target.version)[: -len("/infer")]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url + "/ready") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{url} not ready after {timeout_s}s")
+            await asyncio.sleep(0.2)

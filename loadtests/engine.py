@@ -1,0 +1,243 @@
+"""One load step: closed loop (N clients back to back) or open loop (a target arrival rate).
+
+Open loop measures each request from its *intended* send time (constant or Poisson arrivals
+from the step's start), so a server that stalls cannot hide the queue it causes (no coordinated
+omission): a send that leaves more than `late_ms` after its intended time, because the
+generator was busy or every connection was taken, is counted as late, and its latency still
+runs from the intended time. Latencies go to an HDR histogram (microseconds, 3 significant
+digits). Only requests intended (open) or sent (closed) after the warm-up and before the end of
+the step are measured. Every step is bounded by its duration, its request budget and the
+per-request timeout, and stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from loadtests.clients import Sender
+from loadtests.payload import Payload
+
+MAX_LATENCY_US = 120_000_000
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(1, MAX_LATENCY_US, 3)
+
+
+@dataclass(frozen=True)
+class Step:
+    mode: Literal["closed", "open"]
+    concurrency: int = 8  # closed: clients; open: the most requests in flight
+    rate: float = 0.0  # open: requests per second
+    arrival: Literal["constant", "poisson"] = "constant"
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    max_requests: int = 1_000_000
+    timeout_s: float = 10.0
+    late_ms: float = 10.0
+    seed: int = 0
+
+    def share(self, part: int, parts: int) -> Step:
+        """This step as one of `parts` generator processes runs it."""
+        from dataclasses import replace
+
+        concurrency = self.concurrency // parts + (part < self.concurrency % parts)
+        return replace(
+            self,
+            concurrency=max(1, concurrency),
+            rate=self.rate / parts,
+            max_requests=max(1, self.max_requests // parts),
+            seed=self.seed * 1000 + part,
+        )
+
+
+@dataclass
+class StepResult:
+    step: Step
+    histogram: HdrHistogram = field(default_factory=new_histogram)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    late: int = 0
+    completed_ok: int = 0  # successful answers that arrived inside the measured window
+
+    # -- combining the results of several generator processes ----------------------------------
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "step": asdict(self.step),
+            "histogram": base64.b64encode(self.histogram.encode()).decode(),
+            "outcomes": dict(self.outcomes),
+            "sent": self.sent,
+            "late": self.late,
+            "completed_ok": self.completed_ok,
+        }
+
+    @classmethod
+    def merge(cls, step: Step, parts: list[dict[str, Any]]) -> StepResult:
+        merged = cls(step)
+        for part in parts:
+            merged.histogram.decode_and_add(base64.b64decode(part["histogram"]))
+            merged.outcomes.update(part["outcomes"])
+            merged.sent += part["sent"]
+            merged.late += part["late"]
+            merged.completed_ok += part["completed_ok"]
+        return merged
+
+    # -- figures -------------------------------------------------------------------------------
+    @property
+    def measured(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def ok(self) -> int:
+        return self.outcomes.get("ok", 0)
+
+    @property
+    def errors(self) -> dict[str, int]:
+        return {k: v for k, v in sorted(self.outcomes.items()) if k != "ok"}
+
+    @property
+    def error_ratio(self) -> float:
+        return (self.measured - self.ok) / self.measured if self.measured else 0.0
+
+    @property
+    def achieved_rps(self) -> float:
+        """Successful answers per second that arrived during the measured window."""
+        return self.completed_ok / self.step.duration_s
+
+    def percentile_ms(self, p: float) -> float:
+        if self.histogram.get_total_count() == 0:
+            return float("nan")
+        return float(self.histogram.get_value_at_percentile(p)) / 1000
+
+    def summary(self) -> dict[str, Any]:
+        latency: dict[str, float | None] = {f"p{p:g}": self.percentile_ms(p) for p in PERCENTILES}
+        latency["max"] = (
+            self.histogram.get_max_value() / 1000 if self.histogram.get_total_count() else None
+        )
+        return {
+            "mode": self.step.mode,
+            "concurrency": self.step.concurrency,
+            "offered_rps": self.step.rate if self.step.mode == "open" else None,
+            "achieved_rps": self.achieved_rps,
+            "measured": self.measured,
+            "ok": self.ok,
+            "errors": self.errors,
+            "error_ratio": self.error_ratio,
+            "late": self.late,
+            "sent": self.sent,
+            "latency_ms": latency,
+        }
+
+
+class _Run:
+    """Shared state of one step on this generator."""
+
+    def __init__(self, sender: Sender, payloads: list[Payload], step: Step, start: float):
+        self.sender, self.payloads, self.step = sender, payloads, step
+        self.result = StepResult(step)
+        self.measure_from = start + step.warmup_s
+        self.end = self.measure_from + step.duration_s
+        self.loop = asyncio.get_running_loop()
+
+    def payload(self) -> Payload:
+        payload = self.payloads[self.result.sent % len(self.payloads)]
+        self.result.sent += 1
+        return payload
+
+    def measuring(self, t: float) -> bool:
+        return self.measure_from <= t < self.end
+
+    def record(self, since: float, outcome: str) -> None:
+        now = self.loop.time()
+        if outcome == "ok" and self.measuring(now):
+            self.result.completed_ok += 1
+        elapsed_us = int((now - since) * 1e6)
+        self.result.histogram.record_value(min(max(elapsed_us, 1), MAX_LATENCY_US))
+        self.result.outcomes[outcome] += 1
+
+
+async def run_step(
+    sender: Sender,
+    payloads: list[Payload],
+    step: Step,
+    progress: Callable[[float], None] | None = None,
+) -> StepResult:
+    """Run one step; `progress(fraction)` is called about twice a second."""
+    loop = asyncio.get_running_loop()
+    run = _Run(sender, payloads, step, loop.time())
+    ticker = asyncio.create_task(_tick(run, progress)) if progress else None
+    try:
+        if step.mode == "closed":
+            await _closed(run)
+        else:
+            await _open(run)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+    return run.result
+
+
+async def _tick(run: _Run, progress: Callable[[float], None]) -> None:
+    total = run.end - (run.measure_from - run.step.warmup_s)
+    while True:
+        elapsed = total - (run.end - run.loop.time())
+        progress(min(1.0, elapsed / total))
+        await asyncio.sleep(0.5)
+
+
+async def _closed(run: _Run) -> None:
+    async def client() -> None:
+        while run.loop.time() < run.end and run.result.sent < run.step.max_requests:
+            sent_at = run.loop.time()
+            outcome = await run.sender(run.payload())
+            if run.measuring(sent_at):
+                run.record(sent_at, outcome)
+            elif outcome == "ok" and run.measuring(run.loop.time()):
+                run.result.completed_ok += 1  # sent in the warm-up, answered in the window
+
+    await asyncio.gather(*(client() for _ in range(run.step.concurrency)))
+
+
+async def _open(run: _Run) -> None:
+    step = run.step
+    if step.rate <= 0:
+        raise ValueError("an open-loop step needs a rate > 0")
+    rng = np.random.default_rng(step.seed)
+    slots = asyncio.Semaphore(step.concurrency)
+    late_s = step.late_ms / 1000
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(intended: float, payload: Payload) -> None:
+        try:
+            outcome = await run.sender(payload)
+            if run.measuring(intended):
+                run.record(intended, outcome)
+            elif outcome == "ok" and run.measuring(run.loop.time()):
+                run.result.completed_ok += 1  # intended in the warm-up, answered in the window
+        finally:
+            slots.release()
+
+    intended = run.measure_from - step.warmup_s
+    while intended < run.end and run.result.sent < step.max_requests:
+        delay = intended - run.loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        if run.loop.time() - intended > late_s and run.measuring(intended):
+            run.result.late += 1
+        task = asyncio.create_task(one(intended, run.payload()))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        gap = rng.exponential(1 / step.rate) if step.arrival == "poisson" else 1 / step.rate
+        intended += gap
+    if pending:  # each send ends within its timeout
+        await asyncio.wait(pending, timeout=step.timeout_s + 5)

@@ -1,0 +1,103 @@
+"""Request payloads for a load test: from the version's manifest, or from a JSONL file.
+
+From a manifest, each numeric feature is drawn from its reference distribution (the inverse of
+the piecewise-linear CDF through min, the deciles and max), so the load looks like real inputs;
+BYTES inputs get empty strings. A JSONL file holds one Open Inference Protocol request per line
+(`{"inputs": [...]}`, JSON `data`), sent as is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.manifest import Manifest, TensorStats
+from converters.signature import TensorSpec
+from serve.samples import binary_request, grpc_request, json_request
+
+POOL = 64  # distinct payloads cycled through
+
+
+@dataclass
+class Payload:
+    """One request, pre-encoded for each protocol."""
+
+    json: bytes
+    binary: bytes
+    binary_headers: dict[str, str]
+    grpc: Any  # ModelInferRequest
+
+
+def from_manifest(
+    manifest: Manifest, model: str, version: str | None, rows: int, seed: int = 0
+) -> list[Payload]:
+    return from_signature(
+        manifest.signature.inputs, manifest.reference_stats, model, version, rows, seed
+    )
+
+
+def from_signature(
+    inputs: list[TensorSpec],
+    stats: dict[str, TensorStats],
+    model: str,
+    version: str | None,
+    rows: int,
+    seed: int = 0,
+) -> list[Payload]:
+    """Reference-distributed values where `stats` has them, N(0, 1) elsewhere."""
+    rng = np.random.default_rng(seed)
+    return [
+        _encode(model, version, {s.name: _tensor(s, stats, rows, rng) for s in inputs})
+        for _ in range(POOL)
+    ]
+
+
+def from_jsonl(path: Path, model: str, version: str | None) -> list[Payload]:
+    from serve.rest_codec import Limits, decode_request
+
+    payloads = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            request = decode_request(line.encode(), None, model, version, Limits())
+        except Exception as exc:
+            raise ValueError(f"{path}:{number}: not an inference request: {exc}") from exc
+        payloads.append(_encode(model, version, {t.name: t.array for t in request.inputs}))
+    if not payloads:
+        raise ValueError(f"{path}: no requests")
+    return payloads
+
+
+def _encode(model: str, version: str | None, rows: dict[str, np.ndarray]) -> Payload:
+    body, headers = binary_request(rows)
+    return Payload(json_request(rows), body, headers, grpc_request(model, rows, version))
+
+
+def _tensor(
+    spec: TensorSpec, reference: dict[str, TensorStats], rows: int, rng: np.random.Generator
+) -> np.ndarray:
+    shape = [rows if d == -1 else d for d in spec.shape]
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    stats = reference.get(spec.name)
+    if stats is None or len(shape) != 2 or shape[1] != len(stats.features):
+        return rng.standard_normal(shape).astype(spec.numpy_dtype)
+    columns = []
+    for feature in stats.features:
+        knots = [feature.min, *feature.quantiles, feature.max]
+        levels = np.linspace(0, 1, len(knots))
+        columns.append(np.interp(rng.random(rows), levels, knots))
+    return np.stack(columns, axis=1).astype(spec.numpy_dtype)
+
+
+def describe(payloads: list[Payload]) -> dict[str, Any]:
+    first = json.loads(payloads[0].json)
+    return {
+        "distinct": len(payloads),
+        "inputs": [{k: t[k] for k in ("name", "shape", "datatype")} for t in first["inputs"]],
+    }

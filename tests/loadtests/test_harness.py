@@ -1,0 +1,106 @@
+"""The load-test harness against small real servers with a known behaviour (loopback only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtests.cli import cmd_plan, parse_duration_ms, plan_parser
+from loadtests.clients import Target
+from loadtests.engine import Step
+from loadtests.plan import Scaling, Slo, search_max_rate
+from loadtests.runner import load_payloads, run
+from loadtests.testserver import local_server
+
+
+def _open(rate: float, duration: float = 3.0, **options: object) -> Step:
+    return Step("open", concurrency=256, rate=rate, duration_s=duration, warmup_s=0.5, **options)  # type: ignore[arg-type]
+
+
+def test_open_loop_honours_its_rate_when_the_server_keeps_up() -> None:
+    with local_server() as url:
+        target = Target(url, "m")
+        payloads = load_payloads(target)
+        for processes in (1, 2):
+            result = run(target, payloads, _open(200, arrival="constant"), processes)
+            assert result.errors == {}
+            assert result.achieved_rps == pytest.approx(200, rel=0.05), processes
+            assert result.measured == pytest.approx(600, rel=0.02)
+
+
+def test_a_stall_shows_in_the_open_loop_p99_and_hides_from_a_closed_loop() -> None:
+    """The server freezes once for 200 ms, 1 s after its first request (inside the window)."""
+    stall = ("--stall-after-s", "1.0", "--stall-ms", "200")
+    with local_server(*stall) as url:
+        target = Target(url, "m")
+        open_loop = run(target, load_payloads(target), _open(200, arrival="constant"))
+    with local_server(*stall) as url:
+        target = Target(url, "m")
+        closed = run(
+            target,
+            load_payloads(target),
+            Step("closed", concurrency=1, duration_s=3.0, warmup_s=0.5),
+        )
+    # ~40 of 600 requests were due during the stall: measured from their intended send time
+    assert open_loop.percentile_ms(99) > 100
+    assert open_loop.histogram.get_max_value() / 1000 > 150
+    # one client waits out the stall once: its p99 does not show it (coordinated omission)
+    assert closed.percentile_ms(99) < open_loop.percentile_ms(99) / 2
+
+
+def test_the_slo_search_finds_a_limited_servers_capacity() -> None:
+    """4 slots x 20 ms: at most 200 req/s; the search must land within 10% of what it serves."""
+    with local_server("--service-ms", "20", "--concurrency", "4") as url:
+        target = Target(url, "m")
+        payloads = load_payloads(target)
+        saturated = run(
+            target, payloads, Step("closed", concurrency=16, duration_s=3, warmup_s=0.5)
+        )
+        capacity = saturated.achieved_rps
+        assert capacity == pytest.approx(200, rel=0.1)
+
+        def probe(rate: float):  # type: ignore[no-untyped-def]
+            return run(target, payloads, _open(rate, duration=2.0, arrival="constant"))
+
+        found = search_max_rate(probe, Slo(p99_ms=100), start_rate=50, max_rate=1000, max_probes=10)
+    assert found.max_rate == pytest.approx(capacity, rel=0.1), found.as_dict()
+    assert len(found.probes) <= 10
+    assert any(why and "p99" in why for _, _, why in found.probes)  # it did cross the limit
+
+
+def test_scaling_projection_and_replicas_needed() -> None:
+    linear = Scaling({1: 100.0, 2: 200.0})
+    assert linear.efficiency == 1.0
+    assert linear.replicas_for(450, headroom=0.2) == 6  # 540 needed
+    flat = Scaling({1: 100.0, 2: 150.0})
+    assert flat.efficiency == 0.5
+    assert flat.capacity_at(3) == 200
+    assert flat.replicas_for(10_000, headroom=0.0) is None  # more than 64 replicas
+
+
+def test_durations_parse() -> None:
+    assert parse_duration_ms("25ms") == 25
+    assert parse_duration_ms("0.1s") == 100
+    assert parse_duration_ms("250us") == 0.25
+    assert parse_duration_ms("7") == 7
+
+
+def test_plan_without_a_config_writes_reports_plots_and_a_patch(tmp_path: Path) -> None:
+    with local_server("--service-ms", "10", "--concurrency", "2") as url:
+        args = plan_parser().parse_args(
+            [
+                "--url", url, "--model", "m", "--slo-p99", "80ms", "--start-rate", "50",
+                "--probe-duration", "1.5", "--warmup", "0.3", "--max-probes", "6",
+                "--processes", "1", "--out", str(tmp_path),
+            ]
+        )  # fmt: skip
+        assert cmd_plan(args) == 0
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["schema"] == "modelgate.plan/v1"
+    assert 0 < doc["searches"]["as deployed"]["max_rate"] <= 220  # capacity 200
+    assert doc["replicas_needed"] >= 1
+    for name in ("plan.md", "latency_vs_throughput.png", "throughput_vs_concurrency.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "num_replicas" in (tmp_path / "config.yaml").read_text()
