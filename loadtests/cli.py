@@ -208,7 +208,7 @@ def parse_duration_ms(text: str) -> float:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from loadtests.plan import Scaling, Slo, search_max_rate
+    from loadtests.plan import Scaling, Slo, probe_duration, search_max_rate
     from loadtests.runner import load_payloads
 
     if not args.model:
@@ -226,7 +226,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             concurrency=1024,
             rate=rate,
             arrival="poisson",
-            duration_s=args.probe_duration,
+            duration_s=probe_duration(rate, args.probe_duration),
             warmup_s=args.warmup,
             timeout_s=args.timeout,
         )
@@ -359,9 +359,10 @@ def _write_plan(
 ) -> None:
     import yaml
 
-    from loadtests.plan import patch_config
+    from loadtests.plan import Scaling, patch_config
 
     report.write_json(out / "plan.json", doc)
+    verdict = _verdict(doc, needed, args.headroom, slo.p99_ms)
     series = {
         ("as deployed" if n == 0 else f"{n} replica(s)"): [
             {"achieved_rps": p["achieved_rps"], "latency_ms": p["latency_ms"]}
@@ -375,19 +376,21 @@ def _write_plan(
         out / "throughput_vs_concurrency.png", {args.model: sweep}
     )
     config_path = out / "config.yaml"
-    if needed is not None and args.config is not None:
+    replicas = needed if needed is not None else Scaling(doc["capacity_rps"]).best
+    if args.config is not None:
         from serve import launcher
 
         config = launcher.load_config(args.config)
         resolved = launcher.preflight(config)
-        patched = patch_config(config, resolved, args.model, version, needed)
+        patched = patch_config(config, resolved, args.model, version, replicas)
         config_path.write_text(
-            f"# modelgate plan: {args.model} v{version} sized for {doc['target_rate']:.0f} req/s "
-            f"with p99 <= {slo.p99_ms:g} ms ({args.headroom:.0%} headroom)\n"
+            f"# modelgate plan: {args.model} v{version} on {replicas} replica(s). "
+            + verdict.replace("**", "")
+            + "\n"
             + yaml.safe_dump(patched, sort_keys=False)
         )
-    elif needed is not None:
-        patch = {"model": args.model, "version": version, "num_replicas": needed}
+    else:
+        patch = {"model": args.model, "version": version, "num_replicas": replicas}
         config_path.write_text(
             "# modelgate plan: set this version's num_replicas (or the router's, if colocated)\n"
             + yaml.safe_dump(patch, sort_keys=False)
@@ -401,9 +404,7 @@ def _write_plan(
         "|---|---:|",
         *[f"| {k} | {v['max_rate']:.0f} |" for k, v in doc["searches"].items()],
         "",
-        f"Scaling efficiency (1 -> 2 replicas): {doc['scaling_efficiency']:.2f}. "
-        f"For {doc['target_rate']:.0f} req/s with {args.headroom:.0%} headroom: "
-        f"**{needed if needed is not None else 'more than 64'} replica(s)**.",
+        f"Scaling efficiency (1 -> 2 replicas): {doc['scaling_efficiency']:.2f}. {verdict}.",
         "",
         "Assumptions: " + "; ".join(doc["assumptions"]) + ".",
         "",
@@ -421,6 +422,21 @@ def plan_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelgate plan")
     add_plan_args(parser)
     return parser
+
+
+def _verdict(doc: dict[str, Any], needed: int | None, headroom: float, p99_ms: float) -> str:
+    rate = doc["target_rate"]
+    if needed is not None:
+        return (
+            f"For {rate:.0f} req/s with p99 <= {p99_ms:g} ms and {headroom:.0%} headroom: "
+            f"**{needed} replica(s)**"
+        )
+    return (
+        f"{rate:.0f} req/s with {headroom:.0%} headroom is **not reachable by adding replicas**: "
+        f"the second replica added {doc['scaling_efficiency']:.0%} of the first's capacity, so "
+        "the limit is elsewhere (router replicas, CPUs, the load generator); the config keeps "
+        "the best measured replica count"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,7 @@ class StepResult:
     sent: int = 0
     late: int = 0
     completed_ok: int = 0  # successful answers that arrived inside the measured window
+    offered: int = 0  # open loop: requests due inside the window (Poisson: varies around rate)
 
     # -- combining the results of several generator processes ----------------------------------
     def to_wire(self) -> dict[str, Any]:
@@ -78,6 +79,7 @@ class StepResult:
             "sent": self.sent,
             "late": self.late,
             "completed_ok": self.completed_ok,
+            "offered": self.offered,
         }
 
     @classmethod
@@ -89,6 +91,7 @@ class StepResult:
             merged.sent += part["sent"]
             merged.late += part["late"]
             merged.completed_ok += part["completed_ok"]
+            merged.offered += part["offered"]
         return merged
 
     # -- figures -------------------------------------------------------------------------------
@@ -113,6 +116,11 @@ class StepResult:
         """Successful answers per second that arrived during the measured window."""
         return self.completed_ok / self.step.duration_s
 
+    @property
+    def offered_rps(self) -> float | None:
+        """Open loop: the rate of requests due in the window, as drawn (not the nominal rate)."""
+        return self.offered / self.step.duration_s if self.step.mode == "open" else None
+
     def percentile_ms(self, p: float) -> float:
         if self.histogram.get_total_count() == 0:
             return float("nan")
@@ -126,7 +134,7 @@ class StepResult:
         return {
             "mode": self.step.mode,
             "concurrency": self.step.concurrency,
-            "offered_rps": self.step.rate if self.step.mode == "open" else None,
+            "offered_rps": self.offered_rps,
             "achieved_rps": self.achieved_rps,
             "measured": self.measured,
             "ok": self.ok,
@@ -232,8 +240,10 @@ async def _open(run: _Run) -> None:
         if delay > 0:
             await asyncio.sleep(delay)
         await slots.acquire()
-        if run.loop.time() - intended > late_s and run.measuring(intended):
-            run.result.late += 1
+        if run.measuring(intended):
+            run.result.offered += 1
+            if run.loop.time() - intended > late_s:
+                run.result.late += 1
         task = asyncio.create_task(one(intended, run.payload()))
         pending.add(task)
         task.add_done_callback(pending.discard)

@@ -19,6 +19,13 @@ from loadtests.engine import StepResult
 
 KEEP_UP = 0.95
 MAX_LATE = 0.01
+#: A probe runs long enough for this many requests (p99 then rests on its 5 worst), within
+#: 1 to 4 times the base duration.
+MIN_SAMPLES = 500
+
+
+def probe_duration(rate: float, base_s: float) -> float:
+    return min(4 * base_s, max(base_s, MIN_SAMPLES / rate))
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class Slo:
     def verdict(self, result: StepResult) -> str | None:
         """None when the step meets the SLO, else why not."""
         p99 = result.percentile_ms(99)
-        offered = result.step.rate
+        offered = result.offered_rps
         if result.measured == 0:
             return "no request measured"
         if not p99 <= self.p99_ms:
@@ -38,7 +45,7 @@ class Slo:
             return f"errors {result.error_ratio:.2%} > {self.max_error_ratio:.2%}"
         if result.late > MAX_LATE * result.measured:
             return f"{result.late} sends late (all connections busy or generator behind)"
-        if offered and result.achieved_rps < KEEP_UP * offered:
+        if offered and result.achieved_rps < KEEP_UP * offered:  # answers fell behind
             return f"achieved {result.achieved_rps:.0f} < {KEEP_UP:.0%} of {offered:.0f} req/s"
         return None
 
@@ -122,6 +129,11 @@ class Scaling:
             fewest = min(self.capacity)
             one = self.capacity[fewest] / fewest
         return one * (1 + (replicas - 1) * self.efficiency)
+
+    @property
+    def best(self) -> int:
+        """The measured replica count with the most capacity."""
+        return max(self.capacity, key=lambda n: self.capacity[n])
 
     def replicas_for(self, rate: float, headroom: float, ceiling: int = 64) -> int | None:
         """Fewest replicas whose projected capacity covers `rate` plus `headroom` (0.2: 20%);
