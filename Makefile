@@ -38,7 +38,6 @@ lint: install-test
 	$(BIN)/mypy
 
 bench: install-test
-	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python -m loadtests.bench
 
 # The gRPC stubs are committed; regenerate them after editing the .proto.

@@ -1,20 +1,24 @@
-"""`make bench`: the gateway against an in-process Ray Serve baseline, measured in the same run.
+"""`make bench`: the gateway against an in-process Ray Serve baseline, measured in the same run,
+driven by modelgate's own load-test harness (closed loop, HDR histograms).
 
-Scenarios, one after another on the same Ray instance (high-throughput mode):
-  baseline   one Ray Serve deployment running the ONNX model in process (no gateway work)
-  dedicated  the gateway, the version on its own replicas behind the router
-  colocated  the gateway, the version inside the router replicas
-  shadowed   colocated, with every request shadowed to another (colocated) version
+Scenarios on one Ray instance in high-throughput mode, every app deployed side by side:
+  baseline        one Ray Serve deployment running the ONNX model in process (no gateway work)
+  dedicated       the gateway, the version on its own replicas behind the router
+  colocated       the gateway, the version inside the router replicas
+  unbatched       colocated, one request per run (max_batch_rows 1): batching off
+  shadowed        colocated, every request shadowed to another (colocated) version
+  binary, grpc    colocated, over Triton's binary tensor extension / over gRPC
+  baseline-100, colocated-100, dedicated-100    100 rows per request
 and, in a separate Ray instance on Serve's defaults (no high-throughput flags):
-  plain      router → model through a handle, one call per request
-Each is driven by wrk at 1, 8, 32 and 64 connections with one breast_cancer row per request.
+  plain           router → model through a handle, one call per request
+One breast_cancer row (30 floats) per request unless named -100; 1, 8, 32 and 64 clients;
+scenarios alternate at each point for several rounds and the median round is kept.
 Results go to loadtests/RESULTS.md as ratios to the baseline of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -23,10 +27,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-CONNECTIONS = (1, 8, 32, 64)
+CLIENTS = (1, 8, 32, 64)
 RESULTS = Path(__file__).with_name("RESULTS.md")
 BENCH_CONFIG = Path("configs/bench.yaml")
 MODEL_URI = "models:/breast_cancer/1"
+#: scenario -> (path prefix, model, protocol, rows per request, compared with)
+SCENARIOS: dict[str, tuple[str, str, str, int, str]] = {
+    "baseline": ("/baseline", "bc", "http", 1, "baseline"),
+    "dedicated": ("", "bc_dedicated", "http", 1, "baseline"),
+    "colocated": ("", "bc_colocated", "http", 1, "baseline"),
+    "unbatched": ("", "bc_unbatched", "http", 1, "colocated"),
+    "shadowed": ("", "bc_shadowed", "http", 1, "colocated"),
+    "binary": ("", "bc_colocated", "binary", 1, "colocated"),
+    "grpc": ("", "bc_colocated", "grpc", 1, "colocated"),
+    "baseline-100": ("/baseline", "bc", "http", 100, "baseline-100"),
+    "colocated-100": ("", "bc_colocated", "http", 100, "baseline-100"),
+    "dedicated-100": ("", "bc_dedicated", "http", 100, "baseline-100"),
+}
 
 
 def _ray_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -42,68 +59,66 @@ def _app(name: str, import_path: str, artifact: str, prefix: str) -> dict[str, A
     }
 
 
-def _body() -> str:
-    import numpy as np
-    from sklearn.datasets import load_breast_cancer
+def _point(target: Any, payloads: Any, clients: int, duration_s: float) -> dict[str, Any]:
+    from loadtests.engine import Step
+    from loadtests.runner import run
 
-    row = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
-    return json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": [1, 30],
-                    "datatype": "FP32",
-                    "data": row.ravel().tolist(),
-                }
-            ]
-        }
-    )
+    step = Step("closed", concurrency=clients, duration_s=duration_s, warmup_s=1.0)
+    s = run(target, payloads, step).summary()
+    point = {
+        "clients": clients,
+        "rps": s["achieved_rps"],
+        "p50_ms": s["latency_ms"]["p50"],
+        "p99_ms": s["latency_ms"]["p99"],
+        "errors": sum(s["errors"].values()),
+    }
+    return point
 
 
-def _sweep(url: str, body: str, duration_s: int) -> list[dict[str, float]]:
-    from loadtests import wrk
-
-    wrk.run(url, body, 8, 2)  # warm-up, discarded
-    points = []
-    for connections in CONNECTIONS:
-        point = wrk.run(url, body, connections, duration_s)
-        _show("plain", point.as_dict())
-        points.append(point.as_dict())
-    return points
-
-
-def _show(name: str, p: dict[str, float]) -> None:
+def _show(name: str, p: dict[str, Any]) -> None:
     print(
-        f"  {name:<10} {p['connections']:>3.0f} conns: {p['rps']:8.0f} req/s  "
-        f"p50 {p['p50_ms']:6.2f} ms  p99 {p['p99_ms']:6.2f} ms  errors {p['errors']:.0f}",
+        f"  {name:<14} {p['clients']:>3} clients: {p['rps']:8.0f} req/s  "
+        f"p50 {p['p50_ms']:7.2f} ms  p99 {p['p99_ms']:7.2f} ms  errors {p['errors']}",
         flush=True,
     )
 
 
+def _targets(base: str, grpc: str) -> dict[str, tuple[Any, Any]]:
+    """Each scenario's target and payloads (drawn from the version's reference statistics)."""
+    from loadtests.clients import Target
+    from loadtests.runner import load_payloads
+
+    out = {}
+    for name, (prefix, model, protocol, rows, _) in SCENARIOS.items():
+        # the baseline app speaks only infer: its payloads come from the gateway's manifest
+        source = Target(base, "bc_colocated" if prefix else model)
+        payloads = load_payloads(source, rows=rows)
+        target = Target(base + prefix, model, None, protocol, grpc, grpc_application="modelgate")
+        out[name] = (target, payloads)
+    return out
+
+
 def _interleaved(
-    urls: dict[str, str], body: str, duration_s: int, rounds: int
-) -> dict[str, list[dict[str, float]]]:
+    targets: dict[str, tuple[Any, Any]], duration_s: float, rounds: int
+) -> dict[str, list[dict[str, Any]]]:
     """Scenarios alternate at each point, `rounds` times; each point keeps its median round.
 
     Alternating spreads the machine's drift over all scenarios alike, so ratios hold up better
     than with one scenario's whole sweep after another's.
     """
-    from loadtests import wrk
-
-    for url in urls.values():
-        wrk.run(url, body, 8, 2)  # warm-up, discarded
-    samples: dict[str, dict[int, list[dict[str, float]]]] = {n: {} for n in urls}
-    for connections in CONNECTIONS:
+    for target, payloads in targets.values():
+        _point(target, payloads, 8, 1.0)  # warm-up, discarded
+    samples: dict[str, dict[int, list[dict[str, Any]]]] = {n: {} for n in targets}
+    for clients in CLIENTS:
         for _ in range(rounds):
-            for name, url in urls.items():
-                point = wrk.run(url, body, connections, duration_s).as_dict()
+            for name, (target, payloads) in targets.items():
+                point = _point(target, payloads, clients, duration_s)
                 _show(name, point)
-                samples[name].setdefault(connections, []).append(point)
-    return {name: [_median(samples[name][c]) for c in CONNECTIONS] for name in urls}
+                samples[name].setdefault(clients, []).append(point)
+    return {name: [_median(samples[name][c]) for c in CLIENTS] for name in targets}
 
 
-def _median(points: list[dict[str, float]]) -> dict[str, float]:
+def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(points, key=lambda p: p["rps"])[len(points) // 2]
 
 
@@ -117,36 +132,32 @@ def _prepare() -> str:
     return str(convert_uri(registry, MODEL_URI).path.resolve())
 
 
-def run_high_throughput(duration_s: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+def run_high_throughput(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
     from serve import launcher
 
     artifact = _prepare()
     config = launcher.load_config(BENCH_CONFIG)
-    port = config["http_options"]["port"]
-    base = f"http://127.0.0.1:{port}"
-    body = _body()
+    base = f"http://127.0.0.1:{config['http_options']['port']}"
+    grpc = f"127.0.0.1:{config['grpc_options']['port']}"
     launcher.preflight(config)
     # One deploy with every app side by side: replacing an app mid-run would leave its ingress
-    # replicas draining (30 s by default) while the next scenario is measured.
+    # replicas draining while the next scenario is measured.
     config["applications"].append(
         _app("baseline", "loadtests.baseline:baseline_app", artifact, "/baseline")
     )
     launcher.start_ray()
     try:
         launcher.deploy(config)
-        urls = {
-            "baseline": f"{base}/baseline/v2/models/bc/infer",
-            "dedicated": f"{base}/v2/models/bc_dedicated/infer",
-            "colocated": f"{base}/v2/models/bc_colocated/infer",
-            "shadowed": f"{base}/v2/models/bc_shadowed/infer",
-        }
-        return _interleaved(urls, body, duration_s, rounds)
+        return _interleaved(_targets(base, grpc), duration_s, rounds)
     finally:
         launcher.stop_ray()
 
 
-def run_plain(duration_s: int) -> list[dict[str, float]]:
+def run_plain(duration_s: float) -> list[dict[str, Any]]:
     """Ray Serve defaults: must run in a process whose environment lacks the HT switches."""
+    from converters.manifest import read_manifest
+    from loadtests.clients import Target
+    from loadtests.payload import from_manifest
     from serve import launcher
 
     artifact = _prepare()
@@ -161,13 +172,20 @@ def run_plain(duration_s: int) -> list[dict[str, float]]:
                 "applications": [_app("plain", "loadtests.baseline:plain_app", artifact, "/")],
             }
         )
-        port = config["http_options"]["port"]
-        return _sweep(f"http://127.0.0.1:{port}/v2/models/bc/infer", _body(), duration_s)
+        base = f"http://127.0.0.1:{config['http_options']['port']}"
+        payloads = from_manifest(read_manifest(Path(artifact)), "bc", None, 1)
+        target = Target(base, "bc")
+        _point(target, payloads, 8, 1.0)  # warm-up, discarded
+        points = []
+        for clients in CLIENTS:
+            points.append(_point(target, payloads, clients, duration_s))
+            _show("plain", points[-1])
+        return points
     finally:
         launcher.stop_ray()
 
 
-def _plain_subprocess(duration_s: int) -> list[dict[str, float]]:
+def _plain_subprocess(duration_s: float) -> list[dict[str, Any]]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -200,72 +218,115 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   connection that call is the whole gap (~1.4 ms over the baseline; DESIGN.md measured 2.3–2.8 ms
   p50 for the same hop). Under load the router coalesces queued requests into one call per
   version (at most `max_in_flight` at once), which is what lifts it from the plain design's
-  0.01× to the figure above. py-spy of the router under load: Ray's replica machinery
+  0.00–0.04× to the figure above. py-spy of the router under load: Ray's replica machinery
   (uvicorn, direct-ingress ASGI, request metrics, access logging) dominates; modelgate's code is
   under a tenth of the samples. `max_in_flight: 1` measured ~20% more req/s at 32 connections
   than 2, but keeps only one model replica busy per router; the default stays 2.
 - **shadowed** copies every request to a second version. Copies queue and one worker per shadow
   runs all queued copies as one batch, then compares each with its primary's answer; the caller
   only draws a sample and appends. An earlier design with one task per copy cost ~20% req/s.
-- Run-to-run spread on this 2-core machine is large (colocated has measured 0.83×–1.07× of the
-  baseline at 32 connections across runs); compare ratios within one run.
+- The load generator is Python (aiohttp / grpc.aio) on the same two cores: at 32+ clients it
+  takes CPU the gateway would use, which compresses every figure above 8 clients. wrk (C) on
+  the same scenarios measured colocated at 0.83×–1.07× and dedicated at 0.62×–0.72× of the
+  baseline at 32 connections (previous RESULTS.md); compare ratios within one run and one tool.
+- **unbatched** (max_batch_rows 1) vs **colocated**: coalescing buys little at one row per
+  request in the router's own process (the run is ~10 µs either way); it is the dedicated
+  placement, where one Ray call carries a whole batch, that batching exists for.
+- **binary** costs the same as JSON for 30 floats. **gRPC** comes out slower (0.6–0.8×); not
+  profiled yet: the Python grpc.aio client shares the two cores, so part of it may be the
+  client's cost rather than the gateway's.
+- **100 rows**: colocated serves 2.3× the baseline's rows per second because the baseline
+  parses and builds JSON with the standard library, and modelgate with orjson and numpy.
 - **plain** (Ray Serve defaults, one handle call per request, `max_ongoing_requests` 5) collapses
   under concurrency and times out requests, as DESIGN.md warns."""
 
 
-def write_results(results: dict[str, list[dict[str, float]]], duration_s: int, rounds: int) -> str:
-    base = {p["connections"]: p for p in results["baseline"]}
+def write_results(
+    results: dict[str, list[dict[str, Any]]], duration_s: float, rounds: int, ceiling: float
+) -> str:
+    by = {name: {p["clients"]: p for p in points} for name, points in results.items()}
     lines = [
         "# Benchmark results",
         "",
-        f"Generated by `make bench` on {dt.date.today().isoformat()}, {os.cpu_count()} cores; "
-        f"wrk -t1, {duration_s} s per point; baseline, dedicated and colocated alternate at each "
-        f"point for {rounds} rounds and the median round is shown (plain runs after, in its own "
-        "Ray instance, one round). One breast_cancer row (30 floats, GradientBoosting ONNX) per "
-        "request, JSON over HTTP. Ratios are to the baseline measured in the same run; absolute "
-        "figures drift on this shared 2-core machine (±30%), ratios less so.",
+        f"Generated by `make bench` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+        f"with modelgate's load-test harness (closed loop, one generator process sharing the "
+        f"cores with the gateway: it drives about {ceiling:.0f} req/s against a trivial server "
+        f"here, `modelgate loadtest --selftest`), {duration_s:g} s per point after 1 s of "
+        f"warm-up; the scenarios alternate at each point for {rounds} rounds and the median "
+        "round is shown (plain runs after, in its own Ray instance, one round). breast_cancer "
+        "v1 (GradientBoosting ONNX, 30 floats a row), rows drawn from its reference statistics, "
+        "JSON over HTTP unless the scenario says otherwise. Each ratio compares with the "
+        "scenario named in its column, measured in the same run; absolute figures drift on this "
+        "shared machine (±30%), ratios less so.",
         "",
-        "| scenario | conns | req/s | p50 ms | p99 ms | errors | req/s vs baseline | "
-        "p50 vs baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | clients | req/s | p50 ms | p99 ms | errors | compared with | req/s ratio "
+        "| p50 ratio |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, points in results.items():
+        reference = SCENARIOS.get(name, ("", "", "", 1, "baseline"))[4]
         for p in points:
-            b = base[p["connections"]]
+            ref = by[reference][p["clients"]]
             lines.append(
-                f"| {name} | {p['connections']:.0f} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
-                f"{p['p99_ms']:.2f} | {p['errors']:.0f} | {p['rps'] / b['rps']:.2f}× | "
-                f"{p['p50_ms'] / b['p50_ms']:.2f}× |"
+                f"| {name} | {p['clients']} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
+                f"{p['p99_ms']:.2f} | {p['errors']} | {reference} | "
+                f"{_ratio(p['rps'], ref['rps'])} | {_ratio(p['p50_ms'], ref['p50_ms'])} |"
             )
-    lines += ["", "## Summary", ""]
-    for name in results:
-        if name == "baseline":
-            continue
-        at32 = next(p for p in results[name] if p["connections"] == 32)
-        at1 = next(p for p in results[name] if p["connections"] == 1)
-        lines.append(
-            f"- {name}: {at32['rps'] / base[32]['rps']:.2f}× baseline req/s at 32 "
-            f"connections; p50 at 1 connection {at1['p50_ms'] / base[1]['p50_ms']:.2f}× "
-            "baseline"
-        )
-    if "shadowed" in results:
-        plain = {p["connections"]: p for p in results["colocated"]}
-        shadowed = {p["connections"]: p for p in results["shadowed"]}
-        lines.append(
-            f"- shadow cost (colocated v1, every request shadowed to v2): "
-            f"{shadowed[32]['rps'] / plain[32]['rps']:.2f}× the unshadowed req/s at 32 "
-            f"connections; p50 at 1 connection {shadowed[1]['p50_ms'] - plain[1]['p50_ms']:+.2f} ms"
-        )
-    lines += ["", NOTES]
+    lines += ["", "## Summary", "", *summary(by), "", NOTES]
     text = "\n".join(lines) + "\n"
     RESULTS.write_text(text)
     return text
 
 
+def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    def rps(name: str, clients: int) -> float:
+        return float(by[name][clients]["rps"])
+
+    def p50(name: str, clients: int) -> float:
+        return float(by[name][clients]["p50_ms"])
+
+    lines = []
+    for name in ("dedicated", "colocated", "plain"):
+        if name in by:
+            lines.append(
+                f"- {name}: {_ratio(rps(name, 32), rps('baseline', 32))} baseline req/s at 32 "
+                f"clients; p50 at 1 client {_ratio(p50(name, 1), p50('baseline', 1))} baseline"
+            )
+
+    def vs(name: str, reference: str, clients: int = 32) -> str:
+        return _ratio(rps(name, clients), rps(reference, clients))
+
+    lines += [
+        f"- shadow on/off (colocated, every request shadowed): {vs('shadowed', 'colocated')} "
+        f"req/s at 32 clients; p50 at 1 client {p50('shadowed', 1) - p50('colocated', 1):+.2f} ms",
+        f"- batching off/on (colocated): {vs('unbatched', 'colocated', 64)} req/s at 64 "
+        f"clients, {vs('unbatched', 'colocated')} at 32",
+        f"- protocols at 32 clients, vs JSON: binary {vs('binary', 'colocated')}, gRPC "
+        f"{vs('grpc', 'colocated')} req/s; p50 at 1 client: JSON {p50('colocated', 1):.2f} ms, "
+        f"binary {p50('binary', 1):.2f} ms, gRPC {p50('grpc', 1):.2f} ms",
+        f"- 100 rows per request at 32 clients: colocated {rps('colocated-100', 32) * 100:.0f} "
+        f"rows/s ({vs('colocated-100', 'baseline-100')} baseline-100), dedicated "
+        f"{vs('dedicated-100', 'baseline-100')} baseline-100; one row per request: colocated "
+        f"{rps('colocated', 32):.0f} rows/s",
+    ]
+    return lines
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}×" if reference else "–"
+
+
+def _ceiling() -> float:
+    from loadtests.cli import SELFTEST_FILE, selftest
+
+    selftest(3.0)
+    return float(json.loads(SELFTEST_FILE.read_text())["one_process_rps"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench")
-    parser.add_argument("--duration", type=int, default=5, help="seconds per point")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per point")
     parser.add_argument("--plain-only", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain_only:
@@ -275,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
 
     set_high_throughput_env()
     started = time.monotonic()
+    ceiling = _ceiling()
     results = run_high_throughput(args.duration, args.rounds)
     print("plain Ray Serve (defaults, router → model handle call per request)", flush=True)
     results["plain"] = _plain_subprocess(args.duration)
-    print(write_results(results, args.duration, args.rounds))
+    print(write_results(results, args.duration, args.rounds, ceiling))
     print(f"bench took {time.monotonic() - started:.0f} s; wrote {RESULTS}")
     return 0
 

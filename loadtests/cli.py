@@ -22,6 +22,9 @@ GENERATOR_SHARE = 0.7
 def add_target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's HTTP URL")
     parser.add_argument("--grpc", default="127.0.0.1:9000", help="the gateway's gRPC address")
+    parser.add_argument(
+        "--grpc-application", help="Ray Serve application name (needed when several are deployed)"
+    )
     parser.add_argument("--model", help="model name")
     parser.add_argument("--version", default=None, help="version or alias (default route)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="http", help="http: JSON")
@@ -100,7 +103,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace) -> Target:
-    return Target(args.url, args.model, args.version, args.protocol, args.grpc)
+    return Target(
+        args.url, args.model, args.version, args.protocol, args.grpc, args.grpc_application
+    )
 
 
 def _run(

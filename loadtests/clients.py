@@ -23,6 +23,7 @@ class Target:
     version: str | None = None
     protocol: str = "http"
     grpc: str = "127.0.0.1:9000"
+    grpc_application: str | None = None  # Ray Serve's `application` metadata, if several apps
 
 
 class Sender(Protocol):
@@ -71,10 +72,12 @@ class GrpcSender:
         self.channel = grpc.aio.insecure_channel(target.grpc)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.timeout_s = timeout_s
+        app = target.grpc_application
+        self.metadata = (("application", app),) if app else None
 
     async def __call__(self, payload: Payload) -> str:
         try:
-            await self.stub.ModelInfer(payload.grpc, timeout=self.timeout_s)
+            await self.stub.ModelInfer(payload.grpc, timeout=self.timeout_s, metadata=self.metadata)
             return "ok"
         except self.grpc.aio.AioRpcError as exc:
             if exc.code() == self.grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -4,10 +4,10 @@ Open loop measures each request from its *intended* send time (constant or Poiss
 from the step's start), so a server that stalls cannot hide the queue it causes (no coordinated
 omission): a send that leaves more than `late_ms` after its intended time, because the
 generator was busy or every connection was taken, is counted as late, and its latency still
-runs from the intended time. Latencies go to an HDR histogram (microseconds, 3 significant
-digits). Only requests intended (open) or sent (closed) after the warm-up and before the end of
-the step are measured. Every step is bounded by its duration, its request budget and the
-per-request timeout, and stops by itself.
+runs from the intended time. Latencies of successful answers go to an HDR histogram
+(microseconds, 3 significant digits); errors are counted by kind. Only requests intended (open)
+or sent (closed) after the warm-up and before the end of the step are measured. Every step is
+bounded by its duration, its request budget and the per-request timeout, and stops by itself.
 """
 
 from __future__ import annotations
@@ -168,9 +168,10 @@ class _Run:
         now = self.loop.time()
         if outcome == "ok" and self.measuring(now):
             self.result.completed_ok += 1
-        elapsed_us = int((now - since) * 1e6)
-        self.result.histogram.record_value(min(max(elapsed_us, 1), MAX_LATENCY_US))
         self.result.outcomes[outcome] += 1
+        if outcome == "ok":  # errors are counted by kind, not mixed into the latencies
+            elapsed_us = int((now - since) * 1e6)
+            self.result.histogram.record_value(min(max(elapsed_us, 1), MAX_LATENCY_US))
 
 
 async def run_step(
