@@ -444,7 +444,11 @@ def _verdict(doc: dict[str, Any], needed: int | None, headroom: float, p99_ms: f
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def loadtest_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__)
     add_loadtest_args(parser)
-    return cmd_loadtest(parser.parse_args(argv))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cmd_loadtest(loadtest_parser().parse_args(argv))

@@ -1,9 +1,8 @@
 """Request payloads for a load test: from the version's manifest, or from a JSONL file.
 
-From a manifest, each numeric feature is drawn from its reference distribution (the inverse of
-the piecewise-linear CDF through min, the deciles and max), so the load looks like real inputs;
-BYTES inputs get empty strings. A JSONL file holds one Open Inference Protocol request per line
-(`{"inputs": [...]}`, JSON `data`), sent as is.
+From a manifest, each numeric feature is drawn from its reference distribution
+(serve.samples.reference_rows), so the load looks like real inputs. A JSONL file holds one
+Open Inference Protocol request per line (`{"inputs": [...]}`, JSON `data`), sent as is.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 
 from converters.manifest import Manifest, TensorStats
 from converters.signature import TensorSpec
-from serve.samples import binary_request, grpc_request, json_request
+from serve.samples import binary_request, grpc_request, json_request, reference_rows
 
 POOL = 64  # distinct payloads cycled through
 
@@ -50,10 +49,7 @@ def from_signature(
 ) -> list[Payload]:
     """Reference-distributed values where `stats` has them, N(0, 1) elsewhere."""
     rng = np.random.default_rng(seed)
-    return [
-        _encode(model, version, {s.name: _tensor(s, stats, rows, rng) for s in inputs})
-        for _ in range(POOL)
-    ]
+    return [_encode(model, version, reference_rows(inputs, stats, rows, rng)) for _ in range(POOL)]
 
 
 def from_jsonl(path: Path, model: str, version: str | None) -> list[Payload]:
@@ -76,23 +72,6 @@ def from_jsonl(path: Path, model: str, version: str | None) -> list[Payload]:
 def _encode(model: str, version: str | None, rows: dict[str, np.ndarray]) -> Payload:
     body, headers = binary_request(rows)
     return Payload(json_request(rows), body, headers, grpc_request(model, rows, version))
-
-
-def _tensor(
-    spec: TensorSpec, reference: dict[str, TensorStats], rows: int, rng: np.random.Generator
-) -> np.ndarray:
-    shape = [rows if d == -1 else d for d in spec.shape]
-    if spec.datatype == "BYTES":
-        return np.full(shape, b"", dtype=object)
-    stats = reference.get(spec.name)
-    if stats is None or len(shape) != 2 or shape[1] != len(stats.features):
-        return rng.standard_normal(shape).astype(spec.numpy_dtype)
-    columns = []
-    for feature in stats.features:
-        knots = [feature.min, *feature.quantiles, feature.max]
-        levels = np.linspace(0, 1, len(knots))
-        columns.append(np.interp(rng.random(rows), levels, knots))
-    return np.stack(columns, axis=1).astype(spec.numpy_dtype)
 
 
 def describe(payloads: list[Payload]) -> dict[str, Any]:

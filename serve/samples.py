@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from converters.manifest import Manifest
+from converters.manifest import Manifest, TensorStats
+from converters.signature import TensorSpec
 from serve.resolve import Resolved
 from serve.runtime import typical_row
 
@@ -118,6 +119,34 @@ def example_rows(manifest: Manifest, rows: int = 1) -> dict[str, np.ndarray]:
     return {n: np.repeat(a, rows, axis=0) for n, a in one.items()}
 
 
+def reference_rows(
+    inputs: list[TensorSpec],
+    reference: dict[str, TensorStats],
+    rows: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Rows that look like the training inputs: each numeric feature drawn from its reference
+    distribution (the inverse of the piecewise-linear CDF through min, deciles and max);
+    N(0, 1) without statistics; empty strings for BYTES."""
+    return {spec.name: _reference_tensor(spec, reference, rows, rng) for spec in inputs}
+
+
+def _reference_tensor(
+    spec: TensorSpec, reference: dict[str, TensorStats], rows: int, rng: np.random.Generator
+) -> np.ndarray:
+    shape = [rows if d == -1 else d for d in spec.shape]
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    stats = reference.get(spec.name)
+    if stats is None or len(shape) != 2 or shape[1] != len(stats.features):
+        return rng.standard_normal(shape).astype(spec.numpy_dtype)
+    columns = []
+    for feature in stats.features:
+        knots = [feature.min, *feature.quantiles, feature.max]
+        columns.append(np.interp(rng.random(rows), np.linspace(0, 1, len(knots)), knots))
+    return np.stack(columns, axis=1).astype(spec.numpy_dtype)
+
+
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
@@ -150,7 +179,8 @@ def print_samples(resolved: list[Resolved], base: str, grpc_target: str) -> None
         if model.name in seen:
             continue
         seen.add(model.name)
-        rows = example_rows(read_manifest(Path(artifact)))
+        manifest = read_manifest(Path(artifact))
+        rows = example_rows(manifest)
         status, headers, doc = http_json(base, model.name, rows)
         answered = headers.get("x-model-version", headers.get("X-Model-Version"))
         print(
@@ -169,7 +199,11 @@ def print_samples(resolved: list[Resolved], base: str, grpc_target: str) -> None
             + ", ".join(f"{k}={v.reshape(-1)[:3].tolist()}" for k, v in outputs.items())
         )
         if model.name == "breast_cancer":
-            print_routing_demo(base, model.name, rows)
+            inputs, stats = manifest.signature.inputs, manifest.reference_stats
+            rng = np.random.default_rng(0)
+            print_routing_demo(
+                base, model.name, [reference_rows(inputs, stats, 1, rng) for _ in range(200)]
+            )
     first = next(iter(seen))
     print(
         f"\ntry it:\n  curl -s {base}/v2/models/{first}\n"
@@ -184,18 +218,19 @@ def _summary(doc: dict) -> str:  # type: ignore[type-arg]
     return ", ".join(f"{o['name']}={o['data'][:3]}" for o in doc["outputs"])
 
 
-def print_routing_demo(base: str, model: str, rows: dict[str, np.ndarray]) -> None:
-    """The canary split, a sticky key and the shadow's comparison, as a client sees them."""
+def print_routing_demo(base: str, model: str, rows: list[dict[str, np.ndarray]]) -> None:
+    """The canary split, a sticky key and the shadow's comparison, as a client sees them;
+    `rows`: one input per request, drawn like the training data (so drift scores stay low)."""
     from collections import Counter
 
-    seen = Counter(http_json(base, model, rows)[1].get("x-model-version", "?") for _ in range(200))
+    seen = Counter(http_json(base, model, r)[1].get("x-model-version", "?") for r in rows)
     split = ", ".join(f"v{v}: {n}" for v, n in sorted(seen.items()))
-    print(f"  canary split over 200 requests without a version: {split}")
+    print(f"  canary split over {len(rows)} requests without a version: {split}")
     sticky = {
-        http_json(base, model, rows, headers={"x-routing-key": "user-42"})[1].get(
+        http_json(base, model, r, headers={"x-routing-key": "user-42"})[1].get(
             "x-model-version", "?"
         )
-        for _ in range(5)
+        for r in rows[:5]
     }
     print(f"  x-routing-key: user-42, five times -> version(s) {sorted(sticky)}")
     compared = _scrape(base, "modelgate_shadow_requests_total", model, outcome="compared")

@@ -39,3 +39,12 @@ def test_a_planned_config_validates_against_the_gateway_schema(gateway: Gateway)
             assert args.router.num_replicas == 2
     with pytest.raises(ValueError, match="no version 9"):
         patch_config(gateway.config, resolved, "breast_cancer", "9", 2)
+
+
+def test_generators_can_run_as_ray_tasks(gateway: Gateway) -> None:
+    target = Target(gateway.base, "breast_cancer", "1")
+    step = Step("open", concurrency=64, rate=100, arrival="constant", duration_s=2, warmup_s=0.5)
+    result = run(target, load_payloads(target), step, processes=2, ray_address="auto")
+    assert result.errors == {}
+    assert result.measured == pytest.approx(200, rel=0.02)  # both shares, added
+    assert result.sent >= 250  # warm-up included

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.cli import cmd_plan, parse_duration_ms, plan_parser
+from loadtests.cli import cmd_loadtest, cmd_plan, loadtest_parser, parse_duration_ms, plan_parser
 from loadtests.clients import Target
 from loadtests.engine import Step
 from loadtests.plan import Scaling, Slo, search_max_rate
@@ -104,3 +104,33 @@ def test_plan_without_a_config_writes_reports_plots_and_a_patch(tmp_path: Path) 
     for name in ("plan.md", "latency_vs_throughput.png", "throughput_vs_concurrency.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "num_replicas" in (tmp_path / "config.yaml").read_text()
+
+
+def test_loadtest_command_sends_jsonl_requests_and_writes_reports(tmp_path: Path) -> None:
+    requests = tmp_path / "requests.jsonl"
+    row = {"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [0.5] * 8}
+    requests.write_text("\n".join(json.dumps({"inputs": [row]}) for _ in range(3)) + "\n")
+    out = tmp_path / "report"
+    with local_server() as url:
+        args = loadtest_parser().parse_args(
+            [
+                "--url", url, "--model", "m", "--jsonl", str(requests), "--mode", "open",
+                "--rate", "50,100", "--duration", "1.5", "--warmup", "0.3", "--processes", "1",
+                "--out", str(out),
+            ]
+        )  # fmt: skip
+        assert cmd_loadtest(args) == 0
+    doc = json.loads((out / "loadtest.json").read_text())
+    assert doc["schema"] == "modelgate.loadtest/v1"
+    assert doc["payload"]["inputs"] == [{"name": "input", "shape": [2, 4], "datatype": "FP32"}]
+    assert [round(s["step"]["rate"]) for s in doc["steps"]] == [50, 100]
+    assert all(s["errors"] == {} and s["measured"] > 0 for s in doc["steps"])
+    assert (out / "latency_vs_throughput.png").stat().st_size > 0
+
+
+def test_a_jsonl_line_that_is_not_a_request_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    row = {"name": "input", "shape": [1, 1], "datatype": "FP32", "data": [0.5]}
+    bad.write_text(json.dumps({"inputs": [row]}) + '\n{"oops": 1}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not an inference request"):
+        load_payloads(Target("http://127.0.0.1:1", "m"), jsonl=bad)
