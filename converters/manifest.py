@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from converters.signature import Signature
 
+EXAMPLE_ROWS = 256
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
-FORMAT_VERSION = 2  # 2: FeatureStats.bin_edges / bin_fractions
+FORMAT_VERSION = 3  # 2: FeatureStats.bin_edges / bin_fractions; 3: examples
 
 
 class ParityReport(BaseModel):
@@ -86,6 +88,11 @@ class Manifest(BaseModel):
     parity: ParityReport | None = Field(default=None, description="None for ONNX passed through.")
     reference_stats: dict[str, TensorStats] = Field(
         default_factory=dict, description="Per numeric input tensor: per-feature statistics."
+    )
+    examples: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Up to EXAMPLE_ROWS of the sample rows, per input tensor (row i of every "
+        "tensor is one input): realistic joint inputs for load tests and demos.",
     )
     created_at: str
 

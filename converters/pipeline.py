@@ -27,7 +27,7 @@ from converters.artifacts import (
 from converters.errors import ConversionError
 from converters.inputs import PreparedInputs, generated_sample, prepare
 from converters.loaders import load_model
-from converters.manifest import FORMAT_VERSION, Manifest, ParityReport
+from converters.manifest import EXAMPLE_ROWS, FORMAT_VERSION, Manifest, ParityReport
 from converters.opsets import BOOST_OPSET, SKLEARN_OPSET
 from converters.parity import Tolerance, check_parity
 from converters.registry import FetchedModel, ModelRef, Registry
@@ -204,8 +204,16 @@ def _manifest(
         converter={"name": converter, **_library_versions()},
         parity=parity,
         reference_stats=reference_stats(inputs.feeds),
+        examples={name: _plain(feed[:EXAMPLE_ROWS]) for name, feed in inputs.feeds.items()},
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
+
+
+def _plain(values: np.ndarray) -> list[Any]:
+    """JSON-ready rows: numbers as they are, bytes as text."""
+    if values.dtype.kind in "OSU":
+        return [[v.decode() if isinstance(v, bytes) else str(v) for v in row] for row in values]
+    return values.tolist()  # type: ignore[no-any-return]
 
 
 def _library_versions() -> dict[str, str]:

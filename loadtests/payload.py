@@ -35,21 +35,32 @@ def from_manifest(
     manifest: Manifest, model: str, version: str | None, rows: int, seed: int = 0
 ) -> list[Payload]:
     return from_signature(
-        manifest.signature.inputs, manifest.reference_stats, model, version, rows, seed
+        manifest.signature.inputs,
+        model,
+        version,
+        rows,
+        seed,
+        manifest.reference_stats,
+        manifest.examples,
     )
 
 
 def from_signature(
     inputs: list[TensorSpec],
-    stats: dict[str, TensorStats],
     model: str,
     version: str | None,
     rows: int,
     seed: int = 0,
+    stats: dict[str, TensorStats] | None = None,
+    examples: dict[str, list[Any]] | None = None,
 ) -> list[Payload]:
-    """Reference-distributed values where `stats` has them, N(0, 1) elsewhere."""
+    """Without `stats` and `examples` (a server that publishes only the protocol's metadata):
+    N(0, 1) values."""
     rng = np.random.default_rng(seed)
-    return [_encode(model, version, reference_rows(inputs, stats, rows, rng)) for _ in range(POOL)]
+    return [
+        _encode(model, version, reference_rows(inputs, rows, rng, stats, examples))
+        for _ in range(POOL)
+    ]
 
 
 def from_jsonl(path: Path, model: str, version: str | None) -> list[Payload]:

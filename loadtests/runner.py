@@ -45,7 +45,7 @@ def load_payloads(
             raise
     metadata = get_json(f"{base}/v2/{suffix}")
     inputs = [TensorSpec.model_validate(t) for t in metadata["inputs"]]
-    return payloads_.from_signature(inputs, {}, target.model, target.version, rows, seed)
+    return payloads_.from_signature(inputs, target.model, target.version, rows, seed)
 
 
 def get_json(url: str) -> Any:

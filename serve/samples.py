@@ -121,14 +121,27 @@ def example_rows(manifest: Manifest, rows: int = 1) -> dict[str, np.ndarray]:
 
 def reference_rows(
     inputs: list[TensorSpec],
-    reference: dict[str, TensorStats],
     rows: int,
     rng: np.random.Generator,
+    stats: dict[str, TensorStats] | None = None,
+    examples: dict[str, list[Any]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Rows that look like the training inputs: each numeric feature drawn from its reference
-    distribution (the inverse of the piecewise-linear CDF through min, deciles and max);
-    N(0, 1) without statistics; empty strings for BYTES."""
-    return {spec.name: _reference_tensor(spec, reference, rows, rng) for spec in inputs}
+    """Rows that look like the training inputs (a manifest's `reference_stats` and `examples`):
+    drawn from the example rows (joint, so features keep their relations), else each numeric
+    feature from its reference distribution (the inverse of the piecewise-linear CDF through
+    min, deciles and max), N(0, 1) without statistics, empty strings for BYTES."""
+    if examples and all(examples.get(spec.name) for spec in inputs):
+        count = min(len(examples[spec.name]) for spec in inputs)
+        picks = rng.integers(0, count, rows)
+        return {spec.name: _examples(spec, examples[spec.name], picks) for spec in inputs}
+    return {spec.name: _reference_tensor(spec, stats or {}, rows, rng) for spec in inputs}
+
+
+def _examples(spec: TensorSpec, values: list[Any], picks: np.ndarray) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        table = np.array([[str(v).encode() for v in row] for row in values], dtype=object)
+        return table[picks]
+    return np.asarray(values, dtype=spec.numpy_dtype)[picks]
 
 
 def _reference_tensor(
@@ -199,11 +212,14 @@ def print_samples(resolved: list[Resolved], base: str, grpc_target: str) -> None
             + ", ".join(f"{k}={v.reshape(-1)[:3].tolist()}" for k, v in outputs.items())
         )
         if model.name == "breast_cancer":
-            inputs, stats = manifest.signature.inputs, manifest.reference_stats
             rng = np.random.default_rng(0)
-            print_routing_demo(
-                base, model.name, [reference_rows(inputs, stats, 1, rng) for _ in range(200)]
-            )
+            demo_rows = [
+                reference_rows(
+                    manifest.signature.inputs, 1, rng, manifest.reference_stats, manifest.examples
+                )
+                for _ in range(200)
+            ]
+            print_routing_demo(base, model.name, demo_rows)
     first = next(iter(seen))
     print(
         f"\ntry it:\n  curl -s {base}/v2/models/{first}\n"

@@ -15,6 +15,7 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from converters.demo import churn_frame
 from converters.pipeline import ConvertOptions, convert_uri
 from converters.registry import Registry
+from serve.samples import reference_rows
 
 
 def _classification() -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +145,12 @@ def test_mixed_type_column_transformer(folder_registry: Registry, tmp_path: Path
     }
     expected = model.predict(tail.astype({"age": np.float32, "monthly_spend": np.float32}))
     np.testing.assert_array_equal(_run(result, feeds)["label"], expected)
+    # example rows keep each row's columns together, strings included
+    assert len(m.examples["city"]) == 100
+    assert m.examples["city"][3] == [frame["city"].iloc[3]]
+    drawn = reference_rows(m.signature.inputs, 20, np.random.default_rng(0), None, m.examples)
+    assert drawn["city"].dtype == object and drawn["age"].shape == (20, 1)
+    np.testing.assert_array_equal(_run(result, drawn)["label"].shape, (20,))
 
 
 def test_manifest_records_provenance(folder_registry: Registry, tmp_path: Path) -> None:
@@ -164,3 +171,5 @@ def test_manifest_records_provenance(folder_registry: Registry, tmp_path: Path) 
     assert stats.features[0].mean == pytest.approx(first.mean(), rel=1e-5)
     assert stats.features[0].quantiles[4] == pytest.approx(np.quantile(first, 0.5), rel=1e-5)
     assert m.classes == [0, 1]
+    assert np.asarray(m.examples["input"]).shape == (100, x.shape[1])
+    assert m.examples["input"][7] == x[7].astype(np.float32).tolist()
