@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -290,8 +291,6 @@ def _search_per_replicas(
         for replicas in (int(n) for n in args.replicas.split(",")):
             print(f"deploying {args.model} v{version} on {replicas} replica(s)")
             launcher.deploy(patch_config(config, resolved, args.model, version, replicas))
-            import asyncio
-
             asyncio.run(wait_ready(target))
             searches[replicas] = search()
             print(

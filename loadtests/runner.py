@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,3 @@ def _on_ray(address: str, shares: list[tuple[Any, ...]]) -> list[dict]:  # type:
         ray.init(address=address)
     remote = ray.remote(num_cpus=0)(generate).options(scheduling_strategy="SPREAD")
     return list(ray.get([remote.remote(*share) for share in shares]))
-
-
-def describe_step(step: Step) -> dict[str, Any]:
-    return asdict(step)

@@ -96,7 +96,7 @@ class ModelVersion:
         return True
 
     def __del__(self) -> None:  # Ray Serve calls it when the replica stops
-        self.telemetry.close()
+        _close_telemetry(self)
 
 
 @serve.deployment
@@ -112,7 +112,7 @@ class Router:
         self.plane = DataPlane.build(targets, self.spec.registry_aliases, self.telemetry.metrics)
 
     def __del__(self) -> None:
-        self.telemetry.close()
+        _close_telemetry(self)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Routing from the deployment's user_config: applied in place, no restart.
@@ -179,6 +179,12 @@ class Router:
 # `@serve.deployment` turns each class into a Deployment; mypy sees only the class.
 RouterDeployment = cast(Deployment, Router)
 ModelVersionDeployment = cast(Deployment, ModelVersion)
+
+
+def _close_telemetry(replica: object) -> None:
+    telemetry = getattr(replica, "telemetry", None)  # absent if __init__ failed before it
+    if telemetry is not None:
+        telemetry.close()
 
 
 def _metadata(context: Any) -> dict[str, str]:
