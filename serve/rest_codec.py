@@ -144,9 +144,12 @@ def _from_json_data(
         out[:] = [v.encode() if isinstance(v, str) else _bytes_value(name, v) for v in flat]
         return out.reshape(shape)
     try:
-        array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise invalid(f"input '{name}': data is not all {datatype} values ({exc})") from None
+        with np.errstate(over="raise", invalid="raise"):  # 1e300 as FP32 is no silent inf
+            array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
+        raise invalid(
+            f"input '{name}': data is not all {datatype} values, or one is out of its range ({exc})"
+        ) from None
     if array.size != expected:
         raise invalid(f"input '{name}': shape {shape} needs {expected} values; got {array.size}")
     return array.reshape(shape)

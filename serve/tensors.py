@@ -28,7 +28,8 @@ def check_shape(name: str, shape: list[int], max_elements: int) -> int:
     if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
         raise invalid(f"input '{name}': shape {shape} must be a list of non-negative integers")
     count = element_count(shape)
-    if count > max_elements:
+    # a zero elsewhere would make the count small, but numpy still refuses absurd dimensions
+    if count > max_elements or any(d > max_elements for d in shape):
         raise invalid(
             f"input '{name}': shape {shape} has {count} elements; the limit is {max_elements}"
         )

@@ -1,0 +1,110 @@
+"""Hostile bodies: the decoders answer any input with a request or an InferenceError (a 4xx),
+never another exception (a 5xx) and never an allocation the limits did not allow."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serve import grpc_service
+from serve.errors import InferenceError
+from serve.protos import grpc_predict_v2_pb2 as pb
+from serve.rest_codec import Limits, decode_request
+
+LIMITS = Limits(max_elements=1 << 16)
+KEYS = [
+    "inputs", "name", "shape", "datatype", "data", "parameters", "outputs", "id",
+    "binary_data_size", "binary_data", "binary_data_output", "contents",
+]  # fmt: skip
+DATATYPES = ["FP32", "FP64", "INT64", "INT8", "UINT8", "BOOL", "BYTES", "FP16", "NOPE", ""]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(DATATYPES),
+)
+documents = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=4), children, max_size=6),
+    ),
+    max_leaves=40,
+)
+shapes = st.lists(st.integers(-3, 2**40), max_size=4)
+tensors = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["input", "x", ""]),
+        "shape": shapes,
+        "datatype": st.sampled_from(DATATYPES),
+        "data": st.one_of(documents, st.lists(scalars, max_size=12)),
+    },
+    optional={"parameters": st.dictionaries(st.sampled_from(KEYS), scalars, max_size=3)},
+)
+plausible = st.fixed_dictionaries(
+    {"inputs": st.lists(tensors, max_size=3)},
+    optional={"outputs": documents, "parameters": documents, "id": scalars},
+)
+
+
+def _decode(body: bytes, header: str | None = None) -> None:
+    try:
+        decode_request(body, header, "m", None, LIMITS)
+    except InferenceError as exc:
+        assert exc.http_status < 500, exc.message
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes(body: bytes) -> None:
+    _decode(body)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(documents, plausible))
+def test_arbitrary_json_documents(doc: Any) -> None:
+    _decode(json.dumps(doc).encode())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plausible, st.binary(max_size=64), st.one_of(st.integers(-5, 400).map(str), st.text(max_size=5))
+)
+def test_binary_framing(doc: Any, raw: bytes, header: str) -> None:
+    head = json.dumps(doc).encode()
+    _decode(head + raw, header)
+    _decode(head + raw, str(len(head)))
+
+
+def test_a_huge_shape_is_refused_before_any_allocation() -> None:
+    doc = {"inputs": [{"name": "x", "shape": [2**40, 2**40], "datatype": "FP32", "data": [1.0]}]}
+    try:
+        decode_request(json.dumps(doc).encode(), None, "m", None, LIMITS)
+    except InferenceError as exc:
+        assert exc.http_status in (400, 413)
+    else:
+        raise AssertionError("accepted a 2**80-element tensor")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["input", ""]), st.sampled_from(DATATYPES), shapes), max_size=3
+    ),
+    st.lists(st.binary(max_size=48), max_size=4),
+)
+def test_grpc_requests(inputs: list[tuple[str, str, list[int]]], raws: list[bytes]) -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    for name, datatype, shape in inputs:
+        request.inputs.add(name=name, datatype=datatype, shape=[max(s, 0) for s in shape])
+    request.raw_input_contents.extend(raws)
+    try:
+        grpc_service.decode_infer(request, LIMITS, {})
+    except InferenceError as exc:
+        assert exc.http_status < 500, exc.message
