@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from converters.manifest import read_manifest
 from serve import grpc_service, rest
+from serve.auth import Access, AuthConfig, Authenticator
 from serve.batching import MicroBatcher
 from serve.config import (
     Autoscaling,
@@ -76,6 +77,7 @@ class RouterSpec(BaseModel):
     registry_aliases: dict[str, dict[str, str]]
     limits: Limits
     telemetry: TelemetrySpec
+    auth: AuthConfig | None = None
 
 
 @serve.deployment
@@ -109,7 +111,10 @@ class Router:
         self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
         self.telemetry = self.spec.telemetry.start()
         targets = [_target(version, handles, self.telemetry) for version in self.spec.versions]
-        self.plane = DataPlane.build(targets, self.spec.registry_aliases, self.telemetry.metrics)
+        auth = Authenticator(self.spec.auth) if self.spec.auth is not None else None
+        self.plane = DataPlane.build(
+            targets, self.spec.registry_aliases, self.telemetry.metrics, auth
+        )
 
     def __del__(self) -> None:
         _close_telemetry(self)
@@ -140,6 +145,7 @@ class Router:
         self, request: pb.ModelReadyRequest, grpc_context: Any = None
     ) -> pb.ModelReadyResponse:
         try:
+            self._authorize(grpc_context, request.name)
             ready = await self.plane.model_ready(request.name, request.version or None)
         except InferenceError as exc:
             grpc_service.set_error(grpc_context, exc)
@@ -150,6 +156,7 @@ class Router:
         self, request: pb.ModelMetadataRequest, grpc_context: Any = None
     ) -> pb.ModelMetadataResponse:
         try:
+            self._authorize(grpc_context, request.name)
             meta = self.plane.model_metadata(request.name, request.version or None)
         except InferenceError as exc:
             grpc_service.set_error(grpc_context, exc)
@@ -160,6 +167,7 @@ class Router:
         self, request: pb.ModelInferRequest, grpc_context: Any = None
     ) -> pb.ModelInferResponse:
         try:
+            self._authorize(grpc_context, request.model_name)
             infer = grpc_service.decode_infer(request, self.codec_limits, _metadata(grpc_context))
             response = await self.plane.infer(infer)
         except InferenceError as exc:
@@ -174,6 +182,11 @@ class Router:
         if grpc_context is not None:
             grpc_context.set_trailing_metadata([(rest.VERSION_HEADER, response.version)])
         return grpc_service.encode_infer(response)
+
+    def _authorize(self, grpc_context: Any, model: str) -> None:
+        """API keys travel as gRPC metadata `authorization: Bearer <key>`."""
+        authorization = _metadata(grpc_context).get("authorization")
+        self.plane.authorize(Access.MODEL, authorization, model)
 
 
 # `@serve.deployment` turns each class into a Deployment; mypy sees only the class.
@@ -292,6 +305,7 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
         registry_aliases=registry_aliases(resolved),
         limits=args.limits,
         telemetry=TelemetrySpec(metrics=args.metrics, drift=args.drift),
+        auth=args.auth,
     )
     router = args.router
     options: dict[str, Any] = {

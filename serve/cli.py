@@ -179,6 +179,20 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return cmd_serve(args)
 
 
+def cmd_api_key(args: argparse.Namespace) -> int:
+    """A new API key, and the config entry that admits it (only its digest is stored)."""
+    from serve.auth import new_key
+
+    token, hashed = new_key()
+    models = ", ".join(args.model) if args.model else '"*"'
+    print(f"key (give it to the client, it is not stored anywhere): {token}")
+    print("config entry (args.auth.keys):")
+    print(f"  - name: {args.name}\n    sha256: {hashed}\n    models: [{models}]")
+    if args.admin:
+        print("    admin: true")
+    return 0
+
+
 def cmd_routes(args: argparse.Namespace) -> int:
     """Routing as the running gateway sees it: versions, aliases, weights, shadow, readiness."""
     import json
@@ -257,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loadtest_cli.add_plan_args(plan)
     plan.set_defaults(func=loadtest_cli.cmd_plan)
+
+    key = sub.add_parser("api-key", help="make an API key and its config entry")
+    key.add_argument("--name", default="client", help="who will hold it")
+    key.add_argument("--model", action="append", help="a model it may use (repeatable; all)")
+    key.add_argument("--admin", action="store_true", help="management endpoints too")
+    key.set_defaults(func=cmd_api_key)
 
     routes = sub.add_parser("routes", help="show routing as the running gateway sees it")
     routes.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's HTTP URL")

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve.auth import AuthConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -163,6 +165,9 @@ class GatewayConfig(_Strict):
     limits: Limits = Field(default_factory=Limits)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    auth: AuthConfig | None = Field(
+        None, description="API keys (serve/auth.py); null: every endpoint is open."
+    )
 
     @model_validator(mode="after")
     def _unique_models(self) -> GatewayConfig:

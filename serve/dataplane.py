@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from converters.manifest import Manifest
+from serve.auth import Access, Authenticator
 from serve.batching import MicroBatcher
 from serve.errors import ErrorCode, InferenceError, invalid, not_found
 from serve.metrics import GatewayMetrics
@@ -59,10 +60,14 @@ class ModelEntry:
 
 class DataPlane:
     def __init__(
-        self, models: dict[str, ModelEntry], metrics: GatewayMetrics | None = None
+        self,
+        models: dict[str, ModelEntry],
+        metrics: GatewayMetrics | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.models = models
         self.metrics = metrics or GatewayMetrics()
+        self.auth = auth
         self.shadows: dict[str, ShadowRunner] = {}
         self._published_aliases: dict[str, dict[str, str]] = {}
         for name, entry in models.items():  # counters exist at 0 from the start (for rate())
@@ -77,6 +82,7 @@ class DataPlane:
         targets: list[VersionTarget],
         registry_aliases: dict[str, dict[str, str]],
         metrics: GatewayMetrics | None = None,
+        auth: Authenticator | None = None,
     ) -> DataPlane:
         """Group versions by model; every model starts on its default routing."""
         grouped: dict[str, dict[str, VersionTarget]] = {}
@@ -87,7 +93,7 @@ class DataPlane:
             aliases = registry_aliases.get(model, {})
             table = RouteTable(model, list(versions), ModelRouting(), aliases)
             entries[model] = ModelEntry(versions, aliases, table)
-        plane = cls(entries, metrics)
+        plane = cls(entries, metrics, auth)
         plane._publish_routing()
         return plane
 
@@ -129,6 +135,11 @@ class DataPlane:
     def routes(self) -> dict[str, Any]:
         models = {name: entry.table.describe() for name, entry in sorted(self.models.items())}
         return {"router": self.instance, "models": models}
+
+    def authorize(self, access: Access, authorization: str | None, model: str | None) -> None:
+        """Raises 401/403 unless the credentials allow `access` (always allowed without auth)."""
+        if self.auth is not None:
+            self.auth.check(access, authorization, model)
 
     # -- the request path --------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:

@@ -2,6 +2,8 @@
 
 InferenceError(code, message)
   code: INVALID_ARGUMENT   bad tensor name / datatype / shape / framing   → 400 / INVALID_ARGUMENT
+        UNAUTHENTICATED    no API key, or an unknown one                  → 401 / UNAUTHENTICATED
+        PERMISSION_DENIED  a key not allowed for this model or endpoint   → 403 / PERMISSION_DENIED
         NOT_FOUND          unknown model or version                       → 404 / NOT_FOUND
         METHOD_NOT_ALLOWED a known path with the wrong HTTP method        → 405 / UNIMPLEMENTED
         PAYLOAD_TOO_LARGE  body or tensor over a configured limit         → 413 / RESOURCE_EXHAUSTED
@@ -20,6 +22,8 @@ import grpc
 
 class ErrorCode(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -32,6 +36,8 @@ class ErrorCode(enum.Enum):
 #: code -> (HTTP status, gRPC status). Every code must be here (a test checks).
 STATUS: dict[ErrorCode, tuple[int, grpc.StatusCode]] = {
     ErrorCode.INVALID_ARGUMENT: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    ErrorCode.UNAUTHENTICATED: (401, grpc.StatusCode.UNAUTHENTICATED),
+    ErrorCode.PERMISSION_DENIED: (403, grpc.StatusCode.PERMISSION_DENIED),
     ErrorCode.NOT_FOUND: (404, grpc.StatusCode.NOT_FOUND),
     ErrorCode.METHOD_NOT_ALLOWED: (405, grpc.StatusCode.UNIMPLEMENTED),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),

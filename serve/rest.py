@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve import exporter, rest_codec
+from serve.auth import Access
 from serve.config import Limits
 from serve.dataplane import DataPlane
 from serve.errors import ErrorCode, InferenceError, invalid
@@ -104,26 +105,27 @@ async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: 
     return Response(content, headers=headers)
 
 
-ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
-    ("GET", re.compile(r"/v2/health/live"), _live),
-    ("GET", re.compile(r"/v2/health/ready"), _ready),
-    ("GET", re.compile(r"/v2/?"), _server_metadata),
-    ("GET", re.compile(r"/v2/models/stats"), _stats),
-    ("GET", re.compile(r"/modelgate/routes"), _routes),
-    ("GET", re.compile(r"/modelgate" + _MODEL[3:] + r"/manifest"), _manifest),
-    ("GET", re.compile(r"/metrics"), _metrics),
-    ("POST", re.compile(r"/v2/repository/index"), _index),
-    ("POST", re.compile(_MODEL + r"/infer"), _infer),
-    ("GET", re.compile(_MODEL + r"/ready"), _model_ready),
-    ("GET", re.compile(_MODEL + r"/stats"), _stats),
-    ("GET", re.compile(_MODEL + r"/?"), _model_metadata),
+ROUTES: list[tuple[str, re.Pattern[str], Handler, Access]] = [
+    ("GET", re.compile(r"/v2/health/live"), _live, Access.OPEN),
+    ("GET", re.compile(r"/v2/health/ready"), _ready, Access.OPEN),
+    ("GET", re.compile(r"/v2/?"), _server_metadata, Access.OPEN),
+    ("GET", re.compile(r"/v2/models/stats"), _stats, Access.ADMIN),
+    ("GET", re.compile(r"/modelgate/routes"), _routes, Access.ADMIN),
+    ("GET", re.compile(r"/modelgate" + _MODEL[3:] + r"/manifest"), _manifest, Access.ADMIN),
+    ("GET", re.compile(r"/metrics"), _metrics, Access.OPEN),
+    ("POST", re.compile(r"/v2/repository/index"), _index, Access.ADMIN),
+    ("POST", re.compile(_MODEL + r"/infer"), _infer, Access.MODEL),
+    ("GET", re.compile(_MODEL + r"/ready"), _model_ready, Access.MODEL),
+    ("GET", re.compile(_MODEL + r"/stats"), _stats, Access.ADMIN),
+    ("GET", re.compile(_MODEL + r"/?"), _model_metadata, Access.MODEL),
 ]
 
 
 async def handle(plane: DataPlane, request: Request, limits: Limits) -> Response:
     """Route one HTTP request; every error becomes `{"error": ...}` with its status."""
     try:
-        handler, params = _match(request.method, app_path(request.scope))
+        handler, params, access = _match(request.method, app_path(request.scope))
+        plane.authorize(access, request.headers.get("authorization"), params.get("model"))
         return await handler(plane, request, params, limits)
     except InferenceError as exc:
         return error_response(exc)
@@ -138,14 +140,15 @@ def app_path(scope: MutableMapping[str, Any]) -> str:
     return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
-def _match(method: str, path: str) -> tuple[Handler, dict[str, str]]:
+def _match(method: str, path: str) -> tuple[Handler, dict[str, str], Access]:
     allowed = []
-    for route_method, pattern, handler in ROUTES:
+    for route_method, pattern, handler, access in ROUTES:
         match = pattern.fullmatch(path)
         if match is None:
             continue
         if route_method == method:
-            return handler, {k: v for k, v in match.groupdict().items() if v is not None}
+            params = {k: v for k, v in match.groupdict().items() if v is not None}
+            return handler, params, access
         allowed.append(route_method)
     if allowed:
         raise InferenceError(
@@ -181,6 +184,8 @@ def error_response(exc: InferenceError) -> Response:
     headers: dict[str, Any] = {}
     if exc.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    if exc.code is ErrorCode.UNAUTHENTICATED:
+        headers["www-authenticate"] = "Bearer"
     return Response(
         json.dumps({"error": exc.message}),
         status_code=exc.http_status,
