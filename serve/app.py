@@ -280,7 +280,7 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
     """
     args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
     resolved = resolve_versions(args)
-    telemetry = TelemetrySpec(metrics=args.metrics, drift=args.drift).model_dump()
+    telemetry = TelemetrySpec(metrics=args.metrics, drift=args.drift)
     handles: dict[str, Any] = {}
     specs: list[VersionSpec] = []
     for model, version_config, artifact, version in resolved:
@@ -298,13 +298,13 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
         if spec.deployment is not None:
             handles[spec.deployment] = _model_deployment(
                 spec.deployment, version_config, args
-            ).bind(spec.model_dump(), telemetry)
+            ).bind(spec.model_dump(), telemetry.model_dump())
         specs.append(spec)
     router_spec = RouterSpec(
         versions=specs,
         registry_aliases=registry_aliases(resolved),
         limits=args.limits,
-        telemetry=TelemetrySpec(metrics=args.metrics, drift=args.drift),
+        telemetry=telemetry,
         auth=args.auth,
     )
     router = args.router

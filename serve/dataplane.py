@@ -173,14 +173,17 @@ class DataPlane:
         feeds, rows = validate(request, target.manifest.signature)
         shadow = self.shadows.get(request.model)
         timeout_s = deadline_s(request, target.timeout_s)
+        deadline = asyncio.timeout(timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):  # queued: dropped before compute
+            async with deadline:  # a request still queued is dropped before compute
                 if shadow is None:
                     outputs = await target.batcher.submit(feeds, rows)
                 else:
                     outputs = await self._with_shadow(shadow, request, target, feeds, rows)
         except TimeoutError:
             target.failures += 1
+            if not deadline.expired():  # not ours
+                raise
             raise InferenceError(
                 ErrorCode.DEADLINE_EXCEEDED,
                 f"model '{target.model}' version {target.version}: no answer within the "
