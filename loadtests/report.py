@@ -43,8 +43,8 @@ def _plain(value: Any) -> Any:
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per step."""
     lines = [
-        "| mode | clients | offered req/s | achieved req/s | p50 ms | p90 | p99 | p99.9 | max "
-        "| errors | late |",
+        "| mode | clients (closed) or in-flight cap (open) | offered req/s | achieved req/s "
+        "| p50 ms | p90 | p99 | p99.9 | max | errors | late |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
