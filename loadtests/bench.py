@@ -65,14 +65,13 @@ def _point(target: Any, payloads: Any, clients: int, duration_s: float) -> dict[
 
     step = Step("closed", concurrency=clients, duration_s=duration_s, warmup_s=1.0)
     s = run(target, payloads, step).summary()
-    point = {
+    return {
         "clients": clients,
         "rps": s["achieved_rps"],
         "p50_ms": s["latency_ms"]["p50"],
         "p99_ms": s["latency_ms"]["p99"],
         "errors": sum(s["errors"].values()),
     }
-    return point
 
 
 def _show(name: str, p: dict[str, Any]) -> None:

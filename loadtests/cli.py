@@ -223,6 +223,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     target = _target(args)
     payloads = load_payloads(target, args.rows, args.jsonl)
     version = _served_version(target)
+    deployed = _deployed_config(args)  # read and resolved once, before anything is measured
     out: Path = args.out or Path(f"plan-{args.model}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -244,47 +245,56 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
 
     searches: dict[int, Any] = {}
-    if args.config is None:
+    if deployed is None:
         print(f"searching the highest rate with p99 <= {slo.p99_ms:g} ms (replicas as deployed)")
         searches[0] = search()
     else:
-        searches = _search_per_replicas(args, target, version, search)
+        searches = _search_per_replicas(args, deployed, target, version, search)
     sweep = [report.step_row(_closed_step(target, payloads, n, args)) for n in (1, 4, 16, 64)]
     measured = {n: s.max_rate for n, s in searches.items() if n > 0}
     scaling = Scaling(measured or {1: searches[0].max_rate})
     best = max(s.max_rate for s in searches.values())
     target_rate = args.target_rate or best
     needed = scaling.replicas_for(target_rate, args.headroom)
+    replicas = needed if needed is not None else scaling.best
     doc = _plan_doc(args, target, version, slo, searches, scaling, target_rate, needed, sweep)
-    _write_plan(out, doc, searches, sweep, slo, args, version, needed)
+    _write_plan(out, doc, searches, sweep, slo, args, version, needed, replicas, deployed)
     return 0
+
+
+def _deployed_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any] | None:
+    """--config, and each application's versions resolved (launcher.preflight)."""
+    if args.config is None:
+        return None
+    from serve import launcher
+
+    config = launcher.load_config(args.config)
+    return config, launcher.preflight(config)
 
 
 def _served_version(target: Target) -> str:
     """The registry version the gateway serves for --version (an alias resolved)."""
-    import urllib.error
+    from loadtests.runner import fetch_manifest
 
-    from loadtests.runner import get_json
-
-    suffix = f"models/{target.model}" + (f"/versions/{target.version}" if target.version else "")
-    try:
-        return str(get_json(f"{target.url.rstrip('/')}/modelgate/{suffix}/manifest")["version"])
-    except urllib.error.HTTPError as exc:
-        if exc.code != 404:  # not a modelgate gateway: no manifest route
-            raise
+    manifest = fetch_manifest(target)
+    if manifest is None:  # not a modelgate gateway: no manifest route
         return target.version or "default"
+    return manifest.version
 
 
 def _search_per_replicas(
-    args: argparse.Namespace, target: Target, version: str, search: Any
+    args: argparse.Namespace,
+    deployed: tuple[dict[str, Any], Any],
+    target: Target,
+    version: str,
+    search: Any,
 ) -> dict[int, Any]:
     """Redeploy the config at each replica count, search, and put the original config back."""
     from loadtests.clients import wait_ready
     from loadtests.plan import patch_config
     from serve import launcher
 
-    config = launcher.load_config(args.config)
-    resolved = launcher.preflight(config)
+    config, resolved = deployed
     launcher.start_ray(args.address)
     searches = {}
     try:
@@ -360,10 +370,12 @@ def _write_plan(
     args: argparse.Namespace,
     version: str,
     needed: int | None,
+    replicas: int,
+    deployed: tuple[dict[str, Any], Any] | None,
 ) -> None:
     import yaml
 
-    from loadtests.plan import Scaling, patch_config
+    from loadtests.plan import patch_config
 
     report.write_json(out / "plan.json", doc)
     verdict = _verdict(doc, needed, args.headroom, slo.p99_ms)
@@ -380,13 +392,8 @@ def _write_plan(
         out / "throughput_vs_concurrency.png", {args.model: sweep}
     )
     config_path = out / "config.yaml"
-    replicas = needed if needed is not None else Scaling(doc["capacity_rps"]).best
-    if args.config is not None:
-        from serve import launcher
-
-        config = launcher.load_config(args.config)
-        resolved = launcher.preflight(config)
-        patched = patch_config(config, resolved, args.model, version, replicas)
+    if deployed is not None:
+        patched = patch_config(*deployed, args.model, version, replicas)
         config_path.write_text(
             f"# modelgate plan: {args.model} v{version} on {replicas} replica(s). "
             + verdict.replace("**", "")

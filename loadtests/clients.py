@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from loadtests.payload import Payload
-from serve.samples import infer_path
+from serve.samples import infer_path, model_path
 
 PROTOCOLS = ("http", "binary", "grpc")
 
@@ -100,7 +100,7 @@ async def wait_ready(target: Target, timeout_s: float = 30.0) -> None:
     """Until the model answers ready over HTTP."""
     import aiohttp
 
-    url = target.url.rstrip("/") + infer_path(target.model, target.version)[: -len("/infer")]
+    url = target.url.rstrip("/") + model_path(target.model, target.version)
     deadline = asyncio.get_running_loop().time() + timeout_s
     async with aiohttp.ClientSession() as session:
         while True:

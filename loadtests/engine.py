@@ -165,9 +165,12 @@ class _Run:
         return self.measure_from <= t < self.end
 
     def record(self, since: float, outcome: str) -> None:
+        """One answer to a request sent (closed) or due (open) at `since`."""
         now = self.loop.time()
-        if outcome == "ok" and self.measuring(now):
-            self.result.completed_ok += 1
+        if outcome == "ok" and self.measuring(now):  # throughput: answers inside the window,
+            self.result.completed_ok += 1  # whenever they were sent
+        if not self.measuring(since):
+            return
         self.result.outcomes[outcome] += 1
         if outcome == "ok":  # errors are counted by kind, not mixed into the latencies
             elapsed_us = int((now - since) * 1e6)
@@ -207,11 +210,7 @@ async def _closed(run: _Run) -> None:
     async def client() -> None:
         while run.loop.time() < run.end and run.result.sent < run.step.max_requests:
             sent_at = run.loop.time()
-            outcome = await run.sender(run.payload())
-            if run.measuring(sent_at):
-                run.record(sent_at, outcome)
-            elif outcome == "ok" and run.measuring(run.loop.time()):
-                run.result.completed_ok += 1  # sent in the warm-up, answered in the window
+            run.record(sent_at, await run.sender(run.payload()))
 
     await asyncio.gather(*(client() for _ in range(run.step.concurrency)))
 
@@ -227,11 +226,7 @@ async def _open(run: _Run) -> None:
 
     async def one(intended: float, payload: Payload) -> None:
         try:
-            outcome = await run.sender(payload)
-            if run.measuring(intended):
-                run.record(intended, outcome)
-            elif outcome == "ok" and run.measuring(run.loop.time()):
-                run.result.completed_ok += 1  # intended in the warm-up, answered in the window
+            run.record(intended, await run.sender(payload))
         finally:
             slots.release()
 

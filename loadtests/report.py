@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def machine() -> dict[str, Any]:
 
 
 def step_row(result: StepResult) -> dict[str, Any]:
-    return {"step": {k: v for k, v in vars(result.step).items()}, **result.summary()}
+    return {"step": asdict(result.step), **result.summary()}
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:

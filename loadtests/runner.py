@@ -25,6 +25,7 @@ from loadtests import payload as payloads_
 from loadtests.clients import Target, sender
 from loadtests.engine import Step, StepResult, run_step
 from loadtests.payload import Payload
+from serve.samples import model_path
 
 
 def load_payloads(
@@ -34,17 +35,25 @@ def load_payloads(
     server without modelgate's manifest route, from the protocol's model metadata."""
     if jsonl is not None:
         return payloads_.from_jsonl(jsonl, target.model, target.version)
-    base = target.url.rstrip("/")
-    suffix = f"models/{target.model}" + (f"/versions/{target.version}" if target.version else "")
-    try:
-        manifest = Manifest.model_validate(get_json(f"{base}/modelgate/{suffix}/manifest"))
+    manifest = fetch_manifest(target)
+    if manifest is not None:
         return payloads_.from_manifest(manifest, target.model, target.version, rows, seed)
+    metadata = get_json(target.url.rstrip("/") + model_path(target.model, target.version))
+    inputs = [TensorSpec.model_validate(t) for t in metadata["inputs"]]
+    return payloads_.from_signature(inputs, target.model, target.version, rows, seed)
+
+
+def fetch_manifest(target: Target) -> Manifest | None:
+    """The served version's manifest; None from a server without modelgate's manifest route."""
+    path = model_path(target.model, target.version).removeprefix("/v2")
+    try:
+        return Manifest.model_validate(
+            get_json(f"{target.url.rstrip('/')}/modelgate{path}/manifest")
+        )
     except urllib.error.HTTPError as exc:
         if exc.code != 404:
             raise
-    metadata = get_json(f"{base}/v2/{suffix}")
-    inputs = [TensorSpec.model_validate(t) for t in metadata["inputs"]]
-    return payloads_.from_signature(inputs, target.model, target.version, rows, seed)
+        return None
 
 
 def get_json(url: str) -> Any:

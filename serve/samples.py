@@ -71,7 +71,7 @@ def grpc_request(model: str, rows: dict[str, np.ndarray], version: str | None = 
 
 
 def infer_path(model: str, version: str | None = None) -> str:
-    return f"{_path(model, version)}/infer"
+    return f"{model_path(model, version)}/infer"
 
 
 def http_json(
@@ -169,7 +169,8 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str
         return exc.code, dict(exc.headers.items()), exc.read()
 
 
-def _path(model: str, version: str | None) -> str:
+def model_path(model: str, version: str | None = None) -> str:
+    """`/v2/models/{m}[/versions/{v}]`."""
     return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
 
 
@@ -197,13 +198,13 @@ def print_samples(resolved: list[Resolved], base: str, grpc_target: str) -> None
         status, headers, doc = http_json(base, model.name, rows)
         answered = headers.get("x-model-version", headers.get("X-Model-Version"))
         print(
-            f"  HTTP JSON   POST {base}{_path(model.name, None)}/infer -> {status}, "
+            f"  HTTP JSON   POST {base}{model_path(model.name)}/infer -> {status}, "
             f"version {answered}: " + _summary(doc)
         )
         status, headers, _ = http_binary(base, model.name, rows, version)
         head = {k.lower(): v for k, v in headers.items()}.get("inference-header-content-length")
         print(
-            f"  HTTP binary POST {base}{_path(model.name, version)}/infer -> {status} "
+            f"  HTTP binary POST {base}{model_path(model.name, version)}/infer -> {status} "
             f"({head} bytes of JSON header, raw tensors after)"
         )
         answered, outputs = grpc_infer(grpc_target, model.name, rows)
