@@ -7,8 +7,8 @@ build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,17 +32,21 @@ from serve.config import (
     MetricsConfig,
     VersionConfig,
 )
-from serve.dataplane import DataPlane, VersionTarget
+from serve.dataplane import DataPlane, Health, VersionTarget
 from serve.errors import ErrorCode, InferenceError
 from serve.exporter import MULTIPROC_ENV
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.resolve import Resolved, resolve_versions
 from serve.rest_codec import Limits as CodecLimits
 from serve.routing import RoutingConfig
-from serve.runtime import Feeds, VersionRuntime
+from serve.runtime import ArtifactError, Feeds, VersionRuntime
 from serve.telemetry import ReplicaTelemetry
 
 logger = logging.getLogger("modelgate")
+
+#: Tries of one batch on a dedicated version whose replica dies under it (the deadline bounds
+#: them too).
+REPLICA_ATTEMPTS = 2
 
 
 class VersionSpec(BaseModel):
@@ -115,9 +119,18 @@ class Router:
         self.plane = DataPlane.build(
             targets, self.spec.registry_aliases, self.telemetry.metrics, auth
         )
+        dedicated = {
+            v.deployment: t.health
+            for v, t in zip(self.spec.versions, targets, strict=True)
+            if v.deployment is not None
+        }
+        self.health = DeploymentHealth(dedicated) if dedicated else None
 
     def __del__(self) -> None:
         _close_telemetry(self)
+        health = getattr(self, "health", None)
+        if health is not None:
+            health.stop()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Routing from the deployment's user_config: applied in place, no restart.
@@ -136,7 +149,7 @@ class Router:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=await self.plane.server_ready())
+        return pb.ServerReadyResponse(ready=self.plane.server_ready())
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(**self.plane.server_metadata())
@@ -146,7 +159,7 @@ class Router:
     ) -> pb.ModelReadyResponse:
         try:
             self._authorize(grpc_context, request.name)
-            ready = await self.plane.model_ready(request.name, request.version or None)
+            ready = self.plane.model_ready(request.name, request.version or None)
         except InferenceError as exc:
             grpc_service.set_error(grpc_context, exc)
             return pb.ModelReadyResponse()
@@ -200,6 +213,52 @@ def _close_telemetry(replica: object) -> None:
         telemetry.close()
 
 
+class DeploymentHealth(threading.Thread):
+    """Keeps each dedicated version's Health current from Ray Serve's own status: a version
+    with no RUNNING replica (its replicas failing to start on a corrupt or missing artifact,
+    say) takes no traffic until one runs again. Polled every `interval_s` in a thread, so the
+    request path only reads a flag."""
+
+    def __init__(self, versions: dict[str, Health], interval_s: float = 1.0) -> None:
+        super().__init__(name="modelgate-health", daemon=True)
+        self.versions = versions
+        self.interval_s = interval_s
+        self._stopped = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        app = serve.get_replica_context().app_name
+        while True:
+            try:
+                self.poll(app)
+            except Exception:  # the controller restarting, say: keep the last known state
+                logger.warning("could not read Ray Serve's status", exc_info=True)
+            if self._stopped.wait(self.interval_s):
+                return
+
+    def poll(self, app: str) -> None:
+        from ray.serve._private.common import ReplicaState
+
+        status = serve.status().applications.get(app)
+        for deployment, health in self.versions.items():
+            overview = status.deployments.get(deployment) if status is not None else None
+            running = overview.replica_states.get(ReplicaState.RUNNING, 0) if overview else 0
+            if running > 0:
+                health.ready, health.reason = True, ""
+            elif overview is None:
+                health.ready, health.reason = False, f"deployment {deployment} is not deployed"
+            else:
+                health.ready = False
+                health.reason = (
+                    f"deployment {deployment} has no running replica ({overview.status.value}"
+                    + (f": {overview.message.strip()[:500]}" if overview.message else "")
+                    + ")"
+                )
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
 def _metadata(context: Any) -> dict[str, str]:
     if context is None:
         return {}
@@ -210,23 +269,19 @@ def _target(
     spec: VersionSpec, handles: dict[str, DeploymentHandle], telemetry: ReplicaTelemetry
 ) -> VersionTarget:
     name = f"{spec.model}:{spec.version}"
+    health = Health()
+    manifest = read_manifest(Path(spec.artifact))
     if spec.placement == "colocated":
-        runtime = VersionRuntime(Path(spec.artifact), spec.intra_op_threads)
-        runtime.warm_up()
-        run_instrumented = telemetry.instrument(runtime, spec.model, spec.version)
-
-        async def run_local(feeds: Feeds) -> Feeds:
-            return run_instrumented(feeds)
-
-        async def always_ready() -> bool:
-            return True
-
-        run, ready, manifest = run_local, always_ready, runtime.manifest
+        try:
+            run = _local_run(spec, telemetry)
+        except ArtifactError as exc:
+            # This version is not served; the router and every other version are.
+            logger.error("%s is not served: %s", name, exc)
+            health = Health(False, f"its artifact cannot be loaded: {exc}")
+            run = _unavailable_run(name, health)
     else:
         assert spec.deployment is not None
-        handle = handles[spec.deployment]
-        run, ready = _remote_run(name, handle), _remote_ready(handle)
-        manifest = read_manifest(Path(spec.artifact))
+        run = _remote_run(name, handles[spec.deployment])
     b = spec.batching
     batcher = MicroBatcher(
         name,
@@ -239,36 +294,61 @@ def _target(
     )
     timeout_s = None if spec.timeout_ms is None else spec.timeout_ms / 1000
     return VersionTarget(
-        spec.model, spec.version, manifest, batcher, ready, spec.placement, timeout_s
+        spec.model, spec.version, manifest, batcher, spec.placement, timeout_s, health
     )
 
 
-def _remote_run(name: str, handle: DeploymentHandle):  # type: ignore[no-untyped-def]
-    from ray.serve.exceptions import BackPressureError
+def _local_run(spec: VersionSpec, telemetry: ReplicaTelemetry):  # type: ignore[no-untyped-def]
+    runtime = VersionRuntime(Path(spec.artifact), spec.intra_op_threads)
+    runtime.warm_up()
+    run_instrumented = telemetry.instrument(runtime, spec.model, spec.version)
 
     async def run(feeds: Feeds) -> Feeds:
-        try:
-            return await handle.run.remote(feeds)  # type: ignore[no-any-return]
-        except InferenceError:
-            raise
-        except BackPressureError as exc:
-            raise InferenceError(
-                ErrorCode.OVERLOADED, f"{name} is overloaded: {exc}", retry_after_s=1.0
-            ) from exc
-        except Exception as exc:
-            raise InferenceError(ErrorCode.UNAVAILABLE, f"{name} is unavailable: {exc}") from exc
+        return run_instrumented(feeds)
 
     return run
 
 
-def _remote_ready(handle: DeploymentHandle):  # type: ignore[no-untyped-def]
-    async def ready() -> bool:
-        try:
-            return bool(await asyncio.wait_for(handle.ready.remote(), timeout=2.0))
-        except Exception:
-            return False
+def _unavailable_run(name: str, health: Health):  # type: ignore[no-untyped-def]
+    async def run(feeds: Feeds) -> Feeds:
+        raise InferenceError(ErrorCode.UNAVAILABLE, f"{name} is not ready: {health.reason}")
 
-    return ready
+    return run
+
+
+def _remote_run(name: str, handle: DeploymentHandle):  # type: ignore[no-untyped-def]
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError
+
+    async def run(feeds: Feeds) -> Feeds:
+        for attempt in range(1, REPLICA_ATTEMPTS + 1):
+            try:
+                return await handle.run.remote(feeds)  # type: ignore[no-any-return]
+            except InferenceError:
+                raise
+            except RayActorError as exc:
+                # The replica died (or went unreachable) with the batch on it. Ray Serve stops
+                # routing to it at once, and a prediction is a pure function of its inputs:
+                # send the batch again, to another replica (or the restarted one).
+                if attempt == REPLICA_ATTEMPTS:
+                    raise InferenceError(
+                        ErrorCode.UNAVAILABLE,
+                        f"{name} is unavailable: its replicas stopped {attempt} times while "
+                        f"answering ({type(exc).__name__})",
+                        retry_after_s=1.0,
+                    ) from exc
+                logger.warning("%s: a replica stopped while answering; sending again", name)
+            except BackPressureError as exc:
+                raise InferenceError(
+                    ErrorCode.OVERLOADED, f"{name} is overloaded: {exc}", retry_after_s=1.0
+                ) from exc
+            except Exception as exc:
+                raise InferenceError(
+                    ErrorCode.UNAVAILABLE, f"{name} is unavailable: {exc}"
+                ) from exc
+        raise AssertionError("unreachable")
+
+    return run
 
 
 # -- the builder ------------------------------------------------------------------------------

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,15 @@ PLATFORM = "onnx_onnxv1"
 
 
 @dataclass
+class Health:
+    """Whether a version takes traffic now, and if not, why (kept current by its owner:
+    serve/app.py polls Ray Serve's status for dedicated versions)."""
+
+    ready: bool = True
+    reason: str = ""
+
+
+@dataclass
 class VersionTarget:
     """One servable version as the router sees it."""
 
@@ -42,9 +50,9 @@ class VersionTarget:
     version: str
     manifest: Manifest
     batcher: MicroBatcher
-    is_ready: Callable[[], Awaitable[bool]]
     placement: str
     timeout_s: float | None = None  # the model's default deadline
+    health: Health = field(default_factory=Health)
     failures: int = 0
     last_inference_ms: int = 0
 
@@ -149,7 +157,7 @@ class DataPlane:
         version, code = "", "ok"
         self.metrics.in_flight.labels(model).inc()
         try:
-            target = self.target(request.model, request.version, request.headers)
+            target = self.target(request.model, request.version, request.headers, ready=True)
             version = target.version
             return await self._infer(request, target)
         except InferenceError as exc:
@@ -218,8 +226,14 @@ class DataPlane:
 
     # -- metadata and health -----------------------------------------------------------------
     def target(
-        self, model: str, version: str | None, headers: dict[str, str] | None = None
+        self,
+        model: str,
+        version: str | None,
+        headers: dict[str, str] | None = None,
+        ready: bool = False,
     ) -> VersionTarget:
+        """The version a request names, or its model's default route picks among the versions
+        that are ready. `ready`: raise UNAVAILABLE rather than return a version that is not."""
         entry = self.models.get(model)
         if entry is None:
             raise not_found(
@@ -227,8 +241,25 @@ class DataPlane:
             )
         table = entry.table
         if version:
-            return entry.versions[table.resolve(version)]
-        return entry.versions[table.pick((headers or {}).get(table.sticky_header))]
+            target = entry.versions[table.resolve(version)]
+            if ready and not target.health.ready:
+                raise _unavailable(target)
+            return target
+        live = {v for v, t in entry.versions.items() if t.health.ready}
+        picked = table.pick((headers or {}).get(table.sticky_header), live)
+        if picked is not None:
+            return entry.versions[picked]
+        if ready:
+            raise InferenceError(
+                ErrorCode.UNAVAILABLE,
+                f"model '{model}': no version on its default route is ready ("
+                + "; ".join(f"{v}: {entry.versions[v].health.reason}" for v in table.weights)
+                + ")",
+                retry_after_s=1.0,
+            )
+        configured = table.pick(None)  # for metadata: the route as configured
+        assert configured is not None
+        return entry.versions[configured]
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
@@ -244,25 +275,32 @@ class DataPlane:
             "outputs": [t.model_dump() for t in signature.outputs],
         }
 
-    async def model_ready(self, model: str, version: str | None) -> bool:
-        return await self.target(model, version).is_ready()
+    def model_ready(self, model: str, version: str | None) -> bool:
+        """A named version: whether it is ready; no version: whether the default route can
+        answer (some version on it is ready)."""
+        if version:
+            return self.target(model, version).health.ready
+        self.target(model, None)  # 404 for an unknown model
+        entry = self.models[model]
+        return any(entry.versions[v].health.ready for v in entry.table.weights)
 
-    async def server_ready(self) -> bool:
-        """Ready when every version on a model's default route is."""
-        for entry in self.models.values():
-            for version in entry.table.weights:
-                if not await entry.versions[version].is_ready():
-                    return False
-        return True
+    def server_ready(self) -> bool:
+        """Ready when every model's default route can answer: a version that is not ready
+        (say, a canary whose artifact is broken) takes no traffic, so it does not make the
+        server unready while the rest of its route is."""
+        return all(self.model_ready(name, None) for name in self.models)
 
-    async def repository_index(self) -> list[dict[str, str]]:
+    def repository_index(self) -> list[dict[str, str]]:
         index = []
         for name, entry in sorted(self.models.items()):
             for version in sorted(entry.versions, key=_version_order):
-                ready = await entry.versions[version].is_ready()
-                index.append(
-                    {"name": name, "version": version, "state": "READY" if ready else "UNAVAILABLE"}
-                )
+                target = entry.versions[version]
+                row = {"name": name, "version": version}
+                if target.health.ready:
+                    row["state"] = "READY"
+                else:
+                    row |= {"state": "UNAVAILABLE", "reason": target.health.reason}
+                index.append(row)
         return index
 
     def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
@@ -275,6 +313,14 @@ class DataPlane:
         else:
             targets = [self.target(model, version)]
         return {"model_stats": [_stats(t) for t in targets]}
+
+
+def _unavailable(target: VersionTarget) -> InferenceError:
+    return InferenceError(
+        ErrorCode.UNAVAILABLE,
+        f"model '{target.model}' version {target.version} is not ready: {target.health.reason}",
+        retry_after_s=1.0,
+    )
 
 
 def _response(

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from serve import exporter, rest_codec
+from serve import exporter, openapi, rest_codec
 from serve.auth import Access
 from serve.config import Limits
 from serve.dataplane import DataPlane
@@ -36,7 +36,7 @@ async def _live(plane: DataPlane, request: Request, p: dict[str, str], limits: L
 
 
 async def _ready(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
-    ready = await plane.server_ready()
+    ready = plane.server_ready()
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
@@ -55,7 +55,7 @@ async def _model_metadata(
 async def _model_ready(
     plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
 ) -> Response:
-    ready = await plane.model_ready(p["model"], p.get("version"))
+    ready = plane.model_ready(p["model"], p.get("version"))
     return JSONResponse({"name": p["model"], "ready": ready}, status_code=200 if ready else 503)
 
 
@@ -85,8 +85,14 @@ async def _metrics(
     return Response(content, media_type=CONTENT_TYPE_LATEST)
 
 
+async def _openapi(
+    plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+) -> Response:
+    return JSONResponse(openapi.document(list(plane.models)))
+
+
 async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
-    return JSONResponse(await plane.repository_index())
+    return JSONResponse(plane.repository_index())
 
 
 async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
@@ -109,6 +115,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler, Access]] = [
     ("GET", re.compile(r"/v2/health/live"), _live, Access.OPEN),
     ("GET", re.compile(r"/v2/health/ready"), _ready, Access.OPEN),
     ("GET", re.compile(r"/v2/?"), _server_metadata, Access.OPEN),
+    ("GET", re.compile(r"/v2/openapi\.json"), _openapi, Access.OPEN),
     ("GET", re.compile(r"/v2/models/stats"), _stats, Access.ADMIN),
     ("GET", re.compile(r"/modelgate/routes"), _routes, Access.ADMIN),
     ("GET", re.compile(r"/modelgate" + _MODEL[3:] + r"/manifest"), _manifest, Access.ADMIN),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -114,15 +114,32 @@ class RouteTable:
             )
         return version
 
-    def pick(self, key: str | None, rand: Callable[[], float] = random.random) -> str:
-        """The default route: sticky by key when one is given, else weighted at random."""
+    def pick(
+        self,
+        key: str | None,
+        ready: Collection[str] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> str | None:
+        """The default route: sticky by key when one is given, else weighted at random.
+
+        `ready`: the versions that may take traffic (None: all). A version not in it gets none;
+        its share goes to the others in proportion to their weights, and keys pinned to it
+        move as rendezvous hashing moves them (the others' keys stay). None if none is left.
+        """
+        weights, cumulative = self.weights, self._cumulative
+        if ready is not None and not all(v in ready for v in weights):
+            weights = {v: w for v, w in weights.items() if v in ready}
+            if not weights:
+                return None
+            total = sum(weights.values())
+            cumulative = _cumulative({v: w / total for v, w in weights.items()})
         if key is not None:
-            return max(self.weights, key=lambda v: _score(key, v, self.weights[v]))
+            return max(weights, key=lambda v: _score(key, v, weights[v]))
         r = rand()
-        for version, bound in self._cumulative:
+        for version, bound in cumulative:
             if r < bound:
                 return version
-        return self._cumulative[-1][0]
+        return cumulative[-1][0]
 
     def describe(self) -> dict[str, object]:
         return {

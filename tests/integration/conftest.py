@@ -51,6 +51,44 @@ def deploy_beside(gateway: Gateway, app: dict[str, Any], preflight: bool = True)
     launcher.deploy(base)
 
 
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """Live replica processes of a deployment, found by the title Ray gives an actor's process
+    (`ray::ServeReplica:<app>:<deployment>`, then `.method` while it runs one)."""
+    title = f"ray::ServeReplica:{app}:{deployment}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(title) and cmdline[len(title) : len(title) + 1] in (b"", b"\0", b"."):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def metric_value(gateway: Gateway, name: str, **labels: str) -> float:
+    """One sample of the node's metrics (every replica summed); 0 if absent."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(gateway.metrics, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
 def gateway_config(
     registry: Registry, artifacts: Path, http: int, grpc: int, metrics: int
 ) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from sklearn.datasets import load_breast_cancer
 
 from serve import launcher
 from serve.resolve import ConfigError
-from tests.integration.conftest import ROUTING, Gateway
+from tests.integration.conftest import ROUTING, Gateway, metric_value
 
 ROW = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
 BODY = {
@@ -125,17 +125,6 @@ def test_routing_to_versions_not_deployed_is_refused(gateway: Gateway, live_conf
     assert set(asyncio.run(_versions(gateway, 20))) == {"1"}  # still serving as before
 
 
-def _metric(gateway: Gateway, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = requests.get(gateway.base + "/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
 def test_shadow_copies_and_compares_without_touching_answers(
     gateway: Gateway, live_config: dict, tmp_path: Path
 ) -> None:
@@ -152,7 +141,7 @@ def test_shadow_copies_and_compares_without_touching_answers(
 
     def outcomes() -> dict[str, float]:
         return {
-            o: _metric(gateway, "modelgate_shadow_requests_total", outcome=o, **labels)
+            o: metric_value(gateway, "modelgate_shadow_requests_total", outcome=o, **labels)
             for o in ("compared", "dropped", "error", "primary_failed")
         }
 
@@ -168,9 +157,11 @@ def test_shadow_copies_and_compares_without_touching_answers(
     delta = {k: after[k] - before[k] for k in after}
     assert delta["error"] == 0 and delta["primary_failed"] == 0, delta
     assert delta["compared"] + delta["dropped"] == 300 and delta["compared"] >= 200, delta
-    agreed = _metric(gateway, "modelgate_shadow_rows_total", agree="true", **labels)
+    agreed = metric_value(gateway, "modelgate_shadow_rows_total", agree="true", **labels)
     assert agreed >= delta["compared"]  # GB v1 and HGB v2 agree on this row's label
-    assert _metric(gateway, "modelgate_shadow_max_abs_diff_count", **labels) >= delta["compared"]
+    assert (
+        metric_value(gateway, "modelgate_shadow_max_abs_diff_count", **labels) >= delta["compared"]
+    )
     assert log.exists() and '"shadow":"2"' in log.read_text().splitlines()[0]
 
 

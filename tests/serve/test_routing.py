@@ -16,7 +16,7 @@ def _table(weights: dict[str, float], **kw: object) -> RouteTable:
 def test_weighted_split_honours_weights_within_two_points() -> None:
     table = _table({"1": 90, "2": 10})
     rng = random.Random(7)
-    counts = Counter(table.pick(None, rng.random) for _ in range(10_000))
+    counts = Counter(table.pick(None, rand=rng.random) for _ in range(10_000))
     assert abs(counts["1"] / 10_000 - 0.90) <= 0.02
     assert abs(counts["2"] / 10_000 - 0.10) <= 0.02
     assert counts["3"] == 0
@@ -25,7 +25,7 @@ def test_weighted_split_honours_weights_within_two_points() -> None:
 def test_three_way_split_and_aliases_in_weights() -> None:
     table = _table({"stable": 50, "canary": 30, "3": 20}, aliases={"stable": "1", "canary": "2"})
     rng = random.Random(3)
-    counts = Counter(table.pick(None, rng.random) for _ in range(10_000))
+    counts = Counter(table.pick(None, rand=rng.random) for _ in range(10_000))
     for version, share in (("1", 0.5), ("2", 0.3), ("3", 0.2)):
         assert abs(counts[version] / 10_000 - share) <= 0.02
 
@@ -74,3 +74,15 @@ def test_resolve_versions_and_aliases() -> None:
 def test_bad_routing_is_refused_with_the_reason(routing: ModelRouting, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RouteTable("m", ["1", "2"], routing)
+
+
+def test_a_version_not_ready_gets_no_traffic_and_its_share_spreads_by_weight() -> None:
+    table = _table({"1": 60, "2": 30, "3": 10})
+    rng = random.Random(5)
+    counts = Counter(table.pick(None, {"1", "3"}, rng.random) for _ in range(10_000))
+    assert counts["2"] == 0
+    assert abs(counts["1"] / 10_000 - 60 / 70) <= 0.02  # 60 of the 70 left
+    keys = [f"user-{i}" for i in range(5_000)]
+    moved = [k for k in keys if table.pick(k) != table.pick(k, {"1", "3"})]
+    assert all(table.pick(k) == "2" for k in moved)  # only the keys of version 2 move
+    assert table.pick(None, set()) is None and table.pick("k", {"9"}) is None

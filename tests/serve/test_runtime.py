@@ -39,3 +39,63 @@ def test_a_missing_onnx_file_or_manifest_is_refused(artifact: Path) -> None:
     (artifact / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match=r"no readable manifest\.json"):
         VersionRuntime(artifact)
+
+
+def test_a_colocated_version_that_cannot_load_is_unavailable_and_the_rest_serve(
+    artifact: Path, tmp_path: Path
+) -> None:
+    """A router replica that starts on a broken colocated artifact still comes up: that version
+    answers 503 and is reported UNAVAILABLE, the others serve (tested here without Ray)."""
+    import asyncio
+    import shutil
+
+    import numpy as np
+
+    from serve.app import TelemetrySpec, VersionSpec, _target
+    from serve.config import Batching, DriftConfig, MetricsConfig
+    from serve.dataplane import DataPlane
+    from serve.errors import ErrorCode, InferenceError
+    from serve.routing import ModelRouting, RoutingConfig
+    from serve.types import InferRequest, Tensor
+
+    broken = Path(shutil.copytree(artifact, tmp_path / "broken"))
+    (broken / "model.onnx").write_bytes(b"garbage")
+    telemetry = TelemetrySpec(
+        metrics=MetricsConfig(port=None, directory=str(tmp_path / "m")),
+        drift=DriftConfig(enabled=False),
+    ).start()
+    targets = [
+        _target(
+            VersionSpec(
+                model="iris",
+                version=version,
+                artifact=str(path),
+                placement="colocated",
+                batching=Batching(),
+                intra_op_threads=1,
+                deployment=None,
+                timeout_ms=None,
+            ),
+            {},
+            telemetry,
+        )
+        for version, path in (("1", artifact), ("2", broken))
+    ]
+    plane = DataPlane.build(targets, {}, telemetry.metrics)
+    plane.apply_routing(RoutingConfig(models={"iris": ModelRouting(weights={"1": 1, "2": 1})}))
+    assert not targets[1].health.ready and "cannot be loaded" in targets[1].health.reason
+    assert plane.repository_index()[1]["state"] == "UNAVAILABLE"
+    assert plane.server_ready() and plane.model_ready("iris", "1")
+    assert not plane.model_ready("iris", "2")
+    spec = targets[0].manifest.signature.inputs[0]
+    row = Tensor(spec.name, spec.datatype, np.array([[5.1, 3.5, 1.4, 0.2]], spec.numpy_dtype))
+
+    async def infer(version: str | None) -> str:
+        return (await plane.infer(InferRequest("iris", version, [row]))).version
+
+    with pytest.raises(InferenceError) as info:
+        asyncio.run(infer("2"))
+    assert info.value.code is ErrorCode.UNAVAILABLE and "not ready" in info.value.message
+    assert asyncio.run(infer("1")) == "1"
+    assert {asyncio.run(infer(None)) for _ in range(20)} == {"1"}  # the split skips version 2
+    telemetry.close()

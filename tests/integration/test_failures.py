@@ -1,0 +1,300 @@
+"""Failure and overload, against the real gateway: every request's outcome is counted and each
+one accounted for.
+
+One application beside the session's gateway, with its own copies of the artifacts (so a test
+may break them): `bc` (version 1 on two dedicated replicas, version 2 on one, split 50/50) and
+`slow` (a model slow on purpose, one batch of one row at a time, 16 queued at most), behind two
+router replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import requests
+from sklearn.datasets import load_breast_cancer
+
+from loadtests.clients import Target
+from loadtests.engine import Step
+from loadtests.runner import load_payloads, run
+from serve import launcher
+from tests.integration.conftest import (
+    Gateway,
+    deploy_beside,
+    metric_value,
+    replica_pids,
+    restore,
+)
+from tests.integration.slow_model import slow_artifact
+
+APP, PREFIX = "failures", "/failures"
+ROWS = load_breast_cancer(return_X_y=True)[0][:8].astype(np.float32)
+FAST_HEALTH = {"health_check_period_s": 1, "health_check_timeout_s": 5}
+
+
+def _body(row: np.ndarray) -> dict[str, Any]:
+    return {
+        "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row.tolist()}]
+    }
+
+
+@pytest.fixture(scope="module")
+def failures(
+    gateway: Gateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Path]]:
+    folder = tmp_path_factory.mktemp("failures")
+    resolved = launcher.preflight(gateway.config)["gateway"]
+    artifacts = {}
+    for model, _, artifact, version in resolved:
+        if model.name == "breast_cancer" and version in ("1", "2"):
+            artifacts[version] = Path(shutil.copytree(artifact, folder / f"bc-{version}"))
+    artifacts["slow"] = slow_artifact(folder, layers=1200)
+    app = {
+        "name": APP,
+        "route_prefix": PREFIX,
+        "import_path": "serve.app:build_app",
+        "args": {
+            "router": {"num_replicas": 2},
+            "models": [
+                {
+                    "name": "bc",
+                    "timeout_ms": 10_000,
+                    "versions": [
+                        {"artifact": str(artifacts["1"]), "num_replicas": 2},
+                        {"artifact": str(artifacts["2"])},
+                    ],
+                },
+                {
+                    "name": "slow",
+                    "timeout_ms": 5_000,
+                    "versions": [
+                        {
+                            "artifact": str(artifacts["slow"]),
+                            "batching": {"max_batch_rows": 1, "max_in_flight": 1, "max_queued": 16},
+                        }
+                    ],
+                },
+            ],
+        },
+        "deployments": [
+            {"name": "Router", "user_config": {"models": {"bc": {"weights": {"1": 1, "2": 1}}}}},
+            {"name": "bc-v1", **FAST_HEALTH},
+            {"name": "bc-v2", **FAST_HEALTH},
+        ],
+    }
+    deploy_beside(gateway, app)
+    try:
+        yield artifacts
+    finally:
+        restore(gateway)
+
+
+def _replica_pids(deployment: str) -> list[int]:
+    return replica_pids(APP, deployment)
+
+
+def _running(deployment: str) -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(APP)
+    overview = app.deployments.get(deployment) if app is not None else None
+    return overview.replica_states.get("RUNNING", 0) if overview is not None else 0
+
+
+def _wait(condition: Any, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
+        time.sleep(0.25)
+
+
+class Traffic:
+    """Closed-loop HTTP clients in a thread; every request's outcome is recorded, and a request
+    still unanswered after `timeout_s` counts as a hang."""
+
+    def __init__(self, url: str, clients: int = 8, timeout_s: float = 30) -> None:
+        self.url, self.clients, self.timeout_s = url, clients, timeout_s
+        self.sent = 0
+        self.outcomes: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(self.timeout_s + 10)
+        assert not self.thread.is_alive(), "a client never got its answer"
+
+    async def _main(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await asyncio.gather(*(self._client(session, i) for i in range(self.clients)))
+
+    async def _client(self, session: aiohttp.ClientSession, index: int) -> None:
+        i = index
+        while not self.stop.is_set():
+            i += self.clients
+            self.sent += 1
+            try:
+                async with session.post(self.url, json=_body(ROWS[i % len(ROWS)])) as response:
+                    body = await response.json(content_type=None)
+                    self.outcomes[str(response.status)] += 1
+                    if response.status != 200:
+                        self.errors.append(f"{response.status}: {body.get('error')}")
+            except TimeoutError:
+                self.outcomes["hang"] += 1
+            except aiohttp.ClientError as exc:
+                self.outcomes[type(exc).__name__] += 1
+
+    def accounted(self) -> int:
+        return sum(self.outcomes.values())
+
+
+def test_five_times_capacity_sheds_the_excess_and_recovers_at_once(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    target = Target(gateway.base + PREFIX, "slow", "1")
+    payloads = load_payloads(target)
+    routers = _replica_pids("Router")
+    capacity = run(target, payloads, Step("closed", concurrency=4, duration_s=4, warmup_s=1))
+    assert capacity.errors == {}
+    rate = 5 * capacity.achieved_rps
+    shed_before = metric_value(gateway, "modelgate_shed_total", model="slow", version="1")
+    burst = run(
+        target,
+        payloads,
+        Step("open", concurrency=4096, rate=rate, duration_s=20, warmup_s=0, timeout_s=15),
+    )
+    shed = metric_value(gateway, "modelgate_shed_total", model="slow", version="1") - shed_before
+    print("capacity", capacity.summary(), "burst at 5x", burst.summary(), "shed", shed)
+    # Every request got an answer: served, or shed at once with 503; no timeout, no hang,
+    # no dropped connection.
+    assert set(burst.errors) <= {"http_503"}, burst.errors
+    assert burst.sent == burst.ok + sum(burst.errors.values())
+    assert burst.errors.get("http_503", 0) == shed > 0  # every 503 is a counted shed
+    # The queue is bounded, so the answers that were served waited a bounded time: far below
+    # the 5 s deadline (16 queued behind one in flight).
+    assert burst.percentile_ms(99) < 5_000
+    # Goodput holds under overload: the model stays busy rather than collapsing.
+    assert burst.achieved_rps > 0.5 * capacity.achieved_rps, (burst.summary(), capacity.summary())
+    # Right after: normal service, from the first request on, by the same router replicas.
+    for i in range(20):
+        response = requests.post(
+            f"{target.url}/v2/models/slow/infer", json=_body(ROWS[i % 8]), timeout=10
+        )
+        assert response.status_code == 200, response.text
+    assert _replica_pids("Router") == routers
+
+
+def test_a_503_from_shedding_says_when_to_retry(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    async def burst() -> list[tuple[int, str | None, str]]:
+        url = f"{gateway.base}{PREFIX}/v2/models/slow/infer"
+        async with aiohttp.ClientSession() as session:
+
+            async def one(i: int) -> tuple[int, str | None, str]:
+                async with session.post(url, json=_body(ROWS[i % 8])) as response:
+                    body = await response.json(content_type=None)
+                    return response.status, response.headers.get("retry-after"), str(body)
+
+            return await asyncio.gather(*(one(i) for i in range(120)))
+
+    answers = asyncio.run(burst())
+    shed = [a for a in answers if a[0] == 503]
+    assert shed and {a[0] for a in answers} <= {200, 503}
+    assert all(a[1] == "1" and "overloaded" in a[2] and "limit 16" in a[2] for a in shed)
+
+
+def test_killing_a_model_replica_under_load_loses_no_request(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    before = _replica_pids("bc-v1")
+    assert len(before) == 2
+    with Traffic(f"{gateway.base}{PREFIX}/v2/models/bc/versions/1/infer") as traffic:
+        time.sleep(2)
+        os.kill(before[0], signal.SIGKILL)
+        time.sleep(4)
+    print("model replica killed:", traffic.sent, dict(traffic.outcomes), traffic.errors[:3])
+    assert traffic.accounted() == traffic.sent
+    assert traffic.outcomes["200"] > 100
+    # In flight on the killed replica: sent again to the other one; never a hang or a 5xx
+    # other than a clear 503.
+    assert set(traffic.outcomes) <= {"200", "503"}, (traffic.outcomes, traffic.errors[:5])
+    assert all("unavailable" in e for e in traffic.errors), traffic.errors[:5]
+    _wait(lambda: _running("bc-v1") == 2, "Ray Serve restarts the killed replica")
+    after = _replica_pids("bc-v1")
+    assert before[0] not in after and before[1] in after
+
+
+def test_killing_a_router_replica_under_load_loses_no_request(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    before = _replica_pids("Router")
+    assert len(before) == 2
+    with Traffic(f"{gateway.base}{PREFIX}/v2/models/bc/versions/1/infer", clients=16) as traffic:
+        time.sleep(2)
+        os.kill(before[0], signal.SIGKILL)
+        time.sleep(4)
+    print("router replica killed:", traffic.sent, dict(traffic.outcomes), traffic.errors[:3])
+    assert traffic.accounted() == traffic.sent
+    assert traffic.outcomes["200"] > 100
+    assert set(traffic.outcomes) <= {"200", "503"}, (traffic.outcomes, traffic.errors[:5])
+    _wait(lambda: _running("Router") == 2, "Ray Serve restarts the killed router")
+    assert before[0] not in _replica_pids("Router")
+
+
+def test_a_version_whose_artifact_breaks_gets_no_traffic(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    """Version 2's model.onnx is corrupted after deploy and its replica dies: the replacement
+    refuses the artifact, the version turns UNAVAILABLE, the split sends everything to version
+    1, and the rest of the gateway serves on."""
+    (failures["2"] / "model.onnx").write_bytes(b"\x08\x07not an onnx model")
+    [pid] = _replica_pids("bc-v2")
+    os.kill(pid, signal.SIGKILL)
+    base = f"{gateway.base}{PREFIX}"
+
+    def unavailable() -> bool:
+        index = requests.post(f"{base}/v2/repository/index", json={}, timeout=10).json()
+        states = {row["version"]: row for row in index if row["name"] == "bc"}
+        return states["2"]["state"] == "UNAVAILABLE" and states["1"]["state"] == "READY"
+
+    _wait(unavailable, "version 2 reported UNAVAILABLE by both routers", timeout_s=90)
+    _wait(lambda: all(unavailable() for _ in range(6)), "every router agrees", timeout_s=30)
+    index = requests.post(f"{base}/v2/repository/index", json={}, timeout=10).json()
+    reason = next(r["reason"] for r in index if r["version"] == "2" and r["name"] == "bc")
+    assert "bc-v2" in reason and "no running replica" in reason
+    versions = Counter()
+    for i in range(60):
+        response = requests.post(f"{base}/v2/models/bc/infer", json=_body(ROWS[i % 8]), timeout=10)
+        assert response.status_code == 200, response.text
+        versions[response.headers["x-model-version"]] += 1
+    assert versions == {"1": 60}
+    pinned = requests.post(f"{base}/v2/models/bc/versions/2/infer", json=_body(ROWS[0]), timeout=10)
+    assert pinned.status_code == 503 and "version 2 is not ready" in pinned.json()["error"]
+    assert pinned.headers["retry-after"] == "1"
+    assert requests.get(f"{base}/v2/models/bc/versions/2/ready", timeout=10).status_code == 503
+    assert requests.get(f"{base}/v2/models/bc/ready", timeout=10).status_code == 200
+    assert requests.get(f"{base}/v2/health/ready", timeout=10).status_code == 200
+    # The session's own gateway is untouched.
+    answer = requests.post(
+        f"{gateway.base}/v2/models/breast_cancer/infer", json=_body(ROWS[0]), timeout=10
+    )
+    assert answer.status_code == 200
