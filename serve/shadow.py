@@ -125,8 +125,8 @@ class ShadowRunner:
         if self._rand() >= self.config.ratio:
             return
         series = self._metrics_for(primary.version)
-        if self._in_flight >= self.config.max_in_flight:
-            series.dropped.inc()
+        if self._in_flight >= self.config.max_in_flight or not self.target.health.ready:
+            series.dropped.inc()  # at its cap, or the shadow version has no replica running
             return
         same = self._same_inputs.get(primary.version)
         if same is None:

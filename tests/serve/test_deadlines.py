@@ -12,7 +12,7 @@ from serve.dataplane import DataPlane, VersionTarget
 from serve.errors import ErrorCode, InferenceError
 from serve.metrics import GatewayMetrics
 from serve.types import InferRequest, Tensor
-from tests.serve.test_shadow import _manifest, _ready
+from tests.serve.test_shadow import _manifest
 
 
 class _Slow:
@@ -32,7 +32,7 @@ class _Slow:
 def _plane(model: _Slow, default_s: float | None) -> tuple[DataPlane, GatewayMetrics]:
     metrics = GatewayMetrics()
     batcher = MicroBatcher("m:1", model, max_in_flight=1)
-    target = VersionTarget("m", "1", _manifest("1"), batcher, _ready, "c", default_s)
+    target = VersionTarget("m", "1", _manifest("1"), batcher, "c", default_s)
     return DataPlane.build([target], {}, metrics), metrics
 
 

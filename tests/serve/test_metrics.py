@@ -13,7 +13,7 @@ from serve.errors import InferenceError
 from serve.metrics import GatewayMetrics
 from serve.routing import ModelRouting, RoutingConfig
 from serve.types import InferRequest, Tensor
-from tests.serve.test_shadow import _manifest, _model, _ready
+from tests.serve.test_shadow import _manifest, _model
 
 
 def _plane(metrics: GatewayMetrics, delay: float = 0.0, max_queued: int = 1024) -> DataPlane:
@@ -24,9 +24,7 @@ def _plane(metrics: GatewayMetrics, delay: float = 0.0, max_queued: int = 1024) 
         max_queued=max_queued,
         on_batch=metrics.batch_observer("m", "1"),
     )
-    return DataPlane.build(
-        [VersionTarget("m", "1", _manifest("1"), batcher, _ready, "c")], {}, metrics
-    )
+    return DataPlane.build([VersionTarget("m", "1", _manifest("1"), batcher, "c")], {}, metrics)
 
 
 def _request(
@@ -109,7 +107,7 @@ def test_batches_and_shedding_are_measured() -> None:
 def test_weights_and_aliases_are_published_and_follow_reconfiguration() -> None:
     metrics = GatewayMetrics()
     targets = [
-        VersionTarget("m", v, _manifest(v), MicroBatcher(f"m:{v}", _model(0.0)), _ready, "c")
+        VersionTarget("m", v, _manifest(v), MicroBatcher(f"m:{v}", _model(0.0)), "c")
         for v in ("1", "2")
     ]
     plane = DataPlane.build(targets, {"m": {"champion": "1"}}, metrics)

@@ -57,14 +57,10 @@ def _model(shift: float, fail: bool = False, delay: float = 0.0):  # type: ignor
     return run
 
 
-async def _ready() -> bool:
-    return True
-
-
 def _plane(shadow_model, metrics: GatewayMetrics, shadow: ShadowConfig) -> DataPlane:  # type: ignore[no-untyped-def]
     targets = [
-        VersionTarget("m", "1", _manifest("1"), MicroBatcher("m:1", _model(0.0)), _ready, "c"),
-        VersionTarget("m", "2", _manifest("2"), MicroBatcher("m:2", shadow_model), _ready, "c"),
+        VersionTarget("m", "1", _manifest("1"), MicroBatcher("m:1", _model(0.0)), "c"),
+        VersionTarget("m", "2", _manifest("2"), MicroBatcher("m:2", shadow_model), "c"),
     ]
     plane = DataPlane.build(targets, {}, metrics)
     plane.apply_routing(RoutingConfig(models={"m": ModelRouting(weights={"1": 1}, shadow=shadow)}))
