@@ -215,15 +215,16 @@ def _close_telemetry(replica: object) -> None:
 
 class DeploymentHealth(threading.Thread):
     """Keeps each dedicated version's Health current from Ray Serve's own status: a version
-    with no RUNNING replica (its replicas failing to start on a corrupt or missing artifact,
-    say) takes no traffic until one runs again. Polled every `interval_s` in a thread, so the
-    request path only reads a flag."""
+    that had a RUNNING replica and has none now, or whose replicas fail to start (a corrupt or
+    missing artifact, say), takes no traffic until one runs again. Polled every `interval_s`
+    in a thread, so the request path only reads a flag."""
 
     def __init__(self, versions: dict[str, Health], interval_s: float = 1.0) -> None:
         super().__init__(name="modelgate-health", daemon=True)
         self.versions = versions
         self.interval_s = interval_s
         self._stopped = threading.Event()
+        self._seen_running: set[str] = set()
         self.start()
 
     def run(self) -> None:
@@ -237,7 +238,7 @@ class DeploymentHealth(threading.Thread):
                 return
 
     def poll(self, app: str) -> None:
-        from ray.serve._private.common import ReplicaState
+        from ray.serve._private.common import DeploymentStatus, ReplicaState
 
         status = serve.status().applications.get(app)
         for deployment, health in self.versions.items():
@@ -245,15 +246,21 @@ class DeploymentHealth(threading.Thread):
             running = overview.replica_states.get(ReplicaState.RUNNING, 0) if overview else 0
             if running > 0:
                 health.ready, health.reason = True, ""
+                self._seen_running.add(deployment)
             elif overview is None:
                 health.ready, health.reason = False, f"deployment {deployment} is not deployed"
-            else:
+            elif deployment in self._seen_running or overview.status in (
+                DeploymentStatus.UNHEALTHY,
+                DeploymentStatus.DEPLOY_FAILED,
+            ):
                 health.ready = False
                 health.reason = (
                     f"deployment {deployment} has no running replica ({overview.status.value}"
                     + (f": {overview.message.strip()[:500]}" if overview.message else "")
                     + ")"
                 )
+            # else: its first replicas are starting; requests wait for them (up to their
+            # deadline) rather than fail while the application comes up.
 
     def stop(self) -> None:
         self._stopped.set()

@@ -298,3 +298,62 @@ def test_a_version_whose_artifact_breaks_gets_no_traffic(
         f"{gateway.base}/v2/models/breast_cancer/infer", json=_body(ROWS[0]), timeout=10
     )
     assert answer.status_code == 200
+
+
+def test_callers_who_give_up_free_their_slots_and_are_never_computed(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    """HTTP clients that disconnect, and gRPC calls whose deadline passes, while their requests
+    are queued: those requests are dropped before compute, and the queue serves on at once."""
+    import grpc
+
+    from serve.protos import grpc_predict_v2_pb2 as pb
+    from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    def computed() -> float:
+        return metric_value(gateway, "modelgate_model_rows_total", model="slow", version="1")
+
+    url = f"{gateway.base}{PREFIX}/v2/models/slow/infer"
+    before = computed()
+
+    async def give_up(n: int) -> Counter[str]:
+        outcomes: Counter[str] = Counter()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+
+            async def one(i: int) -> None:
+                try:
+                    async with session.post(url, json=_body(ROWS[i % 8])) as response:
+                        outcomes[str(response.status)] += 1
+                except TimeoutError:
+                    outcomes["gave up"] += 1
+
+            await asyncio.gather(*(one(i) for i in range(n)))
+        return outcomes
+
+    http = asyncio.run(give_up(30))
+    request = pb.ModelInferRequest(model_name="slow", model_version="1")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, 30])
+    tensor.contents.fp32_contents.extend(ROWS[0].tolist())
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        calls = [
+            stub.ModelInfer.future(request, timeout=0.3, metadata=[("application", APP)])
+            for _ in range(30)
+        ]
+        codes = Counter()
+        for call in calls:
+            try:
+                call.result()
+                codes["OK"] += 1
+            except grpc.RpcError as exc:
+                codes[exc.code().name] += 1
+    time.sleep(3)  # anything still queued would have run by now (~25 ms a row)
+    ran = computed() - before
+    print("gave up:", dict(http), dict(codes), "computed", ran, "of 60")
+    assert http["gave up"] > 10 and codes["DEADLINE_EXCEEDED"] > 10
+    answered = sum(n for k, n in http.items() if k != "gave up") + codes["OK"]
+    assert ran < answered + 10  # about those answered and those running when their caller left
+    time.sleep(1)
+    assert computed() == before + ran  # nothing was left behind in a queue
+    response = requests.post(url, json=_body(ROWS[0]), timeout=5)
+    assert response.status_code == 200

@@ -258,4 +258,25 @@ def test_malformed_bodies(gateway: Gateway) -> None:
     wrong_method = requests.get(gateway.base + "/v2/models/breast_cancer/infer", timeout=10)
     assert wrong_method.status_code == 405
     # The gateway is still fine after all of that.
-    assert _post(gateway, "/v2/models/breast_cancer/infer", json=_infer_body(X_BC[:1])).ok
+    after = _post(gateway, "/v2/models/breast_cancer/infer", json=_infer_body(X_BC[:1]))
+    assert after.ok, after.text
+
+
+def test_oversized_headers_and_deep_nesting_are_refused_with_4xx(gateway: Gateway) -> None:
+    """Limits in front of the decoder: HAProxy and the replica's HTTP server cap the request
+    head (a header over ~16 KiB is refused), and JSON deeper than 1,024 levels is malformed."""
+    path = "/v2/models/breast_cancer/infer"
+    body = _infer_body(X_BC[:1])
+    big_header = _post(gateway, path, json=body, headers={"x-junk": "a" * (64 << 10)})
+    assert 400 <= big_header.status_code < 500
+    many = {f"x-junk-{i}": "b" * 100 for i in range(400)}  # 40 KiB of head in small headers
+    assert 400 <= _post(gateway, path, json=body, headers=many).status_code < 500
+    deep = b'{"inputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    refused = _post(gateway, path, data=deep)
+    assert refused.status_code == 400 and "depth limit" in refused.json()["error"]
+    data: object = X_BC[0].tolist()
+    for _ in range(100):  # within the JSON limit, deeper than any tensor (numpy: 64 dims)
+        data = [data]
+    wrong = _post(gateway, path, json={"inputs": [{**body["inputs"][0], "data": data}]})
+    assert wrong.status_code == 400 and "input 'input'" in wrong.json()["error"]
+    assert _post(gateway, path, json=body).ok  # and the gateway serves on
