@@ -248,7 +248,9 @@ class DeploymentHealth(threading.Thread):
                 health.ready, health.reason = True, ""
                 self._seen_running.add(deployment)
             elif overview is None:
-                health.ready, health.reason = False, f"deployment {deployment} is not deployed"
+                # Not in the status (an application whose new config failed to build lists
+                # none, while the running deployments serve on): keep what was last known.
+                continue
             elif deployment in self._seen_running or overview.status in (
                 DeploymentStatus.UNHEALTHY,
                 DeploymentStatus.DEPLOY_FAILED,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -99,20 +100,112 @@ def cmd_models(args: argparse.Namespace) -> int:
 QUICKSTART_CONFIG = "configs/quickstart.yaml"
 
 
+#: A supervised gateway restarted more often than this within RESTART_WINDOW_S gives up.
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 600.0
+RAY_STOPPED = 3  # exit status of a gateway whose local Ray instance stopped
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start (or join) Ray in high-throughput mode, deploy a config, serve until Ctrl-C."""
+    """Start (or join) Ray in high-throughput mode, deploy a config, serve until Ctrl-C.
+
+    With a local Ray (no --address) and serving in the foreground, this process supervises:
+    the Ray instance and the deployment live in a child process, and if that Ray instance
+    stops (a raylet killed, a crash), the child is started again: a fresh Ray with the same
+    config, its artifacts from the cache."""
+    if not (args.address or args.no_block or args.no_restart or args.supervised):
+        return _supervise(args)
+    return _serve(args)
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+    import time
+
+    command = [sys.executable, "-m", "serve.cli", "serve", args.config, "--supervised"]
+    command += ["--ray-metrics-port", str(args.ray_metrics_port)]
+    command += ["--dashboard"] if args.dashboard else []
+    for flag in ("tls_cert", "tls_key", "tls_client_ca", "https_port", "grpcs_port"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            command += [f"--{flag.replace('_', '-')}", str(value)]
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGINT)  # the child stops Serve and Ray in order
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    starts: list[float] = []
+    while True:
+        starts = [t for t in starts if time.monotonic() - t < RESTART_WINDOW_S]
+        starts.append(time.monotonic())
+        samples = ["--samples"] if args.samples and len(starts) == 1 else []
+        # A session of its own: a terminal's Ctrl-C reaches this process only, which passes
+        # one SIGINT on (a second one would interrupt the child's orderly shutdown).
+        child = subprocess.Popen(command + samples, start_new_session=True)
+        code = child.wait()
+        _kill_group(child.pid)  # what is left of that Ray instance (workers, HAProxy)
+        if stopping:
+            return 0
+        if code == 2:  # the config itself is wrong: starting again would fail the same way
+            return code
+        if len(starts) > MAX_RESTARTS:
+            print(
+                f"modelgate: the gateway stopped {len(starts)} times within "
+                f"{RESTART_WINDOW_S:g} s; giving up",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"modelgate: the gateway's Ray instance stopped (exit {code}); starting a fresh one "
+            f"and deploying {args.config} again",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(1.0)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process left in a process group (the supervised child's session)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from serve import launcher
 
     config = launcher.load_config(args.config)
     print(f"checking and converting the models in {args.config} ...")
     resolved = launcher.preflight(config)
+    from serve import tls
+
+    tls_config = tls.from_env_or_args(
+        getattr(args, "tls_cert", None),
+        getattr(args, "tls_key", None),
+        getattr(args, "https_port", 8443),
+        getattr(args, "grpcs_port", 9443),
+        getattr(args, "tls_client_ca", None),
+    )
     launcher.start_ray(args.address, args.dashboard, args.ray_metrics_port)
+    code = 0
+    front: tls.TlsFront | None = None
     try:
         launcher.deploy(config)
         http, grpc_port = _ports(config)
         print(f"\nmodelgate is serving {args.config}")
         print(f"  HTTP (Open Inference Protocol v2): http://127.0.0.1:{http}/v2")
         print(f"  gRPC (inference.GRPCInferenceService): 127.0.0.1:{grpc_port}")
+        if tls_config is not None:
+            front = tls.TlsFront(tls_config, http, grpc_port)
+            https_url, grpcs = front.urls()
+            print(f"  HTTPS: {https_url}/v2    gRPC over TLS: {grpcs}")
         for port in _exporter_ports(config):
             print(f"  metrics, all replicas on this node: http://127.0.0.1:{port}/metrics")
         if not args.address:
@@ -126,12 +219,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print_samples(first_gateway, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
         if args.no_block:
             return 0
-        print("\nserving; Ctrl-C to stop")
-        _block()
+        print("\nserving; Ctrl-C to stop", flush=True)
+        code = _block(watch_ray=not args.address)
     finally:
+        if front is not None:
+            front.close()
         if not args.address and not args.no_block:
-            launcher.stop_ray()
-    return 0
+            if code == RAY_STOPPED:
+                launcher.forget_ray()  # Serve's controller went with it: nothing to stop in order
+            else:
+                launcher.stop_ray()
+    return code
 
 
 def _ports(config: dict) -> tuple[int, int]:  # type: ignore[type-arg]
@@ -152,20 +250,28 @@ def _exporter_ports(config: dict) -> list[int]:  # type: ignore[type-arg]
     return sorted(p for p in ports if p is not None)
 
 
-def _block() -> None:
+def _block(watch_ray: bool) -> int:
+    """Serve until Ctrl-C / SIGTERM (0), or until the local Ray instance stops (3)."""
     import signal
     import time
+
+    from serve import launcher
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)  # a plain kill stops Ray too (see cmd_serve's finally)
+    signal.signal(signal.SIGTERM, stop)  # a plain kill stops Ray too (see _serve's finally)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     try:
         while True:
-            time.sleep(3600)
+            time.sleep(2)
+            dead = launcher.dead_ray_processes() if watch_ray else []
+            if dead:
+                print(f"\nRay stopped: {', '.join(dead)} exited", file=sys.stderr, flush=True)
+                return RAY_STOPPED
     except KeyboardInterrupt:
         print("\nstopping")
+    return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -176,6 +282,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     args.config, args.address, args.dashboard = QUICKSTART_CONFIG, None, False
     args.ray_metrics_port = 8080
     args.samples, args.no_block = True, False
+    args.no_restart = args.supervised = False
     return cmd_serve(args)
 
 
@@ -302,6 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="return once deployed (the cluster keeps serving only with --address)",
     )
+    run.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="run Ray in this process and exit if it stops (default with a local Ray: a "
+        "supervisor starts it again and redeploys the config)",
+    )
+    run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS and gRPC over TLS")
+    run.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    run.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed")
+    run.add_argument("--https-port", type=int, default=8443, help="HTTPS port (default 8443)")
+    run.add_argument("--grpcs-port", type=int, default=9443, help="gRPC/TLS port (default 9443)")
     run.set_defaults(func=cmd_serve)
     return parser
 

@@ -90,6 +90,27 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
+def dead_ray_processes() -> list[str]:
+    """The core processes of the local Ray instance this process started that have exited
+    (empty when there are none, or when this process joined a cluster)."""
+    from ray._private import worker
+
+    node = worker._global_node
+    if node is None or not node.head:
+        return []
+    core = {"raylet", "gcs_server"}
+    return sorted({name for name, _ in node.dead_processes() if name in core})
+
+
+def forget_ray() -> None:
+    """After the local Ray instance died: stop what is left of it, without asking Serve's
+    controller (gone with it) to shut down in order."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     with open(path) as f:
         doc = yaml.safe_load(f)

@@ -1,0 +1,180 @@
+"""The whole Ray instance restarts: `modelgate serve` (supervising a local Ray) starts a fresh
+one and deploys the same config again, and the gateway answers as before.
+
+Runs `modelgate serve` as a user does, in a process of its own with its own Ray instance and
+ports (beside the test session's), and kills that instance's raylet and GCS server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from converters.local_registry import LocalRegistry
+from converters.pipeline import ConvertOptions, convert_uri
+from tests.conftest import free_port
+
+ROW = {
+    "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
+}
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode()
+    except OSError:
+        return ""
+
+
+def _alive() -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+
+
+def _wait_log(log: Path, text: str, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while log.read_text(errors="replace").count(text) < count:
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+
+
+def _answer(url: str, timeout_s: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response = requests.post(url, json=ROW, timeout=5)
+            if response.status_code == 200:
+                return dict(response.json())
+            starting = response.status_code == 404 and "-/routes" in response.text  # Ray's own
+            assert starting or response.status_code >= 500, response.text
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"no answer from {url} within {timeout_s}s"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    registry = LocalRegistry(tmp_path / "registry")
+    x, y = load_iris(return_X_y=True)
+    registry.publish_sklearn("iris", LogisticRegression(max_iter=500).fit(x, y), x[:50])
+    artifact = convert_uri(registry, "models:/iris/1", ConvertOptions(out=tmp_path / "a")).path
+    http = free_port()
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": http},
+        "grpc_options": {
+            "port": free_port(),
+            "grpc_servicer_functions": [
+                "serve.protos.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+            ],
+        },
+        "applications": [
+            {
+                "name": "restart",
+                "route_prefix": "/",
+                "import_path": "serve.app:build_app",
+                "args": {
+                    "artifacts": str(tmp_path / "a"),
+                    "metrics": {"port": free_port(), "directory": str(tmp_path / "metrics")},
+                    "models": [
+                        {
+                            "name": "iris",
+                            "versions": [{"artifact": str(artifact), "placement": "colocated"}],
+                        }
+                    ],
+                },
+            }
+        ],
+    }
+    path = tmp_path / "restart.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # Its own HAProxy ports, so that it can run beside the test session's Ray.
+    env = {
+        **os.environ,
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+    log = tmp_path / "serve.log"
+    ray_metrics = str(free_port())
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "serve.cli",
+                "serve",
+                str(path),
+                "--ray-metrics-port",
+                ray_metrics,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        yield proc, f"http://127.0.0.1:{http}/v2/models/iris/infer", log
+    finally:
+        everything = [proc.pid, *_descendants(proc.pid)]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for pid in everything:  # anything left of either Ray instance
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_ray_instance_is_started_again_with_the_same_config(
+    supervised: tuple[subprocess.Popen[bytes], str, Path],
+) -> None:
+    proc, url, log = supervised
+    _wait_log(log, "serving; Ctrl-C to stop", count=1, timeout_s=180)
+    first = _answer(url, timeout_s=30)
+    tree = _descendants(proc.pid)
+    core = [p for p in tree if "raylet" in _cmdline(p) or "gcs_server" in _cmdline(p)]
+    assert len(core) >= 2, [_cmdline(p)[:80] for p in tree]
+    for pid in core:
+        os.kill(pid, signal.SIGKILL)
+    # The gateway goes down with its Ray instance, then comes back by itself.
+    _wait_log(log, "starting a fresh one", count=1, timeout_s=60)
+    deadline = time.monotonic() + 15
+    while left := [p for p in set(tree) & set(_alive()) if _cmdline(p)]:  # zombies have none
+        assert time.monotonic() < deadline, [(p, _cmdline(p)[:100]) for p in left]
+        time.sleep(0.5)
+    _wait_log(log, "serving; Ctrl-C to stop", count=2, timeout_s=180)
+    again = _answer(url, timeout_s=30)
+    assert again["outputs"] == first["outputs"] and again["model_version"] == "1"
+    text = log.read_text(errors="replace")
+    assert "Ray stopped" in text and "starting a fresh one" in text, text[-3000:]
+    assert proc.poll() is None  # the supervisor is still running
+    assert not set(tree) & set(_descendants(proc.pid))  # a new instance, not the old one
