@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -103,6 +104,7 @@ QUICKSTART_CONFIG = "configs/quickstart.yaml"
 #: A supervised gateway restarted more often than this within RESTART_WINDOW_S gives up.
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 600.0
 RAY_STOPPED = 3  # exit status of a gateway whose local Ray instance stopped
+STOP_GRACE_S = 90.0  # a supervised gateway asked to stop is killed after this long
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -119,7 +121,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace) -> int:
     import signal
-    import subprocess
     import time
 
     command = [sys.executable, "-m", "serve.cli", "serve", args.config, "--supervised"]
@@ -148,8 +149,10 @@ def _supervise(args: argparse.Namespace) -> int:
         # A session of its own: a terminal's Ctrl-C reaches this process only, which passes
         # one SIGINT on (a second one would interrupt the child's orderly shutdown).
         child = subprocess.Popen(command + samples, start_new_session=True)
-        code = child.wait()
-        _kill_group(child.pid)  # what is left of that Ray instance (workers, HAProxy)
+        try:
+            code = _wait_child(child, lambda: stopping)
+        finally:
+            _kill_group(child.pid)  # what is left of that Ray instance (workers, HAProxy)
         if stopping:
             return 0
         if code == 2:  # the config itself is wrong: starting again would fail the same way
@@ -168,6 +171,21 @@ def _supervise(args: argparse.Namespace) -> int:
             flush=True,
         )
         time.sleep(1.0)
+
+
+def _wait_child(child: subprocess.Popen[bytes], stopping: Callable[[], bool]) -> int:
+    """The child's exit status; once asked to stop, it has STOP_GRACE_S to stop Ray in order."""
+    import time
+
+    asked: float | None = None
+    while True:
+        try:
+            return child.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if stopping():
+                asked = asked or time.monotonic()
+                if time.monotonic() - asked > STOP_GRACE_S:
+                    child.kill()
 
 
 def _kill_group(pgid: int) -> None:

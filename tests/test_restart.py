@@ -143,6 +143,11 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
         yield proc, f"http://127.0.0.1:{http}/v2/models/iris/infer", log
     finally:
         everything = [proc.pid, *_descendants(proc.pid)]
+        groups = set()
+        for pid in everything:  # the supervised child runs Ray in a session of its own
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(pid))
+        groups.discard(os.getpgid(0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
@@ -152,6 +157,9 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
         for pid in everything:  # anything left of either Ray instance
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
 
 
 def test_a_killed_ray_instance_is_started_again_with_the_same_config(
