@@ -116,11 +116,17 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
     }
     path = tmp_path / "restart.yaml"
     path.write_text(yaml.safe_dump(config))
-    # Its own HAProxy ports, so that it can run beside the test session's Ray.
+    # Its own HAProxy ports and direct-ingress port ranges, so that it can run beside the test
+    # session's Ray: replicas bind their direct-ingress ports with SO_REUSEPORT, so two instances
+    # on the same range would take each other's requests.
     env = {
         **os.environ,
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000",
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "33000",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000",
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "43000",
     }
     log = tmp_path / "serve.log"
     ray_metrics = str(free_port())
