@@ -67,6 +67,7 @@ class MicroBatcher:
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._on_batch = on_batch
         self.stats = BatchStats()
 
@@ -111,7 +112,12 @@ class MicroBatcher:
             if not batch:
                 continue
             self._in_flight += 1
-            asyncio.create_task(self._execute(batch)).add_done_callback(self._release)
+            task = asyncio.create_task(self._execute(batch))
+            # The loop keeps only a weak reference to a task: one waiting on a future that
+            # nothing else holds (a socket read, say) would be garbage collected mid-flight.
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._release)
 
     async def _hold_open(self) -> None:
         deadline = self._queue[0].enqueued + self._max_wait

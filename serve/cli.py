@@ -141,6 +141,7 @@ def _supervise(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    _become_subreaper()
     starts: list[float] = []
     while True:
         starts = [t for t in starts if time.monotonic() - t < RESTART_WINDOW_S]
@@ -152,7 +153,7 @@ def _supervise(args: argparse.Namespace) -> int:
         try:
             code = _wait_child(child, lambda: stopping)
         finally:
-            _kill_group(child.pid)  # what is left of that Ray instance (workers, HAProxy)
+            _kill_leftovers(child.pid)  # what is left of that Ray instance (workers, HAProxy)
         if stopping:
             return 0
         if code == 2:  # the config itself is wrong: starting again would fail the same way
@@ -182,18 +183,67 @@ def _wait_child(child: subprocess.Popen[bytes], stopping: Callable[[], bool]) ->
         try:
             return child.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
+            _reap_orphans(exclude=child.pid)
             if stopping():
                 asked = asked or time.monotonic()
                 if time.monotonic() - asked > STOP_GRACE_S:
                     child.kill()
 
 
-def _kill_group(pgid: int) -> None:
-    """SIGKILL every process left in a process group (the supervised child's session)."""
+def _become_subreaper() -> None:
+    """Linux: orphans of the child's processes (Ray workers, HAProxy) are re-parented to this
+    process instead of init, so that none can outlive a dead Ray instance unseen."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _kill_leftovers(child_pid: int) -> None:
+    """SIGKILL the child's process group and every process still below this one, then reap."""
     import signal
+    import time
 
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(child_pid, signal.SIGKILL)
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _reap_orphans(exclude=None) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _reap_orphans(exclude: int | None) -> bool:
+    """Collect the exit status of adopted orphans that have exited (not the child's: Popen
+    owns that); True while some process below this one is still there."""
+    left = False
+    for pid in _descendants(os.getpid()):
+        if pid == exclude:
+            continue
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (a grandchild): its parent reaps it
+            done = 0
+        left = left or done == 0
+    return left
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            found.append(pid)
+            todo.append(pid)
+    return found
 
 
 def _serve(args: argparse.Namespace) -> int:

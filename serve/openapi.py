@@ -28,6 +28,10 @@ _ERRORS = {
 _READY = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
 
 
+def _array_of(schema: str) -> dict[str, Any]:
+    return {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}}
+
+
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -89,10 +93,7 @@ def _schemas() -> dict[str, Any]:
                     "minItems": 1,
                     "items": {"$ref": "#/components/schemas/RequestInput"},
                 },
-                "outputs": {
-                    "type": "array",
-                    "items": {"$ref": "#/components/schemas/RequestOutput"},
-                },
+                "outputs": _array_of("RequestOutput"),
             },
         },
         "ResponseOutput": {
@@ -114,10 +115,7 @@ def _schemas() -> dict[str, Any]:
                 "model_version": {"type": "string"},
                 "id": {"type": "string"},
                 "parameters": parameters,
-                "outputs": {
-                    "type": "array",
-                    "items": {"$ref": "#/components/schemas/ResponseOutput"},
-                },
+                "outputs": _array_of("ResponseOutput"),
             },
         },
         "TensorMetadata": {
@@ -136,14 +134,8 @@ def _schemas() -> dict[str, Any]:
                 "name": {"type": "string"},
                 "versions": {"type": "array", "items": {"type": "string"}},
                 "platform": {"type": "string"},
-                "inputs": {
-                    "type": "array",
-                    "items": {"$ref": "#/components/schemas/TensorMetadata"},
-                },
-                "outputs": {
-                    "type": "array",
-                    "items": {"$ref": "#/components/schemas/TensorMetadata"},
-                },
+                "inputs": _array_of("TensorMetadata"),
+                "outputs": _array_of("TensorMetadata"),
             },
         },
         "Error": {

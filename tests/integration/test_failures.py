@@ -222,42 +222,40 @@ def test_a_503_from_shedding_says_when_to_retry(
     assert all(a[1] == "1" and "overloaded" in a[2] and "limit 16" in a[2] for a in shed)
 
 
-def test_killing_a_model_replica_under_load_loses_no_request(
-    gateway: Gateway, failures: dict[str, Path]
-) -> None:
-    before = _replica_pids("bc-v1")
+def _kill_one_under_load(gateway: Gateway, deployment: str, clients: int) -> Traffic:
+    """SIGKILL one of a deployment's two replicas while clients send to version 1; every
+    request is accounted for, none hangs, the only errors allowed are clear 503s; Ray Serve
+    replaces the replica."""
+    before = _replica_pids(deployment)
     assert len(before) == 2
-    with Traffic(f"{gateway.base}{PREFIX}/v2/models/bc/versions/1/infer") as traffic:
+    url = f"{gateway.base}{PREFIX}/v2/models/bc/versions/1/infer"
+    with Traffic(url, clients=clients) as traffic:
         time.sleep(2)
         os.kill(before[0], signal.SIGKILL)
         time.sleep(4)
-    print("model replica killed:", traffic.sent, dict(traffic.outcomes), traffic.errors[:3])
+    print(f"{deployment} killed:", traffic.sent, dict(traffic.outcomes), traffic.errors[:3])
     assert traffic.accounted() == traffic.sent
     assert traffic.outcomes["200"] > 100
-    # In flight on the killed replica: sent again to the other one; never a hang or a 5xx
-    # other than a clear 503.
     assert set(traffic.outcomes) <= {"200", "503"}, (traffic.outcomes, traffic.errors[:5])
     assert all("unavailable" in e for e in traffic.errors), traffic.errors[:5]
-    _wait(lambda: _running("bc-v1") == 2, "Ray Serve restarts the killed replica")
-    after = _replica_pids("bc-v1")
+    _wait(lambda: _running(deployment) == 2, f"Ray Serve replaces the killed {deployment}")
+    after = _replica_pids(deployment)
     assert before[0] not in after and before[1] in after
+    return traffic
+
+
+def test_killing_a_model_replica_under_load_loses_no_request(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    """Batches in flight on the killed replica are sent again to the other one."""
+    _kill_one_under_load(gateway, "bc-v1", clients=8)
 
 
 def test_killing_a_router_replica_under_load_loses_no_request(
     gateway: Gateway, failures: dict[str, Path]
 ) -> None:
-    before = _replica_pids("Router")
-    assert len(before) == 2
-    with Traffic(f"{gateway.base}{PREFIX}/v2/models/bc/versions/1/infer", clients=16) as traffic:
-        time.sleep(2)
-        os.kill(before[0], signal.SIGKILL)
-        time.sleep(4)
-    print("router replica killed:", traffic.sent, dict(traffic.outcomes), traffic.errors[:3])
-    assert traffic.accounted() == traffic.sent
-    assert traffic.outcomes["200"] > 100
-    assert set(traffic.outcomes) <= {"200", "503"}, (traffic.outcomes, traffic.errors[:5])
-    _wait(lambda: _running("Router") == 2, "Ray Serve restarts the killed router")
-    assert before[0] not in _replica_pids("Router")
+    """HAProxy replays what the killed router held on the other one."""
+    _kill_one_under_load(gateway, "Router", clients=16)
 
 
 def test_a_version_whose_artifact_breaks_gets_no_traffic(

@@ -129,3 +129,35 @@ def test_large_requests_go_whole(rows: int) -> None:
         assert out["y"].reshape(-1).tolist() == [2 * i for i in range(rows)]
 
     asyncio.run(main())
+
+
+def test_a_batch_waiting_on_a_future_nothing_else_holds_survives_garbage_collection() -> None:
+    """A batch's task waits on the transport (a socket read, a handle call). If only that
+    task's frame holds the future, the task is garbage in a cycle; the batcher must keep it."""
+    import gc
+    import weakref
+
+    waiting: list[weakref.ref[asyncio.Future[Feeds]]] = []
+
+    async def run(feeds: Feeds) -> Feeds:
+        future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
+        waiting.append(weakref.ref(future))
+        return await future  # held by this frame alone, like a StreamReader's waiter
+
+    async def main() -> list[Feeds]:
+        batcher = MicroBatcher("m", run, max_in_flight=1)
+        one = {"x": np.ones((1, 2), np.float32)}
+        calls = [asyncio.ensure_future(batcher.submit(one, 1)) for _ in range(3)]
+        await asyncio.sleep(0.05)  # the first runs directly, the others wait as one batch
+        gc.collect()
+        alive = [ref() for ref in waiting]
+        assert all(f is not None for f in alive), "a running batch was garbage collected"
+        alive[0].set_result({"y": np.ones((1,), np.float32)})  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert len(waiting) == 2 and waiting[1]() is not None
+        waiting[1]().set_result({"y": np.ones((2,), np.float32)})  # type: ignore[union-attr]
+        return await asyncio.wait_for(asyncio.gather(*calls), 5)
+
+    results = asyncio.run(main())
+    assert [r["y"].shape for r in results] == [(1,), (1,), (1,)]
