@@ -3,7 +3,8 @@ driven by modelgate's own load-test harness (closed loop, HDR histograms).
 
 Scenarios on one Ray instance in high-throughput mode, every app deployed side by side:
   baseline        one Ray Serve deployment running the ONNX model in process (no gateway work)
-  dedicated       the gateway, the version on its own replicas behind the router
+  dedicated       the gateway, the version on its own replicas behind the router (direct transport)
+  handle          dedicated, reached through Ray Serve's handle call instead
   colocated       the gateway, the version inside the router replicas
   unbatched       colocated, one request per run (max_batch_rows 1): batching off
   shadowed        colocated, every request shadowed to another (colocated) version
@@ -35,6 +36,7 @@ MODEL_URI = "models:/breast_cancer/1"
 SCENARIOS: dict[str, tuple[str, str, str, int, str]] = {
     "baseline": ("/baseline", "bc", "http", 1, "baseline"),
     "dedicated": ("", "bc_dedicated", "http", 1, "baseline"),
+    "handle": ("", "bc_handle", "http", 1, "baseline"),
     "colocated": ("", "bc_colocated", "http", 1, "baseline"),
     "unbatched": ("", "bc_unbatched", "http", 1, "colocated"),
     "shadowed": ("", "bc_shadowed", "http", 1, "colocated"),
@@ -296,6 +298,8 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
         return _ratio(rps(name, clients), rps(reference, clients))
 
     lines += [
+        f"- dedicated transport, direct vs handle: {vs('dedicated', 'handle')} req/s at 32 "
+        f"clients; p50 at 1 client {p50('dedicated', 1):.2f} ms vs {p50('handle', 1):.2f} ms",
         f"- shadow on/off (colocated, every request shadowed): {vs('shadowed', 'colocated')} "
         f"req/s at 32 clients; p50 at 1 client {p50('shadowed', 1) - p50('colocated', 1):+.2f} ms",
         f"- batching off/on (colocated): {vs('unbatched', 'colocated', 64)} req/s at 64 "

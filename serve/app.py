@@ -33,6 +33,7 @@ from serve.config import (
     VersionConfig,
 )
 from serve.dataplane import DataPlane, Health, VersionTarget
+from serve.direct import DirectPool, DirectServer, kv_prefix
 from serve.errors import ErrorCode, InferenceError
 from serve.exporter import MULTIPROC_ENV
 from serve.protos import grpc_predict_v2_pb2 as pb
@@ -62,6 +63,7 @@ class VersionSpec(BaseModel):
     intra_op_threads: int
     deployment: str | None
     timeout_ms: float | None
+    direct: bool = False  # dedicated: batches over serve/direct.py, the handle as fallback
 
 
 class TelemetrySpec(BaseModel):
@@ -88,12 +90,18 @@ class RouterSpec(BaseModel):
 class ModelVersion:
     """One (model, version): an ONNX Runtime session, warmed up before the replica is ready."""
 
-    def __init__(self, spec: dict[str, Any], telemetry: dict[str, Any]) -> None:
+    async def __init__(self, spec: dict[str, Any], telemetry: dict[str, Any]) -> None:  # type: ignore[misc]
         version = VersionSpec.model_validate(spec)
         self.telemetry = TelemetrySpec.model_validate(telemetry).start()
         runtime = VersionRuntime(Path(version.artifact), version.intra_op_threads)
         runtime.warm_up()
         self._run = self.telemetry.instrument(runtime, version.model, version.version)
+        self.direct: DirectServer | None = None
+        if version.direct:
+            context = serve.get_replica_context()
+            key = kv_prefix(context.app_name, context.deployment) + context.replica_id.unique_id
+            self.direct = DirectServer(self._run, key)
+            await self.direct.start()
 
     async def run(self, feeds: Feeds) -> Feeds:
         return self._run(feeds)
@@ -103,6 +111,9 @@ class ModelVersion:
 
     def __del__(self) -> None:  # Ray Serve calls it when the replica stops
         _close_telemetry(self)
+        direct = getattr(self, "direct", None)
+        if direct is not None:
+            direct.close()
 
 
 @serve.deployment
@@ -114,7 +125,17 @@ class Router:
         self.limits = self.spec.limits
         self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
         self.telemetry = self.spec.telemetry.start()
-        targets = [_target(version, handles, self.telemetry) for version in self.spec.versions]
+        self.pools: dict[str, DirectPool] = {}
+        if any(v.direct for v in self.spec.versions):
+            app = serve.get_replica_context().app_name
+            for v in self.spec.versions:
+                if v.direct and v.deployment is not None:
+                    self.pools[v.deployment] = DirectPool(
+                        v.deployment, kv_prefix(app, v.deployment)
+                    )
+        targets = [
+            _target(version, handles, self.telemetry, self.pools) for version in self.spec.versions
+        ]
         auth = Authenticator(self.spec.auth) if self.spec.auth is not None else None
         self.plane = DataPlane.build(
             targets, self.spec.registry_aliases, self.telemetry.metrics, auth
@@ -124,7 +145,7 @@ class Router:
             for v, t in zip(self.spec.versions, targets, strict=True)
             if v.deployment is not None
         }
-        self.health = DeploymentHealth(dedicated) if dedicated else None
+        self.health = DeploymentHealth(dedicated, list(self.pools.values())) if dedicated else None
 
     def __del__(self) -> None:
         _close_telemetry(self)
@@ -219,9 +240,12 @@ class DeploymentHealth(threading.Thread):
     missing artifact, say), takes no traffic until one runs again. Polled every `interval_s`
     in a thread, so the request path only reads a flag."""
 
-    def __init__(self, versions: dict[str, Health], interval_s: float = 1.0) -> None:
+    def __init__(
+        self, versions: dict[str, Health], pools: list[DirectPool], interval_s: float = 1.0
+    ) -> None:
         super().__init__(name="modelgate-health", daemon=True)
         self.versions = versions
+        self.pools = pools
         self.interval_s = interval_s
         self._stopped = threading.Event()
         self._seen_running: set[str] = set()
@@ -234,6 +258,11 @@ class DeploymentHealth(threading.Thread):
                 self.poll(app)
             except Exception:  # the controller restarting, say: keep the last known state
                 logger.warning("could not read Ray Serve's status", exc_info=True)
+            for pool in self.pools:  # the direct transport's endpoints, from Ray's KV
+                try:
+                    pool.refresh()
+                except Exception:
+                    logger.warning("could not list %s's endpoints", pool.name, exc_info=True)
             if self._stopped.wait(self.interval_s):
                 return
 
@@ -275,7 +304,10 @@ def _metadata(context: Any) -> dict[str, str]:
 
 
 def _target(
-    spec: VersionSpec, handles: dict[str, DeploymentHandle], telemetry: ReplicaTelemetry
+    spec: VersionSpec,
+    handles: dict[str, DeploymentHandle],
+    telemetry: ReplicaTelemetry,
+    pools: dict[str, DirectPool] | None = None,
 ) -> VersionTarget:
     name = f"{spec.model}:{spec.version}"
     health = Health()
@@ -290,7 +322,14 @@ def _target(
             run = _unavailable_run(name, health)
     else:
         assert spec.deployment is not None
-        run = _remote_run(name, handles[spec.deployment])
+        counter = telemetry.metrics.transport_batches
+        run = _remote_run(
+            name,
+            handles[spec.deployment],
+            (pools or {}).get(spec.deployment),
+            counter.labels(spec.model, spec.version, "direct"),
+            counter.labels(spec.model, spec.version, "handle"),
+        )
     b = spec.batching
     batcher = MicroBatcher(
         name,
@@ -325,11 +364,19 @@ def _unavailable_run(name: str, health: Health):  # type: ignore[no-untyped-def]
     return run
 
 
-def _remote_run(name: str, handle: DeploymentHandle):  # type: ignore[no-untyped-def]
+def _remote_run(  # type: ignore[no-untyped-def]
+    name: str, handle: DeploymentHandle, pool: DirectPool | None, direct: Any, handled: Any
+):
     from ray.exceptions import RayActorError
     from ray.serve.exceptions import BackPressureError
 
     async def run(feeds: Feeds) -> Feeds:
+        if pool is not None:
+            outputs = await pool.run(feeds)
+            if outputs is not None:
+                direct.inc()
+                return outputs
+        handled.inc()
         for attempt in range(1, REPLICA_ATTEMPTS + 1):
             try:
                 return await handle.run.remote(feeds)  # type: ignore[no-any-return]
@@ -383,6 +430,7 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
             intra_op_threads=version_config.intra_op_threads,
             deployment=f"{model.name}-v{version}" if dedicated else None,
             timeout_ms=model.timeout_ms,
+            direct=version_config.direct,
         )
         if spec.deployment is not None:
             handles[spec.deployment] = _model_deployment(

@@ -114,6 +114,13 @@ class GatewayMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.transport_batches = Counter(
+            "modelgate_transport_batches_total",
+            "Batches a router sent to dedicated replicas, by transport: direct (serve/direct.py) "
+            "or handle (Ray Serve's handle: autoscaled versions, string tensors, fallbacks).",
+            ["model", "version", "transport"],
+            registry=r,
+        )
         self.route_weight = Gauge(
             "modelgate_route_weight",
             "Share of a model's default-route traffic each version gets (0..1), as configured.",
