@@ -215,14 +215,17 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
 - **colocated** runs ONNX Runtime inside the router replica: the gateway's own work (decode,
   validate, batch, encode; ~80 µs a request in process, orjson for JSON) is small next to Ray
   Serve's per-request machinery, so it tracks the in-process baseline.
-- **dedicated** pays one Ray Serve handle call per batch (router → model replica). At one
-  connection that call is the whole gap (~1.4 ms over the baseline; DESIGN.md measured 2.3–2.8 ms
-  p50 for the same hop). Under load the router coalesces queued requests into one call per
-  version (at most `max_in_flight` at once), which is what lifts it from the plain design's
-  0.00–0.04× to the figure above. py-spy of the router under load: Ray's replica machinery
+- **dedicated** sends each batch to the model replica over the direct transport
+  (serve/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
+  ~0.08 ms a round trip measured between two processes here) and tracks colocated. **handle**
+  is the same version reached through a Ray Serve handle call per batch, as dedicated was
+  before: at one connection that call is the whole gap (~4 ms here; DESIGN.md measured 2.3–2.8
+  ms p50 for the same hop), and under load the router coalesces queued requests into one call
+  per version (at most `max_in_flight` at once), which lifts it from the plain design's
+  0.00–0.04× to the figure above. Autoscaled versions keep the handle (Ray Serve's autoscaler
+  counts only handle requests). py-spy of the router under load: Ray's replica machinery
   (uvicorn, direct-ingress ASGI, request metrics, access logging) dominates; modelgate's code is
-  under a tenth of the samples. `max_in_flight: 1` measured ~20% more req/s at 32 connections
-  than 2, but keeps only one model replica busy per router; the default stays 2.
+  under a tenth of the samples.
 - **shadowed** copies every request to a second version. Copies queue and one worker per shadow
   runs all queued copies as one batch, then compares each with its primary's answer; the caller
   only draws a sample and appends. An earlier design with one task per copy cost ~20% req/s.
