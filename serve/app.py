@@ -106,9 +106,6 @@ class ModelVersion:
     async def run(self, feeds: Feeds) -> Feeds:
         return self._run(feeds)
 
-    async def ready(self) -> bool:
-        return True
-
     def __del__(self) -> None:  # Ray Serve calls it when the replica stops
         _close_telemetry(self)
         direct = getattr(self, "direct", None)
