@@ -95,7 +95,8 @@ class TlsFront:
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 10
-        while not _listening(config.https_port) or not _listening(config.grpcs_port):
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+        while not _listening(host, config.https_port) or not _listening(host, config.grpcs_port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 stderr = self.process.stderr.read().decode() if self.process.stderr else ""
@@ -128,12 +129,12 @@ class TlsFront:
         self.close()
 
 
-def _listening(port: int) -> bool:
+def _listening(host: str, port: int) -> bool:
     import socket
 
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def from_env_or_args(
