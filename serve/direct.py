@@ -152,10 +152,9 @@ class DirectPool:
         self.name = name
         self.prefix = prefix
         self._listed: frozenset[str] = frozenset()
+        self._reconciled: frozenset[str] | None = None  # the listing _endpoints matches
         self._unreachable: set[str] = set()
         self._endpoints: dict[str, _Endpoint] = {}
-        self.sent = 0
-        self.fallbacks = 0
 
     def refresh(self) -> None:
         """Read the published addresses (blocking: call it from a thread)."""
@@ -179,6 +178,9 @@ class DirectPool:
 
     def _reconcile(self) -> None:
         listed = self._listed
+        if listed is self._reconciled:  # nothing new since the last batch
+            return
+        self._reconciled = listed
         for address in list(self._endpoints):
             if address not in listed:
                 for _, writer in self._endpoints.pop(address).idle:
@@ -205,7 +207,6 @@ class DirectPool:
                 "%s: %s unreachable (%r); using the handle", self.name, endpoint.address, exc
             )
             self._forget(endpoint)
-            self.fallbacks += 1
             return None
         finally:
             endpoint.in_flight -= 1
@@ -227,7 +228,6 @@ class DirectPool:
             writer.close()
             raise
         endpoint.idle.append((reader, writer))
-        self.sent += 1
         return outputs
 
     def _forget(self, endpoint: _Endpoint) -> None:
@@ -237,12 +237,6 @@ class DirectPool:
             writer.close()
         self._listed = self._listed - {endpoint.address}
         self._unreachable.add(endpoint.address)
-
-    def close(self) -> None:
-        for endpoint in self._endpoints.values():
-            for _, writer in endpoint.idle:
-                writer.close()
-        self._endpoints.clear()
 
 
 def _no_delay(writer: asyncio.StreamWriter) -> None:
