@@ -245,8 +245,13 @@ class DataPlane:
             if ready and not target.health.ready:
                 raise _unavailable(target)
             return target
-        live = {v for v, t in entry.versions.items() if t.health.ready}
-        picked = table.pick((headers or {}).get(table.sticky_header), live)
+        key = (headers or {}).get(table.sticky_header)
+        picked = table.pick(key)
+        if picked is not None and entry.versions[picked].health.ready:
+            return entry.versions[picked]  # the common case: no set of ready versions to build
+        # Picking again among the ready ones gives what picking among them at once would: a
+        # key's rendezvous winner, or a draw over their renormalised weights.
+        picked = table.pick(key, {v for v, t in entry.versions.items() if t.health.ready})
         if picked is not None:
             return entry.versions[picked]
         if ready:
