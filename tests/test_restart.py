@@ -103,6 +103,8 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
     # Its own HAProxy ports and direct-ingress port ranges, so that it can run beside the test
     # session's Ray: replicas bind their direct-ingress ports with SO_REUSEPORT, so two instances
     # on the same range would take each other's requests.
+    haproxy = tmp_path / "haproxy"
+    haproxy.mkdir()
     env = {
         **os.environ,
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
@@ -111,6 +113,13 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "33000",
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000",
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "43000",
+        # HAProxy's config, admin socket and server-state file default to fixed paths under
+        # /tmp/haproxy-serve: shared, one instance's HAProxy manager drives the other's HAProxy.
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy / "metrics.sock"),
     }
     log = tmp_path / "serve.log"
     ray_metrics = str(free_port())
