@@ -100,26 +100,23 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
     }
     path = tmp_path / "restart.yaml"
     path.write_text(yaml.safe_dump(config))
-    # Its own HAProxy ports and direct-ingress port ranges, so that it can run beside the test
-    # session's Ray: replicas bind their direct-ingress ports with SO_REUSEPORT, so two instances
-    # on the same range would take each other's requests.
-    haproxy = tmp_path / "haproxy"
-    haproxy.mkdir()
+    # Its own HAProxy, fallback proxy and direct-ingress ports, so that it can run beside the
+    # test session's Ray: replicas bind their direct-ingress ports with SO_REUSEPORT, so two
+    # instances on the same range would take each other's requests (the ranges stay below the
+    # ephemeral ports that free_port() hands out).
     env = {
         **os.environ,
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000",
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "33000",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000",
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "43000",
-        # HAProxy's config, admin socket and server-state file default to fixed paths under
-        # /tmp/haproxy-serve: shared, one instance's HAProxy manager drives the other's HAProxy.
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy / "metrics.sock"),
+        # HAProxy's backup server for every route is Ray Serve's proxy actor on these ports
+        # (8500 / 9500 by default): shared, a request that finds this instance's routers not
+        # (yet) up is answered by the other instance's applications.
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "22000",
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "22999",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "23000",
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "23999",
     }
     log = tmp_path / "serve.log"
     ray_metrics = str(free_port())
