@@ -20,7 +20,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+    values,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -37,6 +43,32 @@ def prepare() -> None:
     path = multiproc_dir()
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
+    global _value_class
+    default = values.ValueClass
+    if getattr(default, "_multiprocess", False) and default is not _value_class:
+        # prometheus-client (multiprocess since import: the folder was in the environment)
+        # checks the process id at every write to notice a fork(): one getpid() system call
+        # per write, a dozen per request, each a chance to be descheduled holding the GIL on a
+        # busy machine. The id is cached instead, renewed in a forked child. One class per
+        # process: two would each map the process's files.
+        _value_class = _value_class or values.MultiProcessValue(process_identifier=_cached_pid)
+        values.ValueClass = _value_class
+
+
+_value_class: Any = None
+_pid = os.getpid()
+
+
+def _cached_pid() -> int:
+    return _pid
+
+
+def _renew_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
 
 
 def forget_dead_processes(path: Path) -> None:

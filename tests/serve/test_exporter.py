@@ -125,6 +125,53 @@ def test_without_a_folder_a_scrape_is_the_process_own_registry(
     assert _value(text, "modelgate_shed_total", model="m", version="1") == 2
 
 
+#: Counts getpid() calls while writing metrics, then forks: the child's writes go to its own file.
+FORKING = """
+import os, sys
+from serve import exporter
+from serve.metrics import GatewayMetrics
+exporter.prepare()
+m = GatewayMetrics()
+calls = 0
+real = os.getpid
+def counting():
+    global calls
+    calls += 1
+    return real()
+os.getpid = counting
+for _ in range(100):
+    m.requests.labels("m", "1", "http", "ok").inc()
+os.getpid = real
+print("getpid calls", calls, flush=True)
+child = os.fork()
+if child == 0:
+    m.requests.labels("m", "1", "http", "ok").inc(5)
+    os._exit(0)
+os.waitpid(child, 0)
+print("parent", os.getpid(), "child", child, flush=True)
+"""
+
+
+def test_metric_writes_make_no_system_call_and_a_forked_child_writes_its_own_file(
+    folder: Path,
+) -> None:
+    env = {**os.environ, exporter.MULTIPROC_ENV: str(folder)}
+    done = subprocess.run(
+        [sys.executable, "-c", FORKING], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "getpid calls 0"
+    parent, child = lines[1].split()[1::2]
+    assert sorted(f.name for f in folder.iterdir()) == sorted(
+        [f"counter_{parent}.db", f"counter_{child}.db"]
+    )
+    registry = exporter.node_registry(GatewayMetrics().registry)
+    text = exporter.exposition(registry).decode()
+    ok = {"model": "m", "version": "1", "protocol": "http", "code": "ok"}
+    assert _value(text, "modelgate_requests_total", **ok) == 105
+
+
 def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
