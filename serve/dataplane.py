@@ -155,7 +155,8 @@ class DataPlane:
         started = time.monotonic()
         model = request.model if request.model in self.models else ""  # no series per typo
         version, code = "", "ok"
-        self.metrics.in_flight.labels(model).inc()
+        in_flight = self.metrics.in_flight_of(model)
+        in_flight.inc()
         try:
             target = self.target(request.model, request.version, request.headers, ready=True)
             version = target.version
@@ -171,11 +172,10 @@ class DataPlane:
             code = ErrorCode.INTERNAL.value
             raise
         finally:
-            self.metrics.in_flight.labels(model).dec()
-            self.metrics.requests.labels(model, version, request.protocol, code).inc()
-            self.metrics.request_duration.labels(model, version, request.protocol).observe(
-                time.monotonic() - started
-            )
+            in_flight.dec()
+            count, duration = self.metrics.request_series(model, version, request.protocol, code)
+            count.inc()
+            duration.observe(time.monotonic() - started)
 
     async def _infer(self, request: InferRequest, target: VersionTarget) -> InferResponse:
         feeds, rows = validate(request, target.manifest.signature)

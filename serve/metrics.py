@@ -38,6 +38,8 @@ SHADOW_LABELS = ("model", "primary", "shadow")
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._request_series: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+        self._in_flight: dict[str, Gauge] = {}
         r = self.registry
         self.requests = Counter(
             "modelgate_requests_total",
@@ -179,6 +181,27 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def request_series(
+        self, model: str, version: str, protocol: str, code: str
+    ) -> tuple[Counter, Histogram]:
+        """The request counter and duration histogram of one label set, looked up once: the
+        label space is bounded (served models and versions, two protocols, the error codes)."""
+        key = (model, version, protocol, code)
+        series = self._request_series.get(key)
+        if series is None:
+            series = (
+                self.requests.labels(model, version, protocol, code),
+                self.request_duration.labels(model, version, protocol),
+            )
+            self._request_series[key] = series
+        return series
+
+    def in_flight_of(self, model: str) -> Gauge:
+        gauge = self._in_flight.get(model)
+        if gauge is None:
+            gauge = self._in_flight[model] = self.in_flight.labels(model)
+        return gauge
 
     def batch_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
         """The micro-batcher's `on_batch` hook for one version."""

@@ -104,7 +104,11 @@ async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: 
         p.get("version"),
         rest_codec.Limits(max_elements=limits.max_elements),
     )
-    infer_request.headers = dict(request.headers)  # lower-case names: sticky routing keys
+    # Sticky routing keys: ASGI header names are lower-case bytes; the first of repeated
+    # headers wins, as in starlette's Headers (built here without its per-name scan).
+    infer_request.headers = {
+        k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])
+    }
     response = await plane.infer(infer_request)
     content, headers = rest_codec.encode_response(response)
     headers[VERSION_HEADER] = response.version
