@@ -332,7 +332,7 @@ def _ceiling() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per point")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point")
     parser.add_argument("--plain-only", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain_only:
