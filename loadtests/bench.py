@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -120,7 +121,23 @@ def _interleaved(
 
 
 def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
-    return sorted(points, key=lambda p: p["rps"])[len(points) // 2]
+    """The median round's point, carrying every round's req/s and p50 (in round order) for
+    the paired ratios."""
+    point = dict(sorted(points, key=lambda p: p["rps"])[len(points) // 2])
+    point["rounds_rps"] = [p["rps"] for p in points]
+    point["rounds_p50_ms"] = [p["p50_ms"] for p in points]
+    return point
+
+
+def paired_ratio(point: dict[str, Any], reference: dict[str, Any], key: str) -> float | None:
+    """The median, over rounds, of the ratio of `key` between two scenarios measured seconds
+    apart in the same round: steadier on a shared machine than a ratio of medians, since a
+    slow spell hits both sides of a pair. Falls back to the points' own values (one round)."""
+    mine, theirs = point.get(f"rounds_{key}"), reference.get(f"rounds_{key}")
+    if mine and theirs and len(mine) == len(theirs):
+        ratios = sorted(a / b for a, b in zip(mine, theirs, strict=True) if b)
+        return statistics.median(ratios) if ratios else None
+    return point[key] / reference[key] if reference[key] else None
 
 
 def _prepare() -> str:
@@ -257,7 +274,9 @@ def write_results(
         f"cores with the gateway: it drives about {ceiling:.0f} req/s against a trivial server "
         f"here, `modelgate loadtest --selftest`), {duration_s:g} s per point after 1 s of "
         f"warm-up; the scenarios alternate at each point for {rounds} rounds and the median "
-        "round is shown (plain runs after, in its own Ray instance, one round). breast_cancer "
+        "round is shown; each ratio is the median of the rounds' ratios (the two scenarios of "
+        "a pair measured seconds apart) (plain runs after, in its own Ray instance, one "
+        "round). breast_cancer "
         "v1 (GradientBoosting ONNX, 30 floats a row), rows drawn from its reference statistics, "
         "JSON over HTTP unless the scenario says otherwise. Each ratio compares with the "
         "scenario named in its column, measured in the same run; absolute figures drift on this "
@@ -274,7 +293,8 @@ def write_results(
             lines.append(
                 f"| {name} | {p['clients']} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
                 f"{p['p99_ms']:.2f} | {p['errors']} | {reference} | "
-                f"{_ratio(p['rps'], ref['rps'])} | {_ratio(p['p50_ms'], ref['p50_ms'])} |"
+                f"{_show_ratio(paired_ratio(p, ref, 'rps'))} | "
+                f"{_show_ratio(paired_ratio(p, ref, 'p50_ms'))} |"
             )
     lines += ["", "## Summary", "", *summary(by), "", NOTES]
     text = "\n".join(lines) + "\n"
@@ -289,16 +309,16 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     def p50(name: str, clients: int) -> float:
         return float(by[name][clients]["p50_ms"])
 
+    def vs(name: str, reference: str, clients: int = 32, key: str = "rps") -> str:
+        return _show_ratio(paired_ratio(by[name][clients], by[reference][clients], key))
+
     lines = []
     for name in ("dedicated", "colocated", "plain"):
         if name in by:
             lines.append(
-                f"- {name}: {_ratio(rps(name, 32), rps('baseline', 32))} baseline req/s at 32 "
-                f"clients; p50 at 1 client {_ratio(p50(name, 1), p50('baseline', 1))} baseline"
+                f"- {name}: {vs(name, 'baseline')} baseline req/s at 32 clients; p50 at 1 "
+                f"client {vs(name, 'baseline', 1, 'p50_ms')} baseline"
             )
-
-    def vs(name: str, reference: str, clients: int = 32) -> str:
-        return _ratio(rps(name, clients), rps(reference, clients))
 
     lines += [
         f"- dedicated transport, direct vs handle: {vs('dedicated', 'handle')} req/s at 32 "
@@ -318,8 +338,8 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def _ratio(value: float, reference: float) -> str:
-    return f"{value / reference:.2f}×" if reference else "–"
+def _show_ratio(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}×"
 
 
 def _ceiling() -> float:

@@ -1,0 +1,66 @@
+"""`make bench`'s report: ratios pair rounds measured seconds apart (no Ray: synthetic points)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtests import bench
+
+
+def _points(rps_by_round: list[float], p50_by_round: list[float]) -> dict[str, object]:
+    rounds = [
+        {"clients": 32, "rps": r, "p50_ms": p, "p99_ms": 2 * p, "errors": 0}
+        for r, p in zip(rps_by_round, p50_by_round, strict=True)
+    ]
+    return bench._median(rounds)
+
+
+def test_a_slow_spell_that_hits_both_sides_of_a_pair_leaves_the_ratio_alone() -> None:
+    # Round 2 is a slow spell for both; the gateway is at 0.9x the baseline in every round.
+    baseline = _points([2000, 1000, 1900], [10, 20, 11])
+    gateway = _points([1800, 900, 1710], [11, 22, 12.1])
+    assert bench.paired_ratio(gateway, baseline, "rps") == pytest.approx(0.9)
+    assert bench.paired_ratio(gateway, baseline, "p50_ms") == pytest.approx(1.1)
+
+
+def test_ratios_pair_rounds_instead_of_medians_from_different_rounds() -> None:
+    baseline = _points([2000, 1000, 1900], [10, 20, 11])  # median round: the third
+    gateway = _points([1700, 950, 1800], [12, 21, 11])  # median round: the first
+    assert gateway["rps"] / baseline["rps"] == pytest.approx(1700 / 1900)  # across rounds
+    # per round 0.85, 0.95, 0.947: the median pair
+    assert bench.paired_ratio(gateway, baseline, "rps") == pytest.approx(1800 / 1900)
+
+
+def test_points_with_one_round_fall_back_to_their_own_values() -> None:
+    baseline = _points([2000, 1000, 1900], [10, 20, 11])
+    plain = {"clients": 32, "rps": 19.0, "p50_ms": 1000.0}
+    assert bench.paired_ratio(plain, baseline, "rps") == pytest.approx(0.01)
+
+
+def test_the_report_shows_paired_ratios(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "RESULTS.md")
+    results = {}
+    for name, factor in {s: 0.9 for s in bench.SCENARIOS}.items():
+        points = []
+        for clients in bench.CLIENTS:
+            rounds = [1000.0, 500.0, 950.0]
+            points.append(
+                bench._median(
+                    [
+                        {
+                            "clients": clients,
+                            "rps": r * (1 if name.startswith("baseline") else factor),
+                            "p50_ms": 10.0,
+                            "p99_ms": 20.0,
+                            "errors": 0,
+                        }
+                        for r in rounds
+                    ]
+                )
+            )
+        results[name] = points
+    text = bench.write_results(results, 4.0, 3, 8000.0)
+    assert "| colocated | 32 | 855 | 10.00 | 20.00 | 0 | baseline | 0.90× | 1.00× |" in text
+    assert "- colocated: 0.90× baseline req/s at 32 clients" in text
