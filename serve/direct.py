@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import math
 import random
 import socket
 import struct
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from serve.errors import ErrorCode, InferenceError
 
@@ -47,27 +48,35 @@ def encodable(feeds: Feeds) -> bool:
 
 def encode(feeds: Feeds) -> list[bytes]:
     arrays = [(n, np.ascontiguousarray(v)) for n, v in feeds.items()]
-    head = json.dumps({"tensors": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}).encode()
+    head = orjson.dumps({"tensors": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]})
     return [_LENGTH.pack(len(head)), head, *(a.tobytes() for _, a in arrays)]
 
 
 def encode_error(exc: InferenceError) -> list[bytes]:
-    head = json.dumps({"error": exc.message, "code": exc.code.value}).encode()
+    head = orjson.dumps({"error": exc.message, "code": exc.code.value})
     return [_LENGTH.pack(len(head)), head]
 
 
 async def read(reader: asyncio.StreamReader) -> Feeds:
+    """One frame: three reads (length, header, every tensor's bytes at once)."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     if length > MAX_FRAME:
         raise ConnectionError(f"frame header of {length} bytes")
-    head = json.loads(await reader.readexactly(length))
+    head = orjson.loads(await reader.readexactly(length))
     if "error" in head:
         raise InferenceError(ErrorCode(head["code"]), head["error"])
+    specs = [
+        (name, np.dtype(dtype), shape, math.prod(shape)) for name, dtype, shape in head["tensors"]
+    ]
+    total = sum(count * kind.itemsize for _, kind, _, count in specs)
+    if total > MAX_FRAME:
+        raise ConnectionError(f"frame of {total} tensor bytes")
+    data = await reader.readexactly(total) if total else b""
     feeds: Feeds = {}
-    for name, dtype, shape in head["tensors"]:
-        kind = np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
-        feeds[name] = np.frombuffer(await reader.readexactly(size), kind).reshape(shape)
+    offset = 0
+    for name, kind, shape, count in specs:
+        feeds[name] = np.frombuffer(data, kind, count, offset).reshape(shape)
+        offset += count * kind.itemsize
     return feeds
 
 
