@@ -229,9 +229,21 @@ def _plain_subprocess(duration_s: float) -> list[dict[str, Any]]:
 
 NOTES = """## What the numbers say (from profiling; re-check when they move)
 
-- **colocated** runs ONNX Runtime inside the router replica: the gateway's own work (decode,
-  validate, batch, encode; ~80 µs a request in process, orjson for JSON) is small next to Ray
-  Serve's per-request machinery, so it tracks the in-process baseline.
+- **colocated** runs ONNX Runtime inside the router replica. Where its CPU goes, measured as
+  CPU seconds per request of each serving process (from /proc, same run, 32 clients): the
+  router replica spends ~1.2-1.45x what the baseline replica does (~530-690 µs against
+  ~430-470 µs here), and Ray Serve's own per-request machinery (uvicorn, direct-ingress ASGI,
+  request metrics, access log) is most of both. The rest is the gateway's own work, which the
+  baseline skips: signature validation, routing, the deadline, the protocol's full response,
+  a dozen metric writes (~50 µs a request in process, JSON via orjson). Under load the two
+  cores are shared by that replica, HAProxy and the load generator, so each extra µs in the
+  router costs throughput. Three costs found with py-spy (`--gil`) and removed: the router's
+  readiness poll called `serve.status()` once a second, which rebuilt every deployment's
+  pydantic config inside the router (40 ms of CPU holding the GIL, per call; the controller's
+  details dict costs 1.3 ms); prometheus-client's multiprocess values made a getpid() system
+  call at every write (now cached, renewed after fork); the drift monitor binned each batch
+  with its own numpy calls every 5 s (64 ms holding the GIL for 7,500 one-row batches; now
+  13 ms). Router CPU per request went from 1.6-1.75x the baseline's to the figure above.
 - **dedicated** sends each batch to the model replica over the direct transport
   (serve/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
   ~0.08 ms a round trip measured between two processes here) and tracks colocated. **handle**
