@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -327,9 +328,11 @@ def _target(
     name = f"{spec.model}:{spec.version}"
     health = Health()
     manifest = read_manifest(Path(spec.artifact))
+    run_now = None
     if spec.placement == "colocated":
         try:
-            run = _local_run(spec, telemetry)
+            run_now = _local_run(spec, telemetry)
+            run = _as_async(run_now)
         except ArtifactError as exc:
             # This version is not served; the router and every other version are.
             logger.error("%s is not served: %s", name, exc)
@@ -354,6 +357,7 @@ def _target(
         max_in_flight=b.max_in_flight,
         max_queued=b.max_queued,
         on_batch=telemetry.metrics.batch_observer(spec.model, spec.version),
+        run_now=run_now,
     )
     timeout_s = None if spec.timeout_ms is None else spec.timeout_ms / 1000
     return VersionTarget(
@@ -361,13 +365,15 @@ def _target(
     )
 
 
-def _local_run(spec: VersionSpec, telemetry: ReplicaTelemetry):  # type: ignore[no-untyped-def]
+def _local_run(spec: VersionSpec, telemetry: ReplicaTelemetry) -> Callable[[Feeds], Feeds]:
     runtime = VersionRuntime(Path(spec.artifact), spec.intra_op_threads)
     runtime.warm_up()
-    run_instrumented = telemetry.instrument(runtime, spec.model, spec.version)
+    return telemetry.instrument(runtime, spec.model, spec.version)
 
+
+def _as_async(run_now: Callable[[Feeds], Feeds]):  # type: ignore[no-untyped-def]
     async def run(feeds: Feeds) -> Feeds:
-        return run_instrumented(feeds)
+        return run_now(feeds)
 
     return run
 

@@ -1,9 +1,10 @@
 """Micro-batching: requests for one version coalesce into one run (or one handle call).
 
 At most `max_in_flight` calls run at once. A request that finds the queue empty and a slot free
-runs at once in its own task (no hand-off: an idle gateway adds no wait). Otherwise it queues,
-and one worker task, which owns the queue, sends queued requests together as soon as a slot
-frees: a busy gateway batches harder.
+runs at once in its own task (no hand-off: an idle gateway adds no wait); for a version that runs
+in process (`run_now`), `try_now` runs it in the caller's stack, with no task and no timer.
+Otherwise it queues, and one worker task, which owns the queue, sends queued requests together
+as soon as a slot frees: a busy gateway batches harder.
 `max_wait_s` > 0 additionally holds a batch open, from its first request (monotonic clock), until
 it is full or the wait is over. Bounded: past `max_queued` requests, `submit` sheds at once.
 Cancelled requests are dropped before compute; results are set only on futures not yet done.
@@ -23,6 +24,7 @@ from serve.errors import InferenceError, OverloadedError
 
 Feeds = dict[str, np.ndarray]
 RunBatch = Callable[[Feeds], Awaitable[Feeds]]
+RunNow = Callable[[Feeds], Feeds]
 
 
 @dataclass
@@ -56,9 +58,12 @@ class MicroBatcher:
         max_in_flight: int = 2,
         max_queued: int = 1024,
         on_batch: Callable[[int, int, float, float], None] | None = None,
+        run_now: RunNow | None = None,
     ) -> None:
+        """`run_now`: the same computation as `run`, synchronous (a version in process)."""
         self.name = name
         self._run = run
+        self._run_now = run_now
         self._max_rows = max_batch_rows
         self._max_wait = max_wait_s
         self._max_queued = max_queued
@@ -74,6 +79,24 @@ class MicroBatcher:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    def try_now(self, feeds: Feeds, rows: int) -> Feeds | None:
+        """The answer, computed now in the caller's stack when the version runs in process and
+        nothing waits before this request; None when it has to go through `submit`. Nothing
+        else runs on the event loop meanwhile, so no slot is taken and no deadline can pass
+        while it waits: it does not wait."""
+        if (
+            self._run_now is None
+            or self._queue
+            or self._in_flight >= self._max_in_flight
+            or self._max_wait > 0
+        ):
+            return None
+        started = time.monotonic()
+        try:
+            return self._run_now(feeds)
+        finally:
+            self._record(1, rows, 0.0, time.monotonic() - started)
 
     async def submit(self, feeds: Feeds, rows: int) -> Feeds:
         if not self._queue and self._in_flight < self._max_in_flight and self._max_wait == 0:

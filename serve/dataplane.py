@@ -181,15 +181,33 @@ class DataPlane:
         feeds, rows = validate(request, target.manifest.signature)
         shadow = self.shadows.get(request.model)
         timeout_s = deadline_s(request, target.timeout_s)
+        try:
+            outputs = None if shadow is not None else target.batcher.try_now(feeds, rows)
+            if outputs is None:
+                outputs = await self._wait(request, target, shadow, feeds, rows, timeout_s)
+        except Exception:
+            target.failures += 1
+            raise
+        target.last_inference_ms = int(time.time() * 1000)
+        return _response(request, target, outputs)
+
+    async def _wait(
+        self,
+        request: InferRequest,
+        target: VersionTarget,
+        shadow: ShadowRunner | None,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        timeout_s: float | None,
+    ) -> dict[str, np.ndarray]:
+        """The batcher's answer within the request's deadline."""
         deadline = asyncio.timeout(timeout_s)
         try:
             async with deadline:  # a request still queued is dropped before compute
                 if shadow is None:
-                    outputs = await target.batcher.submit(feeds, rows)
-                else:
-                    outputs = await self._with_shadow(shadow, request, target, feeds, rows)
+                    return await target.batcher.submit(feeds, rows)
+                return await self._with_shadow(shadow, request, target, feeds, rows)
         except TimeoutError:
-            target.failures += 1
             if not deadline.expired():  # not ours
                 raise
             raise InferenceError(
@@ -197,11 +215,6 @@ class DataPlane:
                 f"model '{target.model}' version {target.version}: no answer within the "
                 f"request's deadline of {(timeout_s or 0) * 1000:g} ms",
             ) from None
-        except Exception:
-            target.failures += 1
-            raise
-        target.last_inference_ms = int(time.time() * 1000)
-        return _response(request, target, outputs)
 
     @staticmethod
     async def _with_shadow(

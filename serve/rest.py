@@ -96,26 +96,29 @@ async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: 
 
 
 async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
-    body = await read_body(request, limits.max_body_bytes)
+    # ASGI header names are lower-case bytes; the first of repeated headers wins, as in
+    # starlette's Headers (built once here, without its scan of every header per lookup).
+    headers = {
+        k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])
+    }
+    body = await read_body(request, limits.max_body_bytes, headers.get("content-length"))
     infer_request = rest_codec.decode_request(
         body,
-        request.headers.get(rest_codec.HEADER_LENGTH),
+        headers.get(rest_codec.HEADER_LENGTH),
         p["model"],
         p.get("version"),
         rest_codec.Limits(max_elements=limits.max_elements),
     )
-    # Sticky routing keys: ASGI header names are lower-case bytes; the first of repeated
-    # headers wins, as in starlette's Headers (built here without its per-name scan).
-    infer_request.headers = {
-        k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])
-    }
+    infer_request.headers = headers  # sticky routing keys
     response = await plane.infer(infer_request)
     content, headers = rest_codec.encode_response(response)
     headers[VERSION_HEADER] = response.version
     return Response(content, headers=headers)
 
 
+# Inference first: the hot path; no other route's path ends in /infer.
 ROUTES: list[tuple[str, re.Pattern[str], Handler, Access]] = [
+    ("POST", re.compile(_MODEL + r"/infer"), _infer, Access.MODEL),
     ("GET", re.compile(r"/v2/health/live"), _live, Access.OPEN),
     ("GET", re.compile(r"/v2/health/ready"), _ready, Access.OPEN),
     ("GET", re.compile(r"/v2/?"), _server_metadata, Access.OPEN),
@@ -125,7 +128,6 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler, Access]] = [
     ("GET", re.compile(r"/modelgate" + _MODEL[3:] + r"/manifest"), _manifest, Access.ADMIN),
     ("GET", re.compile(r"/metrics"), _metrics, Access.OPEN),
     ("POST", re.compile(r"/v2/repository/index"), _index, Access.ADMIN),
-    ("POST", re.compile(_MODEL + r"/infer"), _infer, Access.MODEL),
     ("GET", re.compile(_MODEL + r"/ready"), _model_ready, Access.MODEL),
     ("GET", re.compile(_MODEL + r"/stats"), _stats, Access.ADMIN),
     ("GET", re.compile(_MODEL + r"/?"), _model_metadata, Access.MODEL),
@@ -136,7 +138,8 @@ async def handle(plane: DataPlane, request: Request, limits: Limits) -> Response
     """Route one HTTP request; every error becomes `{"error": ...}` with its status."""
     try:
         handler, params, access = _match(request.method, app_path(request.scope))
-        plane.authorize(access, request.headers.get("authorization"), params.get("model"))
+        if plane.auth is not None:
+            plane.authorize(access, request.headers.get("authorization"), params.get("model"))
         return await handler(plane, request, params, limits)
     except InferenceError as exc:
         return error_response(exc)
@@ -169,8 +172,8 @@ def _match(method: str, path: str) -> tuple[Handler, dict[str, str], Access]:
     raise InferenceError(ErrorCode.NOT_FOUND, f"no such endpoint: {method} {path}")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def read_body(request: Request, limit: int, declared: str | None) -> bytes:
+    """The body, refused with 413 past `limit` bytes: at once when its declared length is."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
     chunks, size = [], 0

@@ -161,3 +161,49 @@ def test_a_batch_waiting_on_a_future_nothing_else_holds_survives_garbage_collect
 
     results = asyncio.run(main())
     assert [r["y"].shape for r in results] == [(1,), (1,), (1,)]
+
+
+def test_try_now_runs_in_process_versions_in_the_callers_stack_only_when_nothing_waits() -> None:
+    calls: list[int] = []
+
+    def run_now(feeds: Feeds) -> Feeds:
+        calls.append(len(feeds["x"]))
+        return {"y": feeds["x"] * 2}
+
+    async def main() -> None:
+        model = Model(delay=0.02)
+        batcher = MicroBatcher("m", model.run, max_in_flight=1, run_now=run_now)
+        tasks_before = len(asyncio.all_tasks())
+        out = batcher.try_now(_row(3), 1)
+        assert out is not None and out["y"].tolist() == [[6]]
+        assert calls == [1] and len(asyncio.all_tasks()) == tasks_before  # no task, no hand-off
+        assert (batcher.stats.requests, batcher.stats.rows, batcher.stats.batches) == (1, 1, 1)
+        # A slot taken by a running call: the next request waits its turn, through submit.
+        running = asyncio.create_task(batcher.submit(_row(1), 1))
+        await asyncio.sleep(0)
+        assert batcher.try_now(_row(2), 1) is None
+        queued = asyncio.create_task(batcher.submit(_row(2), 1))
+        await asyncio.sleep(0.005)
+        assert batcher.queued == 1 and batcher.try_now(_row(4), 1) is None  # queued before it
+        assert [r["y"].tolist() for r in await asyncio.gather(running, queued)] == [[[2]], [[4]]]
+        assert calls == [1] and model.batches == [1, 1]
+        assert batcher.try_now(_row(5), 1) is not None  # idle again
+
+    asyncio.run(main())
+
+
+def test_try_now_errors_reach_the_caller_and_a_batcher_without_run_now_declines() -> None:
+    def failing(feeds: Feeds) -> Feeds:
+        raise InferenceError(ErrorCode.INVALID_ARGUMENT, "bad row")
+
+    async def main() -> None:
+        model = Model()
+        batcher = MicroBatcher("m", model.run, run_now=failing)
+        with pytest.raises(InferenceError, match="bad row"):
+            batcher.try_now(_row(1), 1)
+        assert batcher.stats.batches == 1 and batcher._in_flight == 0
+        assert MicroBatcher("m", model.run).try_now(_row(1), 1) is None
+        held = MicroBatcher("m", model.run, max_wait_s=0.01, run_now=failing)
+        assert held.try_now(_row(1), 1) is None  # a batch held open is waited for
+
+    asyncio.run(main())
