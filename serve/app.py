@@ -340,13 +340,13 @@ def _target(
             run = _unavailable_run(name, health)
     else:
         assert spec.deployment is not None
-        counter = telemetry.metrics.transport_batches
+        m = telemetry.metrics
         run = _remote_run(
             name,
             handles[spec.deployment],
             (pools or {}).get(spec.deployment),
-            counter.labels(spec.model, spec.version, "direct"),
-            counter.labels(spec.model, spec.version, "handle"),
+            m.counter(m.transport_batches.labels(spec.model, spec.version, "direct")),
+            m.counter(m.transport_batches.labels(spec.model, spec.version, "handle")),
         )
     b = spec.batching
     batcher = MicroBatcher(

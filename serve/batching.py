@@ -101,7 +101,7 @@ class MicroBatcher:
     async def submit(self, feeds: Feeds, rows: int) -> Feeds:
         if not self._queue and self._in_flight < self._max_in_flight and self._max_wait == 0:
             return await self._direct(feeds, rows)
-        if len(self._queue) >= self._max_queued:
+        if len(self._queue) >= self._max_queued and not self._drop_abandoned():
             self.stats.shed += 1
             raise OverloadedError(self.name, len(self._queue), self._max_queued)
         future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
@@ -110,6 +110,14 @@ class MicroBatcher:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
         return await future
+
+    def _drop_abandoned(self) -> bool:
+        """Frees the queue slots of requests whose callers gave up (their futures are done);
+        whether any was freed. Otherwise they leave only when the next batch is taken."""
+        live = deque(p for p in self._queue if not p.future.done())
+        freed = len(live) < len(self._queue)
+        self._queue = live
+        return freed
 
     async def _direct(self, feeds: Feeds, rows: int) -> Feeds:
         self._in_flight += 1

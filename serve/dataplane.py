@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,7 +243,7 @@ class DataPlane:
         self,
         model: str,
         version: str | None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         ready: bool = False,
     ) -> VersionTarget:
         """The version a request names, or its model's default route picks among the versions

@@ -5,9 +5,17 @@ mode: `PROMETHEUS_MULTIPROC_DIR` names one node-local folder (serve/app.py sets 
 replica's runtime_env), each process writes its values there, and an exposition sums the
 folder, so a scrape sees the node's totals (serve/exporter.py). Without that variable (tests of
 the core, no Ray), the exposition is the process's own registry.
+
+The per-request series (requests, durations, batches, compute, rows) are summed in memory and
+written to prometheus-client once per round of the event loop (`Pending`): a multiprocess write
+is a locked mmap store, and a request made sixteen of them. Written when the round's callbacks
+are done, they are in place before the process takes its next network event.
 """
 
 from __future__ import annotations
+
+import asyncio
+from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -35,11 +43,116 @@ DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 SHADOW_LABELS = ("model", "primary", "shadow")
 
 
+class Pending:
+    """Updates of buffered series, written to their prometheus-client values in one go.
+
+    Used from one thread, the event loop's: the first update of a round schedules the write
+    with `call_soon`, so it runs after the callbacks already due, before the next poll for
+    network events. With no running loop (the core used synchronously) it writes at once.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: list[_Buffered] = []
+        self._scheduled = False
+
+    def touch(self, series: _Buffered) -> None:
+        self._dirty.append(series)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for series in dirty:
+            series.write()
+
+
+class _Buffered:
+    __slots__ = ("_dirty", "_pending")
+
+    def __init__(self, pending: Pending) -> None:
+        self._pending = pending
+        self._dirty = False
+
+    def _touch(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self._pending.touch(self)
+
+    def write(self) -> None:
+        self._dirty = False
+        self._write()
+
+    def _write(self) -> None:
+        raise NotImplementedError
+
+
+class BufferedCounter(_Buffered):
+    """A counter (or a gauge moved by inc/dec) child whose increments are summed first."""
+
+    __slots__ = ("_child", "_delta")
+
+    def __init__(self, pending: Pending, child: Counter | Gauge) -> None:
+        super().__init__(pending)
+        self._child = child
+        self._delta = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._delta += amount
+        self._touch()
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.inc(-amount)
+
+    def _write(self) -> None:
+        delta, self._delta = self._delta, 0.0
+        if delta:
+            self._child.inc(delta)
+
+
+class BufferedHistogram(_Buffered):
+    """A histogram child whose observations are binned first, as `Histogram.observe` bins
+    them (the first bucket whose upper bound is >= the value)."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, pending: Pending, child: Histogram) -> None:
+        super().__init__(pending)
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._sum += amount
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._touch()
+
+    def _write(self) -> None:
+        child = self._child
+        child._sum.inc(self._sum)
+        for i, count in enumerate(self._counts):
+            if count:
+                child._buckets[i].inc(count)
+                self._counts[i] = 0
+        self._sum = 0.0
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._request_series: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
-        self._in_flight: dict[str, Gauge] = {}
+        self.pending = Pending()
+        self._request_series: dict[
+            tuple[str, str, str, str], tuple[BufferedCounter, BufferedHistogram]
+        ] = {}
+        self._in_flight: dict[str, BufferedCounter] = {}
         r = self.registry
         self.requests = Counter(
             "modelgate_requests_total",
@@ -182,33 +295,43 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def flush(self) -> None:
+        """Writes what the buffered series hold now (before an in-process exposition)."""
+        self.pending.flush()
+
+    def counter(self, child: Counter | Gauge) -> BufferedCounter:
+        return BufferedCounter(self.pending, child)
+
+    def histogram(self, child: Histogram) -> BufferedHistogram:
+        return BufferedHistogram(self.pending, child)
+
     def request_series(
         self, model: str, version: str, protocol: str, code: str
-    ) -> tuple[Counter, Histogram]:
+    ) -> tuple[BufferedCounter, BufferedHistogram]:
         """The request counter and duration histogram of one label set, looked up once: the
         label space is bounded (served models and versions, two protocols, the error codes)."""
         key = (model, version, protocol, code)
         series = self._request_series.get(key)
         if series is None:
             series = (
-                self.requests.labels(model, version, protocol, code),
-                self.request_duration.labels(model, version, protocol),
+                self.counter(self.requests.labels(model, version, protocol, code)),
+                self.histogram(self.request_duration.labels(model, version, protocol)),
             )
             self._request_series[key] = series
         return series
 
-    def in_flight_of(self, model: str) -> Gauge:
+    def in_flight_of(self, model: str) -> BufferedCounter:
         gauge = self._in_flight.get(model)
         if gauge is None:
-            gauge = self._in_flight[model] = self.in_flight.labels(model)
+            gauge = self._in_flight[model] = self.counter(self.in_flight.labels(model))
         return gauge
 
     def batch_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
         """The micro-batcher's `on_batch` hook for one version."""
-        queue = self.queue_wait.labels(model, version)
-        duration = self.batch_duration.labels(model, version)
-        rows_h = self.batch_rows.labels(model, version)
-        requests_h = self.batch_requests.labels(model, version)
+        queue = self.histogram(self.queue_wait.labels(model, version))
+        duration = self.histogram(self.batch_duration.labels(model, version))
+        rows_h = self.histogram(self.batch_rows.labels(model, version))
+        requests_h = self.histogram(self.batch_requests.labels(model, version))
 
         def observe(requests: int, rows: int, queue_s: float, batch_s: float) -> None:
             queue.observe(queue_s)
@@ -220,8 +343,8 @@ class GatewayMetrics:
 
     def run_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
         """Called where ONNX Runtime runs a batch: its rows and its time."""
-        compute = self.compute.labels(model, version)
-        rows_c = self.model_rows.labels(model, version)
+        compute = self.histogram(self.compute.labels(model, version))
+        rows_c = self.counter(self.model_rows.labels(model, version))
 
         def observe(rows: int, seconds: float) -> None:
             compute.observe(seconds)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -81,6 +81,7 @@ async def _metrics(
     plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
 ) -> Response:
     """The metrics of every gateway replica on this router's node, summed (serve/exporter.py)."""
+    plane.metrics.flush()  # this process's buffered series
     content = exporter.exposition(exporter.node_registry(plane.metrics.registry))
     return Response(content, media_type=CONTENT_TYPE_LATEST)
 
@@ -95,12 +96,37 @@ async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: 
     return JSONResponse(plane.repository_index())
 
 
+class AsgiHeaders(Mapping[str, str]):
+    """An ASGI scope's headers by lower-case name, decoded only when looked up: a request reads
+    two or three. The first of repeated headers wins, as in starlette's Headers."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def get(self, name: str, default: Any = None) -> Any:
+        key = name.encode("latin-1")
+        for k, v in self._raw:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return cast(str, value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(k.decode("latin-1") for k, _ in self._raw))
+
+    def __len__(self) -> int:
+        return len({k for k, _ in self._raw})
+
+
 async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
-    # ASGI header names are lower-case bytes; the first of repeated headers wins, as in
-    # starlette's Headers (built once here, without its scan of every header per lookup).
-    headers = {
-        k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])
-    }
+    headers = AsgiHeaders(request.scope["headers"])
     body = await read_body(request, limits.max_body_bytes, headers.get("content-length"))
     infer_request = rest_codec.decode_request(
         body,
@@ -111,9 +137,9 @@ async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: 
     )
     infer_request.headers = headers  # sticky routing keys
     response = await plane.infer(infer_request)
-    content, headers = rest_codec.encode_response(response)
-    headers[VERSION_HEADER] = response.version
-    return Response(content, headers=headers)
+    content, out_headers = rest_codec.encode_response(response)
+    out_headers[VERSION_HEADER] = response.version
+    return Response(content, headers=out_headers)
 
 
 # Inference first: the hot path; no other route's path ends in /infer.

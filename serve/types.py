@@ -3,6 +3,7 @@ from."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False  # request-level `binary_data_output`
     protocol: str = "http"  # "http" or "grpc", for metrics
-    headers: dict[str, str] = field(default_factory=dict)  # lower-case names; sticky keys
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names; sticky keys
 
 
 @dataclass

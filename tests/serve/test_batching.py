@@ -207,3 +207,27 @@ def test_try_now_errors_reach_the_caller_and_a_batcher_without_run_now_declines(
         assert held.try_now(_row(1), 1) is None  # a batch held open is waited for
 
     asyncio.run(main())
+
+
+def test_a_full_queue_frees_the_slots_of_callers_who_gave_up_before_shedding() -> None:
+    async def main() -> None:
+        model = Model(delay=0.05)
+        batcher = MicroBatcher("m", model.run, max_in_flight=1, max_batch_rows=1, max_queued=3)
+        first = asyncio.create_task(batcher.submit(_row(0), 1))
+        await asyncio.sleep(0.01)  # first is running; the next ones queue
+        doomed = [asyncio.create_task(batcher.submit(_row(i), 1)) for i in range(1, 4)]
+        await asyncio.sleep(0)
+        assert batcher.queued == 3
+        for task in doomed:
+            task.cancel()
+        await asyncio.sleep(0)
+        late = [asyncio.create_task(batcher.submit(_row(i), 1)) for i in range(5, 8)]
+        await asyncio.sleep(0)
+        assert batcher.queued == 3 and batcher.stats.shed == 0  # the three given up made room
+        with pytest.raises(OverloadedError):
+            await batcher.submit(_row(9), 1)  # full of live requests: shed
+        outputs = await asyncio.gather(first, *late)
+        assert [o["y"].tolist() for o in outputs] == [[[0]], [[10]], [[12]], [[14]]]
+        assert model.batches == [1, 1, 1, 1]
+
+    asyncio.run(main())

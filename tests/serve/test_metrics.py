@@ -123,3 +123,66 @@ def test_weights_and_aliases_are_published_and_follow_reconfiguration() -> None:
     assert _value(metrics, alias, model="m", alias="stable", version="1") == 0
     assert _value(metrics, alias, model="m", alias="stable", version="2") == 1
     assert _value(metrics, alias, model="m", alias="champion", version="1") == 1
+
+
+VALUES = [0.0, 0.0002, 0.00021, 0.001, 0.0049, 5.0, 10.0, 11.0, 1e9, 0.3, 0.0002, 2.5]
+
+
+def _samples(metrics: GatewayMetrics) -> list[tuple[str, list[tuple[str, str]], float]]:
+    return sorted(
+        (s.name, sorted(s.labels.items()), s.value)
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    )
+
+
+def test_buffered_series_write_what_direct_updates_would() -> None:
+    direct, buffered = GatewayMetrics(), GatewayMetrics()
+    for m in (direct, buffered):  # create the same children in both
+        m.in_flight.labels("m")
+        m.requests.labels("m", "1", "http", "ok")
+    histogram = buffered.histogram(buffered.request_duration.labels("m", "1", "http"))
+    counter = buffered.counter(buffered.requests.labels("m", "1", "http", "ok"))
+    gauge = buffered.counter(buffered.in_flight.labels("m"))
+
+    async def main() -> None:
+        for v in VALUES:  # values on, between, and past the bucket bounds
+            direct.request_duration.labels("m", "1", "http").observe(v)
+            histogram.observe(v)
+        for _ in range(5):
+            direct.requests.labels("m", "1", "http", "ok").inc()
+            counter.inc()
+        direct.in_flight.labels("m").inc(3)
+        direct.in_flight.labels("m").dec()
+        gauge.inc(3)
+        gauge.dec()
+        assert _samples(buffered) != _samples(direct)  # held until this round of the loop ends
+        await asyncio.sleep(0)
+        assert _samples(buffered) == _samples(direct)
+        counter.inc(2)
+        direct.requests.labels("m", "1", "http", "ok").inc(2)
+        buffered.flush()  # what an in-process exposition does first
+        assert _samples(buffered) == _samples(direct)
+
+    asyncio.run(main())
+    assert _value(
+        buffered,
+        "modelgate_request_duration_seconds_count",
+        model="m",
+        version="1",
+        protocol="http",
+    ) == len(VALUES)
+
+
+def test_buffered_series_write_at_once_with_no_event_loop() -> None:
+    metrics = GatewayMetrics()
+    observe = metrics.run_observer("m", "1")
+    observe(7, 0.003)
+    assert _value(metrics, "modelgate_model_rows_total", model="m", version="1") == 7
+    assert (
+        _value(metrics, "modelgate_compute_seconds_bucket", model="m", version="1", le="0.005") == 1
+    )
+    assert (
+        _value(metrics, "modelgate_compute_seconds_bucket", model="m", version="1", le="0.002") == 0
+    )
