@@ -231,19 +231,26 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
 
 - **colocated** runs ONNX Runtime inside the router replica. Where its CPU goes, measured as
   CPU seconds per request of each serving process (from /proc, same run, 32 clients): the
-  router replica spends ~1.2-1.45x what the baseline replica does (~530-690 µs against
-  ~430-470 µs here), and Ray Serve's own per-request machinery (uvicorn, direct-ingress ASGI,
-  request metrics, access log) is most of both. The rest is the gateway's own work, which the
-  baseline skips: signature validation, routing, the deadline, the protocol's full response,
-  a dozen metric writes (~50 µs a request in process, JSON via orjson). Under load the two
-  cores are shared by that replica, HAProxy and the load generator, so each extra µs in the
-  router costs throughput. Three costs found with py-spy (`--gil`) and removed: the router's
-  readiness poll called `serve.status()` once a second, which rebuilt every deployment's
-  pydantic config inside the router (40 ms of CPU holding the GIL, per call; the controller's
-  details dict costs 1.3 ms); prometheus-client's multiprocess values made a getpid() system
-  call at every write (now cached, renewed after fork); the drift monitor binned each batch
-  with its own numpy calls every 5 s (64 ms holding the GIL for 7,500 one-row batches; now
-  13 ms). Router CPU per request went from 1.6-1.75x the baseline's to the figure above.
+  router replica spends ~1.1-1.25x what the baseline replica does (~325-350 µs against
+  ~270-320 µs on a day when the baseline served ~2,500 req/s), and Ray Serve's own per-request
+  machinery (uvicorn, direct-ingress ASGI, request metrics, access log) is most of both: a
+  py-spy `--gil` comparison puts the Ray frames within a few µs of each other, so the gap is
+  the gateway's own work, which the baseline skips: signature validation, routing, the
+  protocol's full response, metrics. In process (no Ray, same request) that work costs ~48 µs
+  a request against the baseline handler's ~38 µs. Under load the two cores are shared by that
+  replica, HAProxy and the load generator, so each extra µs in the router costs throughput.
+  Costs found with py-spy and removed, in order: the router's readiness poll called
+  `serve.status()` once a second, which rebuilt every deployment's pydantic config inside the
+  router (40 ms of CPU holding the GIL, per call; the controller's details dict costs 1.3 ms);
+  prometheus-client's multiprocess values made a getpid() system call at every write (now
+  cached, renewed after fork); the drift monitor binned each batch with its own numpy calls
+  (64 ms holding the GIL every 5 s for 7,500 one-row batches; now 13 ms); a colocated request
+  with nothing queued went through a task-free but awaited batcher call wrapped in a deadline
+  timer (now `MicroBatcher.try_now`: run in the request's own call, no timer: it cannot wait);
+  sixteen locked mmap metric writes a request (now summed in memory and written once per
+  event-loop round); starlette's header scans (now one lazy view). In process the gateway's
+  request went from ~79 µs to ~48 µs, and router CPU per request from 1.6-1.75x the
+  baseline's to the figure above.
 - **dedicated** sends each batch to the model replica over the direct transport
   (serve/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
   ~0.08 ms a round trip measured between two processes here) and tracks colocated. **handle**
@@ -252,9 +259,9 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   ms p50 for the same hop), and under load the router coalesces queued requests into one call
   per version (at most `max_in_flight` at once), which lifts it from the plain design's
   0.00–0.04× to the figure above. Autoscaled versions keep the handle (Ray Serve's autoscaler
-  counts only handle requests). py-spy of the router under load: Ray's replica machinery
-  (uvicorn, direct-ingress ASGI, request metrics, access logging) dominates; modelgate's code is
-  under a tenth of the samples.
+  counts only handle requests). The dedicated router does what the colocated one does, with
+  a socket round trip in place of the ONNX run: at one client that round trip (and the model
+  replica's wake-up) is the p50 gap.
 - **shadowed** copies every request to a second version. Copies queue and one worker per shadow
   runs all queued copies as one batch, then compares each with its primary's answer; the caller
   only draws a sample and appends. An earlier design with one task per copy cost ~20% req/s.
