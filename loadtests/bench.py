@@ -247,8 +247,8 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   (64 ms holding the GIL every 5 s for 7,500 one-row batches; now 13 ms); a colocated request
   with nothing queued went through a task-free but awaited batcher call wrapped in a deadline
   timer (now `MicroBatcher.try_now`: run in the request's own call, no timer: it cannot wait);
-  sixteen locked mmap metric writes a request (now summed in memory and written once per
-  event-loop round); starlette's header scans (now one lazy view). In process the gateway's
+  sixteen locked mmap metric writes a request (now summed in memory and written at most every
+  50 ms); starlette's header scans (now one lazy view). In process the gateway's
   request went from ~79 µs to ~48 µs, and router CPU per request from 1.6-1.75x the
   baseline's to the figure above.
 - **dedicated** sends each batch to the model replica over the direct transport

@@ -6,10 +6,10 @@ replica's runtime_env), each process writes its values there, and an exposition 
 folder, so a scrape sees the node's totals (serve/exporter.py). Without that variable (tests of
 the core, no Ray), the exposition is the process's own registry.
 
-The per-request series (requests, durations, batches, compute, rows) are summed in memory and
-written to prometheus-client once per round of the event loop (`Pending`): a multiprocess write
-is a locked mmap store, and a request made sixteen of them. Written when the round's callbacks
-are done, they are in place before the process takes its next network event.
+The per-request series (requests, durations, batches, compute, rows, in flight) are summed in
+memory and written to prometheus-client at most `FLUSH_S` after their first update (`Pending`):
+a multiprocess write is a locked mmap store, and a request made sixteen of them. A scrape sees
+a request's series within `FLUSH_S` of its answer; Prometheus scrapes every few seconds.
 """
 
 from __future__ import annotations
@@ -42,33 +42,38 @@ DIFF_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 SHADOW_LABELS = ("model", "primary", "shadow")
 
+#: How long buffered series may wait before they are written.
+FLUSH_S = 0.05
+
 
 class Pending:
     """Updates of buffered series, written to their prometheus-client values in one go.
 
-    Used from one thread, the event loop's: the first update of a round schedules the write
-    with `call_soon`, so it runs after the callbacks already due, before the next poll for
-    network events. With no running loop (the core used synchronously) it writes at once.
+    Used from one thread, the event loop's: the first update after a write schedules the next
+    one `FLUSH_S` later on the loop, so a busy process writes each series once per interval
+    whatever its request rate. With no running loop (the core used synchronously) it writes
+    at once. `flush` writes now (before an in-process exposition, and when a replica stops).
     """
 
     def __init__(self) -> None:
         self._dirty: list[_Buffered] = []
-        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
 
     def touch(self, series: _Buffered) -> None:
         self._dirty.append(series)
-        if self._scheduled:
+        if self._timer is not None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        self._scheduled = True
-        loop.call_soon(self.flush)
+        self._timer = loop.call_later(FLUSH_S, self.flush)
 
     def flush(self) -> None:
-        self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         dirty, self._dirty = self._dirty, []
         for series in dirty:
             series.write()

@@ -65,6 +65,7 @@ class ReplicaTelemetry:
         return monitor if monitor.active else None
 
     def close(self) -> None:
+        self.metrics.flush()
         self.ticker.close()
         if self.node_exporter is not None:
             self.node_exporter.close()

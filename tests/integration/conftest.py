@@ -76,11 +76,20 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def settle_metrics() -> None:
+    """Waits until what was answered so far is in every replica's metrics: the per-request
+    series are written at most FLUSH_S after an update (serve/metrics.py)."""
+    from serve.metrics import FLUSH_S
+
+    time.sleep(4 * FLUSH_S)
+
+
 def metric_value(gateway: Gateway, name: str, **labels: str) -> float:
     """One sample of the node's metrics (every replica summed); 0 if absent."""
     import requests
     from prometheus_client.parser import text_string_to_metric_families
 
+    settle_metrics()
     text = requests.get(gateway.metrics, timeout=10).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -7,12 +7,13 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.samples import grpc_infer
-from tests.integration.conftest import Gateway
+from tests.integration.conftest import Gateway, settle_metrics
 
 ROW = {"input": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
 
 
 def _scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    settle_metrics()
     text = requests.get(gateway.base + "/metrics", timeout=10).text
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
 from serve.drift import DRIFT_THRESHOLD
-from tests.integration.conftest import Gateway, deploy_beside, restore
+from tests.integration.conftest import Gateway, deploy_beside, restore, settle_metrics
 
 PREFIX = "/observe"
 X = load_breast_cancer(return_X_y=True)[0].astype(np.float32)
@@ -36,6 +36,7 @@ APP: dict[str, Any] = {
 
 
 def _samples(url: str) -> list[tuple[str, dict[str, str], float]]:
+    settle_metrics()
     text = requests.get(url, timeout=10).text
     return [
         (s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples

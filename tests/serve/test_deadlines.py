@@ -53,6 +53,7 @@ def test_a_request_past_its_deadline_is_answered_504_and_counted() -> None:
         assert "50 ms" in caught.value.message
 
     asyncio.run(main())
+    metrics.flush()  # the request series are buffered (serve/metrics.py)
     labels = {"model": "m", "version": "1"}
     assert metrics.registry.get_sample_value("modelgate_timeouts_total", labels) == 1
     requests = {**labels, "protocol": "http", "code": "deadline_exceeded"}

@@ -10,7 +10,7 @@ import pytest
 from serve.batching import MicroBatcher
 from serve.dataplane import DataPlane, VersionTarget
 from serve.errors import InferenceError
-from serve.metrics import GatewayMetrics
+from serve.metrics import FLUSH_S, GatewayMetrics
 from serve.routing import ModelRouting, RoutingConfig
 from serve.types import InferRequest, Tensor
 from tests.serve.test_shadow import _manifest, _model
@@ -35,6 +35,7 @@ def _request(
 
 
 def _value(metrics: GatewayMetrics, name: str, **labels: str) -> float:
+    metrics.flush()  # as an in-process exposition does: buffered series wait up to FLUSH_S
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
@@ -157,8 +158,10 @@ def test_buffered_series_write_what_direct_updates_would() -> None:
         direct.in_flight.labels("m").dec()
         gauge.inc(3)
         gauge.dec()
-        assert _samples(buffered) != _samples(direct)  # held until this round of the loop ends
-        await asyncio.sleep(0)
+        assert _samples(buffered) != _samples(direct)  # held, for at most FLUSH_S
+        await asyncio.sleep(FLUSH_S / 5)
+        assert _samples(buffered) != _samples(direct)
+        await asyncio.sleep(FLUSH_S * 2)  # the write was due FLUSH_S after the first update
         assert _samples(buffered) == _samples(direct)
         counter.inc(2)
         direct.requests.labels("m", "1", "http", "ok").inc(2)
