@@ -64,3 +64,9 @@ def test_the_report_shows_paired_ratios(tmp_path: Path, monkeypatch: pytest.Monk
     text = bench.write_results(results, 4.0, 3, 8000.0)
     assert "| colocated | 32 | 855 | 10.00 | 20.00 | 0 | baseline | 0.90× | 1.00× |" in text
     assert "- colocated: 0.90× baseline req/s at 32 clients" in text
+
+
+def test_a_target_point_with_more_rounds_pairs_the_rounds_both_have() -> None:
+    colocated = _points([1000, 900, 1100, 950, 1050], [1, 1, 1, 1, 1])  # a target point
+    binary = _points([800, 720, 880], [1, 1, 1])  # 0.8x in each of the three shared rounds
+    assert bench.paired_ratio(binary, colocated, "rps") == pytest.approx(0.8)
