@@ -13,7 +13,8 @@ Scenarios on one Ray instance in high-throughput mode, every app deployed side b
 and, in a separate Ray instance on Serve's defaults (no high-throughput flags):
   plain           router → model through a handle, one call per request
 One breast_cancer row (30 floats) per request unless named -100; 1, 8, 32 and 64 clients;
-scenarios alternate at each point for several rounds and the median round is kept.
+scenarios alternate at each point for several rounds, in an order shuffled per round, and the
+median round is kept.
 Results go to loadtests/RESULTS.md as ratios to the baseline of the same run.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -107,7 +109,8 @@ def _targets(base: str, grpc: str) -> dict[str, tuple[Any, Any]]:
 def _interleaved(
     targets: dict[str, tuple[Any, Any]], duration_s: float, rounds: int, target_rounds: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """Scenarios alternate at each point, `rounds` times; each point keeps its median round.
+    """Scenarios alternate at each point, `rounds` times, in an order shuffled per round
+    (`round_order`); each point keeps its median round.
     At the target points, the target scenarios go on alternating among themselves up to
     `target_rounds` rounds.
 
@@ -120,13 +123,23 @@ def _interleaved(
     for clients in CLIENTS:
         extra = max(0, target_rounds - rounds) if clients in TARGET_CLIENTS else 0
         for i in range(rounds + extra):
-            for name, (target, payloads) in targets.items():
-                if i >= rounds and name not in TARGET_SCENARIOS:
-                    continue
+            names = [n for n in targets if i < rounds or n in TARGET_SCENARIOS]
+            for name in round_order(names, clients, i):
+                target, payloads = targets[name]
                 point = _point(target, payloads, clients, duration_s)
                 _show(name, point)
                 samples[name].setdefault(clients, []).append(point)
     return {name: [_median(samples[name][c]) for c in CLIENTS] for name in targets}
+
+
+def round_order(names: list[str], clients: int, round_index: int) -> list[str]:
+    """The scenarios in the order one round measures them: shuffled, differently each round and
+    the same in every run (seeded by the point and round). A fixed order let whatever the
+    machine does on a period of its own (Ray's agents report every few seconds) land on the same
+    scenario round after round, and made each scenario follow the same neighbour."""
+    order = list(names)
+    random.Random(clients * 1000 + round_index).shuffle(order)
+    return order
 
 
 def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,8 +152,8 @@ def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def paired_ratio(point: dict[str, Any], reference: dict[str, Any], key: str) -> float | None:
-    """The median, over rounds, of the ratio of `key` between two scenarios measured seconds
-    apart in the same round: steadier on a shared machine than a ratio of medians, since a
+    """The median, over rounds, of the ratio of `key` between two scenarios measured in the
+    same round: steadier on a shared machine than a ratio of medians, since a
     slow spell hits both sides of a pair. Rounds pair in order, as many as both have (a target
     point has more). Falls back to the points' own values (one round)."""
     mine, theirs = point.get(f"rounds_{key}"), reference.get(f"rounds_{key}")
@@ -264,6 +277,23 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   50 ms); starlette's header scans (now one lazy view). In process the gateway's
   request went from ~79 µs to ~48 µs, and router CPU per request from 1.6-1.75x the
   baseline's to the figure above.
+- **Where colocated's floor at 32 clients is** (2026-11-23, from /proc and a temporary route,
+  not in the code: the baseline's own handler served from inside the router replica). CPU a
+  request over the whole machine, at 32 clients: baseline ~1,000-1,140 µs, colocated
+  ~1,140-1,240; of it the serving replica ~430-470 against ~490-580, the load generator
+  ~250-290, HAProxy ~130-150, Ray's HAProxyManager ~80-90 (it parses HAProxy's per-request
+  metric lines), Ray's controller and agents ~60-80 for both alike. With the two cores
+  saturated, req/s goes as the inverse of that total, so the router's extra ~60-110 µs is
+  the gap. Of it, the baseline's handler in the router's process ran at a median 0.96x the
+  baseline (8 rounds) and the gateway's route beside it at 0.90x: about half the gap is the
+  router's process (more threads, sessions, handles, modules), half the gateway's request
+  work (validation, routing, the protocol's full response, metrics), which in process costs
+  ~10 µs more than the baseline's handler. At 1 client the two routes cost the same there
+  (768 vs 783 req/s). Run to run the measure moves: four runs of 10-20 rounds of the same
+  code gave medians of 0.905x, 0.98x (full bench config) and 0.975x (a router holding only
+  the colocated version), single rounds 0.79x-1.12x. Ray's own background work (the
+  controller ~5% of a core at all times, the dashboard agent's 30-70 ms bursts every 5 s) is
+  periodic, which is why each round's scenario order is shuffled.
 - **dedicated** sends each batch to the model replica over the direct transport
   (serve/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
   ~0.08 ms a round trip measured between two processes here) and tracks colocated. **handle**
@@ -309,10 +339,11 @@ def write_results(
         f"with modelgate's load-test harness (closed loop, one generator process sharing the "
         f"cores with the gateway: it drives about {ceiling:.0f} req/s against a trivial server "
         f"here, `modelgate loadtest --selftest`), {duration_s:g} s per point after 1 s of "
-        f"warm-up; the scenarios alternate at each point for {rounds} rounds (baseline, "
+        f"warm-up; the scenarios alternate at each point, in an order shuffled per round, for "
+        f"{rounds} rounds (baseline, "
         f"dedicated and colocated at 1 and 32 clients, the targets' points: "
         f"{max(rounds, target_rounds)}) and the median round is shown; each ratio is the "
-        "median of the rounds' ratios, the two scenarios of a pair measured seconds apart "
+        "median of the rounds' ratios, the two scenarios of a pair measured in the same round "
         "(plain runs after, in its own Ray instance, one round). breast_cancer v1 "
         "(GradientBoosting ONNX, 30 floats a row), rows drawn from its reference statistics, "
         "JSON over HTTP unless the scenario says otherwise. Each ratio compares with the "

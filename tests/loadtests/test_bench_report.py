@@ -1,4 +1,4 @@
-"""`make bench`'s report: ratios pair rounds measured seconds apart (no Ray: synthetic points)."""
+"""`make bench`'s report: ratios pair the scenarios of one round (no Ray: synthetic points)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,14 @@ def test_a_target_point_with_more_rounds_pairs_the_rounds_both_have() -> None:
     colocated = _points([1000, 900, 1100, 950, 1050], [1, 1, 1, 1, 1])  # a target point
     binary = _points([800, 720, 880], [1, 1, 1])  # 0.8x in each of the three shared rounds
     assert bench.paired_ratio(binary, colocated, "rps") == pytest.approx(0.8)
+
+
+def test_each_round_measures_every_scenario_once_in_an_order_of_its_own() -> None:
+    names = ["baseline", "dedicated", "colocated", "handle", "grpc"]
+    orders = [bench.round_order(names, 32, i) for i in range(9)]
+    assert all(sorted(order) == sorted(names) for order in orders)
+    assert len({tuple(order) for order in orders}) > 1  # not one fixed order
+    assert len({order[0] for order in orders}) > 1  # no scenario always first
+    # The same in every run, so two runs of `make bench` measure alike.
+    assert orders == [bench.round_order(names, 32, i) for i in range(9)]
+    assert names[0] == "baseline" and names[-1] == "grpc"  # the caller's list is left as it was
