@@ -315,9 +315,12 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
 - **unbatched** (max_batch_rows 1) vs **colocated**: coalescing buys little at one row per
   request in the router's own process (the run is ~10 µs either way); it is the dedicated
   placement, where one Ray call carries a whole batch, that batching exists for.
-- **binary** costs the same as JSON for 30 floats. **gRPC** comes out slower (0.6–0.8×); not
-  profiled yet: the Python grpc.aio client shares the two cores, so part of it may be the
-  client's cost rather than the gateway's.
+- **binary** costs the same as JSON for 30 floats. **gRPC** comes out slower (0.6–0.8×), on
+  both sides of the wire: at 32 clients the router replica spends ~730-850 µs of CPU a
+  request against ~390-550 for JSON, and the grpc.aio load generator ~360-430 against
+  ~220-270 for aiohttp (/proc, same run). py-spy puts most of the router's share in the native
+  code under Ray's direct-ingress gRPC server (grpc.aio's HTTP/2 and completion queue); the
+  gateway's own ModelInfer (decode, validate, run, encode) is ~80 µs of it.
 - **100 rows**: colocated serves 2.3× the baseline's rows per second because the baseline
   parses and builds JSON with the standard library, and modelgate with orjson and numpy.
 - **plain** (Ray Serve defaults, one handle call per request, `max_ongoing_requests` 5) collapses
