@@ -4,6 +4,8 @@
   what Ray Serve costs, with none of the gateway's protocol work, validation or routing.
 - `plain_app`: a router deployment calling a model deployment through a handle, one call per
   request, on Ray Serve's defaults: what a straightforward Ray Serve design gives.
+- `loadtests.floor:floor_app`: the baseline's handler inside the gateway's Router (its own
+  module, so that the baseline's replica imports none of the gateway).
 """
 
 from __future__ import annotations

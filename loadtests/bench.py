@@ -3,6 +3,9 @@ driven by modelgate's own load-test harness (closed loop, HDR histograms).
 
 Scenarios on one Ray instance in high-throughput mode, every app deployed side by side:
   baseline        one Ray Serve deployment running the ONNX model in process (no gateway work)
+  floor           the baseline's handler served by a copy of the gateway's Router (its every
+                  model, thread and handle): what the router's process costs, apart from the
+                  gateway's request work (loadtests/floor.py)
   dedicated       the gateway, the version on its own replicas behind the router (direct transport)
   handle          dedicated, reached through Ray Serve's handle call instead
   colocated       the gateway, the version inside the router replicas
@@ -34,14 +37,16 @@ from typing import Any
 CLIENTS = (1, 8, 32, 64)
 #: The points the issue sets targets on: measured for more rounds (`--target-rounds`), since
 #: rounds of one scenario differ by up to 40% on this shared machine.
-TARGET_SCENARIOS = ("baseline", "dedicated", "colocated")
+TARGET_SCENARIOS = ("baseline", "floor", "dedicated", "colocated")
 TARGET_CLIENTS = (1, 32)
 RESULTS = Path(__file__).with_name("RESULTS.md")
 BENCH_CONFIG = Path("configs/bench.yaml")
 MODEL_URI = "models:/breast_cancer/1"
+FLOOR_APP = "loadtests.floor:floor_app"
 #: scenario -> (path prefix, model, protocol, rows per request, compared with)
 SCENARIOS: dict[str, tuple[str, str, str, int, str]] = {
     "baseline": ("/baseline", "bc", "http", 1, "baseline"),
+    "floor": ("/floor", "bc_colocated", "http", 1, "baseline"),
     "dedicated": ("", "bc_dedicated", "http", 1, "baseline"),
     "handle": ("", "bc_handle", "http", 1, "baseline"),
     "colocated": ("", "bc_colocated", "http", 1, "baseline"),
@@ -186,9 +191,11 @@ def run_high_throughput(
     launcher.preflight(config)
     # One deploy with every app side by side: replacing an app mid-run would leave its ingress
     # replicas draining while the next scenario is measured.
-    config["applications"].append(
-        _app("baseline", "loadtests.baseline:baseline_app", artifact, "/baseline")
-    )
+    gateway = config["applications"][0]
+    config["applications"] += [
+        _app("baseline", "loadtests.baseline:baseline_app", artifact, "/baseline"),
+        {**gateway, "name": "floor", "route_prefix": "/floor", "import_path": FLOOR_APP},
+    ]
     launcher.start_ray()
     try:
         launcher.deploy(config)
@@ -343,11 +350,10 @@ def write_results(
         f"cores with the gateway: it drives about {ceiling:.0f} req/s against a trivial server "
         f"here, `modelgate loadtest --selftest`), {duration_s:g} s per point after 1 s of "
         f"warm-up; the scenarios alternate at each point, in an order shuffled per round, for "
-        f"{rounds} rounds (baseline, "
-        f"dedicated and colocated at 1 and 32 clients, the targets' points: "
-        f"{max(rounds, target_rounds)}) and the median round is shown; each ratio is the "
-        "median of the rounds' ratios, the two scenarios of a pair measured in the same round "
-        "(plain runs after, in its own Ray instance, one round). breast_cancer v1 "
+        f"{rounds} rounds (baseline, floor, dedicated and colocated at 1 and 32 clients, the "
+        f"targets' points: {max(rounds, target_rounds)}) and the median round is shown; each "
+        "ratio is the median of the rounds' ratios, the two scenarios of a pair measured in "
+        "the same round (plain runs after, in its own Ray instance, one round). breast_cancer v1 "
         "(GradientBoosting ONNX, 30 floats a row), rows drawn from its reference statistics, "
         "JSON over HTTP unless the scenario says otherwise. Each ratio compares with the "
         "scenario named in its column, measured in the same run; absolute figures drift on this "
@@ -391,6 +397,13 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
                 f"client {vs(name, 'baseline', 1, 'p50_ms')} baseline"
             )
 
+    if "floor" in by:
+        lines.append(
+            f"- floor (the baseline's handler in a copy of the gateway's Router): "
+            f"{vs('floor', 'baseline')} baseline req/s at 32 clients, p50 at 1 client "
+            f"{vs('floor', 'baseline', 1, 'p50_ms')}; against it, colocated "
+            f"{vs('colocated', 'floor')} req/s at 32 clients, dedicated {vs('dedicated', 'floor')}"
+        )
     lines += [
         f"- dedicated transport, direct vs handle: {vs('dedicated', 'handle')} req/s at 32 "
         f"clients; p50 at 1 client {p50('dedicated', 1):.2f} ms vs {p50('handle', 1):.2f} ms",

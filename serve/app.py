@@ -435,6 +435,12 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
     The args are validated here (a ValidationError names each bad field), then every version is
     resolved to a verified artifact; a config that cannot be served fails the deploy.
     """
+    return build_gateway(args, RouterDeployment)
+
+
+def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> serve.Application:
+    """`build_app` with another ingress deployment: one taking the Router's arguments (the
+    benchmark's floor, `loadtests.baseline.floor_app`, is a Router answering like the baseline)."""
     args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
     resolved = resolve_versions(args)
     telemetry = TelemetrySpec(metrics=args.metrics, drift=args.drift)
@@ -472,7 +478,7 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
         "max_surge_percent": router.max_surge_percent,
         **_scaling(router.autoscaling, router.num_replicas),
     }
-    return RouterDeployment.options(**options).bind(router_spec.model_dump(), handles)
+    return ingress.options(**options).bind(router_spec.model_dump(), handles)
 
 
 def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) -> Any:

@@ -64,6 +64,10 @@ def test_the_report_shows_paired_ratios(tmp_path: Path, monkeypatch: pytest.Monk
     text = bench.write_results(results, 4.0, 3, 8000.0)
     assert "| colocated | 32 | 855 | 10.00 | 20.00 | 0 | baseline | 0.90× | 1.00× |" in text
     assert "- colocated: 0.90× baseline req/s at 32 clients" in text
+    # The floor is the baseline's handler in a router: the gateway is compared with it too.
+    assert "| floor | 32 | 855 | 10.00 | 20.00 | 0 | baseline | 0.90× | 1.00× |" in text
+    assert "Router): 0.90× baseline req/s at 32 clients, p50 at 1 client 1.00×;" in text
+    assert "against it, colocated 1.00× req/s at 32 clients, dedicated 1.00×" in text
 
 
 def test_a_target_point_with_more_rounds_pairs_the_rounds_both_have() -> None:
