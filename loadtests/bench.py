@@ -284,19 +284,19 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   50 ms); starlette's header scans (now one lazy view). In process the gateway's
   request went from ~79 µs to ~48 µs, and router CPU per request from 1.6-1.75x the
   baseline's to the figure above.
-- **Where colocated's floor at 32 clients is** (2026-11-23, from /proc and a temporary route,
-  not in the code: the baseline's own handler served from inside the router replica). CPU a
+- **Where colocated's floor at 32 clients is** (2026-11-23, from /proc, and the **floor**
+  scenario: the baseline's own handler served by a copy of the gateway's Router). CPU a
   request over the whole machine, at 32 clients: baseline ~1,000-1,140 µs, colocated
   ~1,140-1,240; of it the serving replica ~430-470 against ~490-580, the load generator
   ~250-290, HAProxy ~130-150, Ray's HAProxyManager ~80-90 (it parses HAProxy's per-request
   metric lines), Ray's controller and agents ~60-80 for both alike. With the two cores
   saturated, req/s goes as the inverse of that total, so the router's extra ~60-110 µs is
-  the gap. Of it, the baseline's handler in the router's process ran at a median 0.96x the
-  baseline (8 rounds) and the gateway's route beside it at 0.90x: about half the gap is the
-  router's process (more threads, sessions, handles, modules), half the gateway's request
-  work (validation, routing, the protocol's full response, metrics), which in process costs
-  ~10 µs more than the baseline's handler. At 1 client the two routes cost the same there
-  (768 vs 783 req/s). Run to run the measure moves: four runs of 10-20 rounds of the same
+  the gap. Of it, the baseline's handler in the router's process (floor) runs at ~0.94-0.96x
+  the baseline and the gateway beside it at ~0.84-0.90x: about half the gap is the router's
+  process (more threads, sessions, handles, modules), half the gateway's request work
+  (validation, routing, the protocol's full response, metrics), which in process costs ~10 µs
+  more than the baseline's handler. At 1 client the two cost the same in one process (768 vs
+  783 req/s). Run to run the measure moves: four runs of 10-20 rounds of the same
   code gave medians of 0.905x, 0.98x (full bench config) and 0.975x (a router holding only
   the colocated version), single rounds 0.79x-1.12x. Ray's own background work (the
   controller ~5% of a core at all times, the dashboard agent's 30-70 ms bursts every 5 s) is
