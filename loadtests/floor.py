@@ -1,7 +1,8 @@
 """`make bench`'s floor: the gateway's own Router, built from the gateway's args (every model,
-thread and handle of it), answering every request with the baseline's handler instead. What the
-baseline's work costs inside a router replica's process: between it and `baseline` lies what the
-router's process costs; between it and the gateway, what the gateway's request work costs.
+thread and handle of it), answering every HTTP request with the baseline's handler instead.
+What the baseline's work costs inside a router replica's process: between it and `baseline`
+lies what the router's process costs; between it and the gateway, what the gateway's request
+work costs.
 """
 
 from __future__ import annotations

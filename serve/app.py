@@ -439,8 +439,8 @@ def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
 
 
 def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> serve.Application:
-    """`build_app` with another ingress deployment: one taking the Router's arguments (the
-    benchmark's floor, `loadtests.baseline.floor_app`, is a Router answering like the baseline)."""
+    """`build_app` with another ingress deployment, one taking the Router's arguments (the
+    benchmark's floor, `loadtests.floor:floor_app`, is a Router answering like the baseline)."""
     args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
     resolved = resolve_versions(args)
     telemetry = TelemetrySpec(metrics=args.metrics, drift=args.drift)
