@@ -43,6 +43,8 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 BENCH_CONFIG = Path("configs/bench.yaml")
 MODEL_URI = "models:/breast_cancer/1"
 FLOOR_APP = "loadtests.floor:floor_app"
+#: The gateway's application in configs/bench.yaml (the floor copies it; gRPC calls name it).
+GATEWAY_APP = "modelgate"
 #: scenario -> (path prefix, model, protocol, rows per request, compared with)
 SCENARIOS: dict[str, tuple[str, str, str, int, str]] = {
     "baseline": ("/baseline", "bc", "http", 1, "baseline"),
@@ -106,7 +108,7 @@ def _targets(base: str, grpc: str) -> dict[str, tuple[Any, Any]]:
         # the baseline app speaks only infer: its payloads come from the gateway's manifest
         source = Target(base, "bc_colocated" if prefix else model)
         payloads = load_payloads(source, rows=rows)
-        target = Target(base + prefix, model, None, protocol, grpc, grpc_application="modelgate")
+        target = Target(base + prefix, model, None, protocol, grpc, grpc_application=GATEWAY_APP)
         out[name] = (target, payloads)
     return out
 
@@ -158,9 +160,9 @@ def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 def paired_ratio(point: dict[str, Any], reference: dict[str, Any], key: str) -> float | None:
     """The median, over rounds, of the ratio of `key` between two scenarios measured in the
-    same round: steadier on a shared machine than a ratio of medians, since a
-    slow spell hits both sides of a pair. Rounds pair in order, as many as both have (a target
-    point has more). Falls back to the points' own values (one round)."""
+    same round: steadier on a shared machine than a ratio of medians, since a slow spell hits
+    both sides of a pair. Rounds pair in order, as many as both have (a target point has more).
+    Falls back to the points' own values (one round)."""
     mine, theirs = point.get(f"rounds_{key}"), reference.get(f"rounds_{key}")
     if mine and theirs:
         n = min(len(mine), len(theirs))
@@ -191,7 +193,7 @@ def run_high_throughput(
     launcher.preflight(config)
     # One deploy with every app side by side: replacing an app mid-run would leave its ingress
     # replicas draining while the next scenario is measured.
-    gateway = config["applications"][0]
+    gateway = next(app for app in config["applications"] if app["name"] == GATEWAY_APP)
     config["applications"] += [
         _app("baseline", "loadtests.baseline:baseline_app", artifact, "/baseline"),
         {**gateway, "name": "floor", "route_prefix": "/floor", "import_path": FLOOR_APP},
