@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -164,5 +165,9 @@ class NodeExporter:
 
 
 def _shut(server: Any) -> None:
-    server.shutdown()
+    # shutdown() waits for the serving thread to leave its loop. While the interpreter
+    # finalizes (a replica's __del__ at exit), that daemon thread can no longer run, and the
+    # wait would never end: closing the socket is all that is left to do.
+    if not sys.is_finalizing():
+        server.shutdown()
     server.server_close()

@@ -172,6 +172,38 @@ def test_metric_writes_make_no_system_call_and_a_forked_child_writes_its_own_fil
     assert _value(text, "modelgate_requests_total", **ok) == 105
 
 
+#: A replica whose exporter serves and is closed by its `__del__` as the interpreter exits
+#: (Ray Serve calls `__del__` on a stopping replica; so does the garbage collector at exit).
+CLOSED_AT_EXIT = """
+import sys, time
+from serve import exporter
+from serve.metrics import GatewayMetrics
+class Replica:
+    def __init__(self, port):
+        registry = exporter.node_registry(GatewayMetrics().registry)
+        self.exporter = exporter.NodeExporter(registry, port, "127.0.0.1").start()
+        while not self.exporter.serving:
+            time.sleep(0.01)
+    def __del__(self):
+        self.exporter.close()
+replica = Replica(int(sys.argv[1]))
+print("serving", flush=True)
+"""
+
+
+def test_an_exporter_closed_while_the_interpreter_exits_lets_it_exit(folder: Path) -> None:
+    """Its serving thread cannot run any more then; waiting for it to stop hung forever."""
+    env = {**os.environ, exporter.MULTIPROC_ENV: str(folder)}
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSED_AT_EXIT, str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "serving\n"), done.stderr
+
+
 def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
