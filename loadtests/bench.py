@@ -293,16 +293,24 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   ~250-290, HAProxy ~130-150, Ray's HAProxyManager ~80-90 (it parses HAProxy's per-request
   metric lines), Ray's controller and agents ~60-80 for both alike. With the two cores
   saturated, req/s goes as the inverse of that total, so the router's extra ~60-110 µs is
-  the gap. Of it, the baseline's handler in the router's process (floor) runs at ~0.94-0.96x
-  the baseline and the gateway beside it at ~0.84-0.90x: about half the gap is the router's
-  process (more threads, sessions, handles, modules), half the gateway's request work
-  (validation, routing, the protocol's full response, metrics), which in process costs ~10 µs
-  more than the baseline's handler. At 1 client the two cost the same in one process (768 vs
-  783 req/s). Run to run the measure moves: four runs of 10-20 rounds of the same
-  code gave medians of 0.905x, 0.98x (full bench config) and 0.975x (a router holding only
-  the colocated version), single rounds 0.79x-1.12x. Ray's own background work (the
-  controller ~5% of a core at all times, the dashboard agent's 30-70 ms bursts every 5 s) is
-  periodic, which is why each round's scenario order is shuffled.
+  the gap. Where it comes from (benches and 10-20-round experiments of 2026-11-23): the
+  baseline's handler in the router's process (floor) ran at 0.88-1.00x the baseline (median
+  ~0.95x), the gateway beside it at 0.83-0.90x, ~0.88-0.93x of the floor. An A/A check, two
+  identical baseline apps over 12 rounds, came out 1.035x: one run's ratio carries about
+  ±4%, so the router's process costs 0-6% and the gateway's request work the rest, ~7-12%.
+  That work (validation, routing, the protocol's full response, metrics) costs ~12-24 µs a
+  request more than the baseline's handler in process (~52-68 µs against ~40-44; of the
+  gateway's, JSON decoding and its checks ~12, validation ~5, ONNX Runtime ~6, building and
+  encoding the response ~8.5), and a µs in the router counts 2-5 times its share at 32
+  clients: making the floor's handler spin 20 µs more a request cost it 3-9% req/s (by the
+  statistic taken, 14 rounds), where its share of the machine's ~1,200 µs a request would be
+  1.6%; that fits the router's one event loop thread (~450-550 µs a request) being what the
+  load queues on, more than the machine's total. So the colocated target
+  (0.95x) needs the gateway's request work within ~5-10 µs of the baseline's handler. At 1
+  client the two cost the same in one process (768 vs 783 req/s). Single rounds of one
+  scenario move by ±20%; Ray's own background work (the controller ~5% of a core at all
+  times, the dashboard agent's 30-70 ms bursts every 5 s) is periodic, which is why each
+  round's scenario order is shuffled.
 - **dedicated** sends each batch to the model replica over the direct transport
   (serve/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
   ~0.08 ms a round trip measured between two processes here) and tracks colocated. **handle**
