@@ -3,6 +3,8 @@ protocol names, numpy dtypes and ONNX element types."""
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,10 +73,19 @@ class Signature(BaseModel):
     outputs: list[TensorSpec]
 
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self._inputs.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
+        return self._outputs.get(name)
+
+    # Looked up at every request (validation, the response): by name, built once.
+    @cached_property
+    def _inputs(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.inputs}
+
+    @cached_property
+    def _outputs(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.outputs}
 
 
 def _spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:

@@ -15,20 +15,21 @@ def describe(spec: TensorSpec) -> str:
 
 def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.ndarray], int]:
     """The ONNX Runtime feeds for this request, and its row count (the batch dimension)."""
-    names = ", ".join(t.name for t in signature.inputs)
     given: dict[str, Tensor] = {}
     for item in request.inputs:
         if item.name in given:
             raise invalid(f"input '{item.name}' is given twice")
         if signature.input(item.name) is None:
-            raise invalid(f"unknown input '{item.name}'; inputs are: {names}")
+            raise invalid(f"unknown input '{item.name}'; inputs are: {_names(signature)}")
         given[item.name] = item
     feeds: dict[str, np.ndarray] = {}
     rows: int | None = None
     for spec in signature.inputs:
         tensor = given.get(spec.name)
         if tensor is None:
-            raise invalid(f"missing input '{spec.name}' ({describe(spec)}); inputs are: {names}")
+            raise invalid(
+                f"missing input '{spec.name}' ({describe(spec)}); inputs are: {_names(signature)}"
+            )
         _check(spec, tensor)
         batch = tensor.array.shape[0]
         if rows is not None and batch != rows:
@@ -38,6 +39,10 @@ def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.
     _check_outputs(request, signature)
     assert rows is not None
     return feeds, rows
+
+
+def _names(signature: Signature) -> str:
+    return ", ".join(t.name for t in signature.inputs)
 
 
 def _check(spec: TensorSpec, tensor: Tensor) -> None:
