@@ -80,20 +80,33 @@ def _point(target: Any, payloads: Any, clients: int, duration_s: float) -> dict[
     from loadtests.runner import run
 
     step = Step("closed", concurrency=clients, duration_s=duration_s, warmup_s=1.0)
+    busy = machine_busy_s()
     s = run(target, payloads, step).summary()
+    spent = machine_busy_s() - busy
     return {
         "clients": clients,
         "rps": s["achieved_rps"],
         "p50_ms": s["latency_ms"]["p50"],
         "p99_ms": s["latency_ms"]["p99"],
         "errors": sum(s["errors"].values()),
+        # warm-up included on both sides: `sent` counts its requests too
+        "cpu_us": spent / s["sent"] * 1e6 if s["sent"] else None,
     }
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the machine's cores have been busy since boot, every process's (Linux's
+    /proc/stat: user, nice, system, irq and softirq time; idle, I/O wait and steal left out)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def _show(name: str, p: dict[str, Any]) -> None:
     print(
         f"  {name:<14} {p['clients']:>3} clients: {p['rps']:8.0f} req/s  "
-        f"p50 {p['p50_ms']:7.2f} ms  p99 {p['p99_ms']:7.2f} ms  errors {p['errors']}",
+        f"p50 {p['p50_ms']:7.2f} ms  p99 {p['p99_ms']:7.2f} ms  errors {p['errors']}  "
+        f"CPU {_show_us(p.get('cpu_us'))} a request",
         flush=True,
     )
 
@@ -153,8 +166,8 @@ def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
     """The median round's point, carrying every round's req/s and p50 (in round order) for
     the paired ratios."""
     point = dict(sorted(points, key=lambda p: p["rps"])[len(points) // 2])
-    point["rounds_rps"] = [p["rps"] for p in points]
-    point["rounds_p50_ms"] = [p["p50_ms"] for p in points]
+    for key in ("rps", "p50_ms", "cpu_us"):
+        point[f"rounds_{key}"] = [p.get(key) for p in points]
     return point
 
 
@@ -166,9 +179,12 @@ def paired_ratio(point: dict[str, Any], reference: dict[str, Any], key: str) -> 
     mine, theirs = point.get(f"rounds_{key}"), reference.get(f"rounds_{key}")
     if mine and theirs:
         n = min(len(mine), len(theirs))
-        ratios = sorted(a / b for a, b in zip(mine[:n], theirs[:n], strict=True) if b)
+        ratios = sorted(
+            a / b for a, b in zip(mine[:n], theirs[:n], strict=True) if a is not None and b
+        )
         return statistics.median(ratios) if ratios else None
-    return point[key] / reference[key] if reference[key] else None
+    mine_value, their_value = point.get(key), reference.get(key)
+    return mine_value / their_value if mine_value is not None and their_value else None
 
 
 def _prepare() -> str:
@@ -367,11 +383,14 @@ def write_results(
         "(GradientBoosting ONNX, 30 floats a row), rows drawn from its reference statistics, "
         "JSON over HTTP unless the scenario says otherwise. Each ratio compares with the "
         "scenario named in its column, measured in the same run; absolute figures drift on this "
-        "shared machine (±30%), ratios less so.",
+        "shared machine (±30%), ratios less so. CPU is what the whole machine spent a request "
+        "(every process: gateway, Ray, HAProxy, the load generator; /proc/stat), steadier "
+        "than req/s from round to round: on two cores a closed loop's req/s also moves with "
+        "how the processes happen to be scheduled.",
         "",
-        "| scenario | clients | req/s | p50 ms | p99 ms | errors | compared with | req/s ratio "
-        "| p50 ratio |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| scenario | clients | req/s | p50 ms | p99 ms | errors | CPU µs/req | compared with "
+        "| req/s ratio | p50 ratio | CPU ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for name, points in results.items():
         reference = SCENARIOS.get(name, ("", "", "", 1, "baseline"))[4]
@@ -379,9 +398,10 @@ def write_results(
             ref = by[reference][p["clients"]]
             lines.append(
                 f"| {name} | {p['clients']} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
-                f"{p['p99_ms']:.2f} | {p['errors']} | {reference} | "
-                f"{_show_ratio(paired_ratio(p, ref, 'rps'))} | "
-                f"{_show_ratio(paired_ratio(p, ref, 'p50_ms'))} |"
+                f"{p['p99_ms']:.2f} | {p['errors']} | {_show_us(p.get('cpu_us'))} | "
+                f"{reference} | {_show_ratio(paired_ratio(p, ref, 'rps'))} | "
+                f"{_show_ratio(paired_ratio(p, ref, 'p50_ms'))} | "
+                f"{_show_ratio(paired_ratio(p, ref, 'cpu_us'))} |"
             )
     lines += ["", "## Summary", "", *summary(by), "", NOTES]
     text = "\n".join(lines) + "\n"
@@ -414,6 +434,13 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
             f"{vs('floor', 'baseline', 1, 'p50_ms')}; against it, colocated "
             f"{vs('colocated', 'floor')} req/s at 32 clients, dedicated {vs('dedicated', 'floor')}"
         )
+        lines.append(
+            f"- CPU a request at 32 clients (the whole machine), vs baseline: floor "
+            f"{vs('floor', 'baseline', key='cpu_us')}, colocated "
+            f"{vs('colocated', 'baseline', key='cpu_us')}, dedicated "
+            f"{vs('dedicated', 'baseline', key='cpu_us')}; colocated vs floor "
+            f"{vs('colocated', 'floor', key='cpu_us')}"
+        )
     lines += [
         f"- dedicated transport, direct vs handle: {vs('dedicated', 'handle')} req/s at 32 "
         f"clients; p50 at 1 client {p50('dedicated', 1):.2f} ms vs {p50('handle', 1):.2f} ms",
@@ -434,6 +461,10 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
 
 def _show_ratio(ratio: float | None) -> str:
     return "–" if ratio is None else f"{ratio:.2f}×"
+
+
+def _show_us(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
 
 
 def _ceiling() -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,7 @@ def test_the_report_shows_paired_ratios(tmp_path: Path, monkeypatch: pytest.Monk
                             "p50_ms": 10.0,
                             "p99_ms": 20.0,
                             "errors": 0,
+                            "cpu_us": 1000.0 * (1 if name.startswith("baseline") else 1.05),
                         }
                         for r in rounds
                     ]
@@ -62,12 +64,37 @@ def test_the_report_shows_paired_ratios(tmp_path: Path, monkeypatch: pytest.Monk
             )
         results[name] = points
     text = bench.write_results(results, 4.0, 3, 8000.0)
-    assert "| colocated | 32 | 855 | 10.00 | 20.00 | 0 | baseline | 0.90× | 1.00× |" in text
+    row = "| colocated | 32 | 855 | 10.00 | 20.00 | 0 | 1050 | baseline | 0.90× | 1.00× | 1.05× |"
+    assert row in text
     assert "- colocated: 0.90× baseline req/s at 32 clients" in text
     # The floor is the baseline's handler in a router: the gateway is compared with it too.
-    assert "| floor | 32 | 855 | 10.00 | 20.00 | 0 | baseline | 0.90× | 1.00× |" in text
+    assert row.replace("colocated", "floor") in text
     assert "Router): 0.90× baseline req/s at 32 clients, p50 at 1 client 1.00×;" in text
     assert "against it, colocated 1.00× req/s at 32 clients, dedicated 1.00×" in text
+    assert (
+        "- CPU a request at 32 clients (the whole machine), vs baseline: floor 1.05×, "
+        "colocated 1.05×, dedicated 1.05×; colocated vs floor 1.00×"
+    ) in text
+
+
+def test_a_round_without_a_cpu_figure_is_left_out_of_the_cpu_ratio() -> None:
+    baseline = bench._median(
+        [{"clients": 32, "rps": 1000.0, "p50_ms": 1.0, "cpu_us": c} for c in (1000.0, 900.0)]
+    )
+    gateway = bench._median(
+        [{"clients": 32, "rps": 900.0, "p50_ms": 1.0, "cpu_us": c} for c in (None, 990.0)]
+    )
+    assert bench.paired_ratio(gateway, baseline, "cpu_us") == pytest.approx(1.1)
+    assert bench.paired_ratio({"cpu_us": None}, {"cpu_us": 900.0}, "cpu_us") is None
+
+
+def test_the_machine_busy_time_counts_this_process_work() -> None:
+    busy, mine = bench.machine_busy_s(), time.process_time()
+    while time.process_time() - mine < 0.3:
+        pass
+    spent = time.process_time() - mine
+    # Every core's busy time includes this process's: at least what it spent (less a tick).
+    assert bench.machine_busy_s() - busy >= spent - 0.02
 
 
 def test_a_target_point_with_more_rounds_pairs_the_rounds_both_have() -> None:
