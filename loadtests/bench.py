@@ -322,7 +322,11 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   statistic taken, 14 rounds), where its share of the machine's ~1,200 µs a request would be
   1.6%; that fits the router's one event loop thread (~450-550 µs a request) being what the
   load queues on, more than the machine's total. So the colocated target
-  (0.95x) needs the gateway's request work within ~5-10 µs of the baseline's handler. At 1
+  (0.95x) needs the gateway's request work within ~5-10 µs of the baseline's handler. The
+  CPU column agrees: in the run that added it, at 32 clients, the floor spent 1.00x the
+  baseline's CPU a request and colocated 1.09x (1.05x the floor's), where req/s came out
+  0.99x and 0.90x; the gateway's work runs slower in the replica, between other processes'
+  turns on the cores, than in a warm loop in process. At 1
   client the two cost the same in one process (768 vs 783 req/s). Single rounds of one
   scenario move by ±20%; Ray's own background work (the controller ~5% of a core at all
   times, the dashboard agent's 30-70 ms bursts every 5 s) is periodic, which is why each
