@@ -296,6 +296,12 @@ def _serve(args: argparse.Namespace) -> int:
             if code == RAY_STOPPED:
                 launcher.forget_ray()  # Serve's controller went with it: nothing to stop in order
             else:
+                print(
+                    "stopping Ray Serve: each HTTP ingress replica first stays reachable for "
+                    "Ray's draining period (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, "
+                    "30 s by default)",
+                    flush=True,
+                )
                 launcher.stop_ray()
     return code
 
