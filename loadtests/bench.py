@@ -314,20 +314,20 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   ~0.95x), the gateway beside it at 0.83-0.90x, ~0.88-0.93x of the floor. An A/A check, two
   identical baseline apps over 12 rounds, came out 1.035x: one run's ratio carries about
   ±4%, so the router's process costs 0-6% and the gateway's request work the rest, ~7-12%.
-  That work (validation, routing, the protocol's full response, metrics) costs ~12-24 µs a
-  request more than the baseline's handler in process (~52-68 µs against ~40-44; of the
-  gateway's, JSON decoding and its checks ~12, validation ~5, ONNX Runtime ~6, building and
-  encoding the response ~8.5), and a µs in the router counts 2-5 times its share at 32
-  clients: making the floor's handler spin 20 µs more a request cost it 3-9% req/s (by the
-  statistic taken, 14 rounds), where its share of the machine's ~1,200 µs a request would be
-  1.6%; that fits the router's one event loop thread (~450-550 µs a request) being what the
-  load queues on, more than the machine's total. So the colocated target
-  (0.95x) needs the gateway's request work within ~5-10 µs of the baseline's handler. The
-  CPU column agrees: in the run that added it, at 32 clients, the floor spent 1.00x the
-  baseline's CPU a request and colocated 1.09x (1.05x the floor's), where req/s came out
-  0.99x and 0.90x; the gateway's work runs slower in the replica, between other processes'
-  turns on the cores, than in a warm loop in process. At 1
-  client the two cost the same in one process (768 vs 783 req/s). Single rounds of one
+  That work (validation, routing, the protocol's full response, metrics) costs ~9-12 µs a
+  request more than the baseline's handler in process (~45-49 µs against ~37-39, warm loop;
+  of the gateway's: JSON decoding with its checks ~7, where the baseline's stdlib json.loads
+  alone is ~15; validation ~3.5; ONNX Runtime ~6; building and encoding the response ~5;
+  metrics ~3-4), and a µs in the router counts 2-5 times its share at 32 clients: making the
+  floor's handler spin 20 µs more a request cost it 3-9% req/s (by the statistic taken, 14
+  rounds), where its share of the machine's ~1,200 µs a request would be 1.6%; that fits the
+  router's one event loop thread (~450-550 µs a request) being what the load queues on, more
+  than the machine's total. The CPU column agrees: in the run that added it, at 32 clients,
+  the floor spent 1.00x the baseline's CPU a request and colocated 1.09x (1.05x the floor's),
+  where req/s came out 0.99x and 0.90x; the gateway's work costs more in the replica, between
+  other processes' turns on the cores, than in a warm loop in process. So the colocated
+  target (0.95x) needs the gateway's request work within ~5-10 µs of the baseline's handler.
+  At 1 client the two cost the same in one process (768 vs 783 req/s). Single rounds of one
   scenario move by ±20%; Ray's own background work (the controller ~5% of a core at all
   times, the dashboard agent's 30-70 ms bursts every 5 s) is periodic, which is why each
   round's scenario order is shuffled.
