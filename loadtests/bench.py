@@ -163,8 +163,8 @@ def round_order(names: list[str], clients: int, round_index: int) -> list[str]:
 
 
 def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median round's point, carrying every round's req/s and p50 (in round order) for
-    the paired ratios."""
+    """The median round's point, carrying every round's req/s, p50 and CPU a request (in
+    round order) for the paired ratios."""
     point = dict(sorted(points, key=lambda p: p["rps"])[len(points) // 2])
     for key in ("rps", "p50_ms", "cpu_us"):
         point[f"rounds_{key}"] = [p.get(key) for p in points]

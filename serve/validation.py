@@ -20,7 +20,7 @@ def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.
         if item.name in given:
             raise invalid(f"input '{item.name}' is given twice")
         if signature.input(item.name) is None:
-            raise invalid(f"unknown input '{item.name}'; inputs are: {_names(signature)}")
+            raise invalid(f"unknown input '{item.name}'; inputs are: {_names(signature.inputs)}")
         given[item.name] = item
     feeds: dict[str, np.ndarray] = {}
     rows: int | None = None
@@ -28,7 +28,8 @@ def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.
         tensor = given.get(spec.name)
         if tensor is None:
             raise invalid(
-                f"missing input '{spec.name}' ({describe(spec)}); inputs are: {_names(signature)}"
+                f"missing input '{spec.name}' ({describe(spec)}); "
+                f"inputs are: {_names(signature.inputs)}"
             )
         _check(spec, tensor)
         batch = tensor.array.shape[0]
@@ -41,8 +42,8 @@ def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.
     return feeds, rows
 
 
-def _names(signature: Signature) -> str:
-    return ", ".join(t.name for t in signature.inputs)
+def _names(specs: list[TensorSpec]) -> str:
+    return ", ".join(t.name for t in specs)
 
 
 def _check(spec: TensorSpec, tensor: Tensor) -> None:
@@ -78,5 +79,6 @@ def _text(value: object) -> str:
 def _check_outputs(request: InferRequest, signature: Signature) -> None:
     for wanted in request.outputs or ():
         if signature.output(wanted.name) is None:
-            outputs = ", ".join(t.name for t in signature.outputs)
-            raise invalid(f"unknown output '{wanted.name}'; outputs are: {outputs}")
+            raise invalid(
+                f"unknown output '{wanted.name}'; outputs are: {_names(signature.outputs)}"
+            )
