@@ -1,0 +1,86 @@
+"""The infer route's body reading and route matching, on plain ASGI messages (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from starlette.requests import ClientDisconnect, Request
+
+from serve import rest
+from serve.errors import ErrorCode, InferenceError
+
+
+def _request(messages: list[dict[str, Any]]) -> tuple[Request, list[dict[str, Any]]]:
+    """A request whose body arrives as `messages`; the list left is what was not received."""
+    left = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return left.pop(0)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+    return Request(scope, receive), left
+
+
+def _chunks(*parts: bytes) -> list[dict[str, Any]]:
+    return [
+        {"type": "http.request", "body": part, "more_body": i < len(parts) - 1}
+        for i, part in enumerate(parts)
+    ]
+
+
+def _read(messages: list[dict[str, Any]], limit: int = 100, declared: str | None = None) -> bytes:
+    request, _ = _request(messages)
+    return asyncio.run(rest.read_body(request, limit, declared))
+
+
+def test_a_body_in_chunks_is_joined_and_empty_chunks_are_skipped() -> None:
+    assert _read(_chunks(b'{"in', b"", b'puts": []}')) == b'{"inputs": []}'
+    assert _read(_chunks(b"one chunk")) == b"one chunk"
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
+    request, left = _request(_chunks(b"x" * 10))
+    with pytest.raises(InferenceError) as caught:
+        asyncio.run(rest.read_body(request, 5, "10"))
+    assert caught.value.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert "10+ bytes is over the limit of 5 bytes" in caught.value.message
+    assert len(left) == 1  # nothing was received
+
+
+def test_a_streamed_body_over_the_limit_is_refused_at_the_chunk_that_crosses_it() -> None:
+    request, left = _request(_chunks(b"x" * 60, b"y" * 60, b"z" * 60))
+    with pytest.raises(InferenceError) as caught:
+        asyncio.run(rest.read_body(request, 100, None))  # chunked: no length declared
+    assert caught.value.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert "120+ bytes" in caught.value.message
+    assert len(left) == 1  # the third chunk was never read
+
+
+def test_an_empty_body_is_a_bad_request() -> None:
+    with pytest.raises(InferenceError) as caught:
+        _read(_chunks(b""))
+    assert caught.value.code is ErrorCode.INVALID_ARGUMENT
+    assert "empty" in caught.value.message
+
+
+def test_a_client_that_goes_away_mid_body_raises_client_disconnect() -> None:
+    with pytest.raises(ClientDisconnect):
+        _read(
+            [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}]
+        )
+
+
+def test_matching_is_cached_yet_every_unknown_path_or_method_fails_each_time() -> None:
+    first = rest._match("POST", "/v2/models/iris/versions/2/infer")
+    assert first[1] == {"model": "iris", "version": "2"}
+    assert rest._match("POST", "/v2/models/iris/versions/2/infer") is first
+    assert rest._match("POST", "/v2/models/wine/infer")[1] == {"model": "wine"}
+    for _ in range(2):
+        with pytest.raises(InferenceError) as wrong_method:
+            rest._match("GET", "/v2/models/iris/infer")
+        assert wrong_method.value.code is ErrorCode.METHOD_NOT_ALLOWED
+        with pytest.raises(InferenceError) as unknown:
+            rest._match("GET", "/v3/nothing")
+        assert unknown.value.code is ErrorCode.NOT_FOUND
