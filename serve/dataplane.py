@@ -346,20 +346,23 @@ def _response(
     request: InferRequest, target: VersionTarget, outputs: dict[str, np.ndarray]
 ) -> InferResponse:
     signature = target.manifest.signature
-    wanted = request.outputs or []
-    names = [o.name for o in wanted] or [t.name for t in signature.outputs]
-    binary = {o.name: o.binary for o in wanted if o.binary is not None}
-    tensors = []
-    for name in names:
-        spec = signature.output(name)
-        assert spec is not None  # validated
-        tensors.append(Tensor(name, spec.datatype, outputs[name]))
+    wanted = request.outputs
+    if not wanted:  # every output, in the signature's order: the common case
+        tensors = [Tensor(s.name, s.datatype, outputs[s.name]) for s in signature.outputs]
+        binary = {t.name: True for t in tensors} if request.binary_output else {}
+    else:
+        tensors = []
+        for requested in wanted:
+            spec = signature.output(requested.name)
+            assert spec is not None  # validated
+            tensors.append(Tensor(spec.name, spec.datatype, outputs[spec.name]))
+        binary = {o.name: request.binary_output if o.binary is None else o.binary for o in wanted}
     return InferResponse(
         model=request.model,
         version=target.version,
         outputs=tensors,
         id=request.id,
-        binary={n: binary.get(n, request.binary_output) for n in names},
+        binary=binary,
     )
 
 

@@ -175,8 +175,9 @@ def _bytes_value(name: str, value: Any) -> bytes:
     raise invalid(f"input '{name}': BYTES data must be strings; got {type(value).__name__}")
 
 
-def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
-    """The body and the extra headers (binary outputs add `Inference-Header-Content-Length`)."""
+def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
+    """The body, and with binary outputs the length of its JSON head (the response's
+    `Inference-Header-Content-Length`; the raw tensors follow it), else None."""
     outputs, chunks = [], []
     for tensor in response.outputs:
         entry: dict[str, Any] = {
@@ -202,16 +203,13 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
         doc["parameters"] = response.parameters
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
-        return head, {"content-type": "application/json"}
-    return head + b"".join(chunks), {
-        "content-type": "application/octet-stream",
-        HEADER_LENGTH: str(len(head)),
-    }
+        return head, None
+    return head + b"".join(chunks), len(head)
 
 
 def _json_data(tensor: Tensor) -> Any:
     """Flat row-major data; numeric arrays go to orjson as they are (serialized in C)."""
-    flat = np.ascontiguousarray(tensor.array).reshape(-1)
+    flat = tensor.array.ravel()  # C order, contiguous: a view when the array already is
     if tensor.datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
     if tensor.datatype == "FP16":

@@ -52,4 +52,4 @@ class InferResponse:
     outputs: list[Tensor]
     id: str = ""
     parameters: Parameters = field(default_factory=dict)
-    binary: dict[str, bool] = field(default_factory=dict)  # output name -> send as binary
+    binary: dict[str, bool] = field(default_factory=dict)  # output name -> as binary (absent: no)

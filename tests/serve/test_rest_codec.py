@@ -87,13 +87,32 @@ def test_binary_response_has_header_length_and_raw_tensors() -> None:
         id="x",
         binary={"label": False, "probabilities": True},
     )
-    body, headers = encode_response(response)
-    n = int(headers["inference-header-content-length"])
+    body, n = encode_response(response)
+    assert n is not None
     doc = json.loads(body[:n])
     assert doc["model_version"] == "2" and doc["id"] == "x"
     assert doc["outputs"][0]["data"] == [1]
     assert doc["outputs"][1]["parameters"] == {"binary_data_size": 8}
     np.testing.assert_array_equal(np.frombuffer(body[n:], np.float32).reshape(1, 2), probs)
+
+
+def test_json_response_is_flat_row_major_whatever_the_arrays_layout() -> None:
+    grid = np.arange(12, dtype=np.float32).reshape(3, 4)
+    response = InferResponse(
+        "m",
+        "1",
+        [
+            Tensor("transposed", "FP32", grid.T),  # not C-contiguous: copied in C order
+            Tensor("strided", "FP32", grid[:, 0]),  # a 1-D view with a stride
+            Tensor("half", "FP16", grid.astype(np.float16)[:1]),
+        ],
+    )
+    body, n = encode_response(response)
+    assert n is None  # no binary output: all JSON
+    outputs = json.loads(body)["outputs"]
+    assert outputs[0]["shape"] == [4, 3] and outputs[0]["data"] == grid.T.reshape(-1).tolist()
+    assert outputs[1]["shape"] == [3] and outputs[1]["data"] == [0.0, 4.0, 8.0]
+    assert outputs[2]["data"] == [0.0, 1.0, 2.0, 3.0]
 
 
 @pytest.mark.parametrize(
