@@ -259,7 +259,8 @@ class DataPlane:
             if ready and not target.health.ready:
                 raise _unavailable(target)
             return target
-        key = (headers or {}).get(table.sticky_header)
+        # A route of one version needs no key: whatever a key says, that version answers.
+        key = None if len(table.weights) == 1 else (headers or {}).get(table.sticky_header)
         picked = table.pick(key)
         if picked is not None and entry.versions[picked].health.ready:
             return entry.versions[picked]  # the common case: no set of ready versions to build

@@ -87,9 +87,9 @@ class _Buffered:
         self._dirty = False
 
     def _touch(self) -> None:
-        if not self._dirty:
-            self._dirty = True
-            self._pending.touch(self)
+        """Called by an update that finds the series clean: it now has something to write."""
+        self._dirty = True
+        self._pending.touch(self)
 
     def write(self) -> None:
         self._dirty = False
@@ -111,7 +111,8 @@ class BufferedCounter(_Buffered):
 
     def inc(self, amount: float = 1.0) -> None:
         self._delta += amount
-        self._touch()
+        if not self._dirty:  # checked here: a call less on the request path
+            self._touch()
 
     def dec(self, amount: float = 1.0) -> None:
         self.inc(-amount)
@@ -138,7 +139,8 @@ class BufferedHistogram(_Buffered):
     def observe(self, amount: float) -> None:
         self._sum += amount
         self._counts[bisect_left(self._bounds, amount)] += 1
-        self._touch()
+        if not self._dirty:
+            self._touch()
 
     def _write(self) -> None:
         child = self._child

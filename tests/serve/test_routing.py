@@ -3,10 +3,15 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from serve.errors import InferenceError
-from serve.routing import ModelRouting, RouteTable
+from serve.batching import MicroBatcher
+from serve.dataplane import DataPlane, Health, VersionTarget
+from serve.errors import ErrorCode, InferenceError
+from serve.routing import DEFAULT_STICKY_HEADER as KEY
+from serve.routing import ModelRouting, RouteTable, RoutingConfig
+from tests.serve.test_shadow import _manifest
 
 
 def _table(weights: dict[str, float], **kw: object) -> RouteTable:
@@ -86,3 +91,30 @@ def test_a_version_not_ready_gets_no_traffic_and_its_share_spreads_by_weight() -
     moved = [k for k in keys if table.pick(k) != table.pick(k, {"1", "3"})]
     assert all(table.pick(k) == "2" for k in moved)  # only the keys of version 2 move
     assert table.pick(None, set()) is None and table.pick("k", {"9"}) is None
+
+
+def _plane(versions: list[str], routing: ModelRouting) -> DataPlane:
+    targets = [
+        VersionTarget("m", v, _manifest(v), MicroBatcher(f"m:{v}", _never), "colocated")
+        for v in versions
+    ]
+    plane = DataPlane.build(targets, {})
+    plane.apply_routing(RoutingConfig(models={"m": routing}))
+    return plane
+
+
+async def _never(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    raise AssertionError("routing runs nothing")
+
+
+def test_the_default_route_reads_the_sticky_key_only_when_it_has_a_choice() -> None:
+    one = _plane(["1", "2"], ModelRouting(weights={"2": 1}))
+    assert {one.target("m", None, {KEY: f"u{i}"}).version for i in range(50)} == {"2"}
+    one.models["m"].versions["2"].health = Health(False, "restarting")
+    with pytest.raises(InferenceError) as caught:
+        one.target("m", None, {KEY: "u1"}, ready=True)
+    assert caught.value.code is ErrorCode.UNAVAILABLE and "2: restarting" in caught.value.message
+    split = _plane(["1", "2"], ModelRouting(weights={"1": 1, "2": 1}))
+    picks = {u: split.target("m", None, {KEY: u}).version for u in ("a", "b", "c", "d")}
+    for _ in range(20):  # the key decides, every time
+        assert all(split.target("m", None, {KEY: u}).version == v for u, v in picks.items())
