@@ -280,57 +280,42 @@ def _plain_subprocess(duration_s: float) -> list[dict[str, Any]]:
 
 NOTES = """## What the numbers say (from profiling; re-check when they move)
 
-- **colocated** runs ONNX Runtime inside the router replica. Where its CPU goes, measured as
-  CPU seconds per request of each serving process (from /proc, same run, 32 clients): the
-  router replica spends ~1.1-1.25x what the baseline replica does (~325-350 µs against
-  ~270-320 µs on a day when the baseline served ~2,500 req/s), and Ray Serve's own per-request
-  machinery (uvicorn, direct-ingress ASGI, request metrics, access log) is most of both: a
-  py-spy `--gil` comparison puts the Ray frames within a few µs of each other, so the gap is
-  the gateway's own work, which the baseline skips: signature validation, routing, the
-  protocol's full response, metrics. In process (no Ray, same request) that work costs ~48 µs
-  a request against the baseline handler's ~38 µs. Under load the two cores are shared by that
-  replica, HAProxy and the load generator, so each extra µs in the router costs throughput.
-  Costs found with py-spy and removed, in order: the router's readiness poll called
-  `serve.status()` once a second, which rebuilt every deployment's pydantic config inside the
-  router (40 ms of CPU holding the GIL, per call; the controller's details dict costs 1.3 ms);
-  prometheus-client's multiprocess values made a getpid() system call at every write (now
-  cached, renewed after fork); the drift monitor binned each batch with its own numpy calls
-  (64 ms holding the GIL every 5 s for 7,500 one-row batches; now 13 ms); a colocated request
-  with nothing queued went through a task-free but awaited batcher call wrapped in a deadline
-  timer (now `MicroBatcher.try_now`: run in the request's own call, no timer: it cannot wait);
-  sixteen locked mmap metric writes a request (now summed in memory and written at most every
-  50 ms); starlette's header scans (now one lazy view). In process the gateway's
-  request went from ~79 µs to ~48 µs, and router CPU per request from 1.6-1.75x the
-  baseline's to the figure above.
-- **Where colocated's floor at 32 clients is** (2026-11-23, from /proc, and the **floor**
-  scenario: the baseline's own handler served by a copy of the gateway's Router). CPU a
-  request over the whole machine, at 32 clients: baseline ~1,000-1,140 µs, colocated
-  ~1,140-1,240; of it the serving replica ~430-470 against ~490-580, the load generator
-  ~250-290, HAProxy ~130-150, Ray's HAProxyManager ~80-90 (it parses HAProxy's per-request
-  metric lines), Ray's controller and agents ~60-80 for both alike. With the two cores
-  saturated, req/s goes as the inverse of that total, so the router's extra ~60-110 µs is
-  the gap. Where it comes from (benches and 10-20-round experiments of 2026-11-23): the
-  baseline's handler in the router's process (floor) ran at 0.88-1.00x the baseline (median
-  ~0.95x), the gateway beside it at 0.83-0.90x, ~0.88-0.93x of the floor. An A/A check, two
-  identical baseline apps over 12 rounds, came out 1.035x: one run's ratio carries about
-  ±4%, so the router's process costs 0-6% and the gateway's request work the rest, ~7-12%.
-  That work (validation, routing, the protocol's full response, metrics) costs ~9-12 µs a
-  request more than the baseline's handler in process (~45-49 µs against ~37-39, warm loop;
-  of the gateway's: JSON decoding with its checks ~7, where the baseline's stdlib json.loads
-  alone is ~15; validation ~3.5; ONNX Runtime ~6; building and encoding the response ~5;
-  metrics ~3-4), and a µs in the router counts 2-5 times its share at 32 clients: making the
-  floor's handler spin 20 µs more a request cost it 3-9% req/s (by the statistic taken, 14
-  rounds), where its share of the machine's ~1,200 µs a request would be 1.6%; that fits the
-  router's one event loop thread (~450-550 µs a request) being what the load queues on, more
-  than the machine's total. The CPU column agrees: in the run that added it, at 32 clients,
-  the floor spent 1.00x the baseline's CPU a request and colocated 1.09x (1.05x the floor's),
-  where req/s came out 0.99x and 0.90x; the gateway's work costs more in the replica, between
-  other processes' turns on the cores, than in a warm loop in process. So the colocated
-  target (0.95x) needs the gateway's request work within ~5-10 µs of the baseline's handler.
-  At 1 client the two cost the same in one process (768 vs 783 req/s). Single rounds of one
-  scenario move by ±20%; Ray's own background work (the controller ~5% of a core at all
-  times, the dashboard agent's 30-70 ms bursts every 5 s) is periodic, which is why each
-  round's scenario order is shuffled.
+- **colocated** runs ONNX Runtime inside the router replica. Ray Serve's own per-request
+  machinery (uvicorn, direct-ingress ASGI, request metrics, access log) is most of the serving
+  replica's CPU for it and for the baseline alike; what differs is the gateway's own work:
+  signature validation, routing, the protocol's full response, metrics. Costs found with
+  py-spy and in-process timing and removed, in order: the router's readiness poll called
+  `serve.status()` once a second (40 ms of CPU holding the GIL per call; the controller's
+  details dict costs 1.3 ms); prometheus-client's multiprocess values made a getpid() system
+  call at every write (now cached, renewed after fork); the drift monitor binned each batch
+  with its own numpy calls (64 ms holding the GIL every 5 s; now 13 ms); a colocated request
+  with nothing queued went through an awaited batcher call wrapped in a deadline timer (now
+  `MicroBatcher.try_now`, run in the request's own call); sixteen locked mmap metric writes a
+  request (now summed in memory, written at most every 50 ms); starlette's header scans (now
+  one lazy view); per-request generator lookups of a signature's tensors (now dicts built
+  once); starlette's body `stream()` (an async generator a request; now the ASGI messages
+  read directly), route matching by regex (now cached per path), starlette's `init_headers`
+  re-encoding a dict (the infer route now sends encoded headers) and per-name lookups of the
+  outputs (every output, the common case, is taken in signature order). In process (no Ray,
+  same request, warm loop) the gateway's HTTP request went from ~79 µs to **~37 µs, where the
+  baseline's handler takes ~38** (decoding with its checks ~7 µs, against the baseline's
+  stdlib `json.loads` ~15; validation ~2; ONNX Runtime ~6; response ~3.5; metrics ~3).
+- **Why those µs mattered** (the **floor** scenario: the baseline's own handler served by a copy
+  of the gateway's Router; /proc; experiments of 2026-11-23). With the gateway at ~45-49 µs in
+  process, colocated ran at 0.83-0.90x the baseline and ~0.88-0.93x the floor, while the floor
+  itself ran at 0.88-1.00x: the router's process costs 0-6% and the gateway's request work
+  the rest. An A/A check, two identical baseline apps over 12 rounds, came out 1.035x: one
+  run's ratio carries about ±4%. A µs in the router counts 2-5 times its share at 32 clients:
+  making the floor's handler spin 20 µs more a request cost it 3-9% req/s, where its share of
+  the machine's ~1,200 µs a request would be 1.6%; that fits the router's one event loop
+  thread being what the load queues on. After the last four removals above, a 12-round
+  experiment (32 clients, 4 s points) gave colocated 0.976x the baseline (paired median; mean
+  0.984x) and the floor 1.011x; the make bench that followed, 1.05x at 0.94x the baseline's
+  CPU a request (its 9 rounds' colocated req/s spanned 1,698-2,267, the baseline's 1,623-2,400).
+  At 1 client the two cost the same in one process. Single rounds of one scenario move by
+  ±20%; Ray's own background work (the controller ~5% of a core at all times, the dashboard
+  agent's 30-70 ms bursts every 5 s) is periodic, which is why each round's scenario order is
+  shuffled.
 - **dedicated** sends each batch to the model replica over the direct transport
   (serve/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
   ~0.08 ms a round trip measured between two processes here) and tracks colocated. **handle**
