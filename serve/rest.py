@@ -204,10 +204,11 @@ def app_path(scope: MutableMapping[str, Any]) -> str:
     return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def _match(method: str, path: str) -> tuple[Handler, dict[str, str], Access]:
     """The route of a path: cached, since a gateway sees the same few paths (its handlers only
-    read the parameters they get; an error is raised again, never cached)."""
+    read the parameters they get; an error is raised again, never cached). 256 paths at most:
+    a flood of made-up paths only evicts, and holds at most 256 request lines."""
     allowed = []
     for route_method, pattern, handler, access in ROUTES:
         match = pattern.fullmatch(path)
