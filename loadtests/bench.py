@@ -310,8 +310,9 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   the machine's ~1,200 µs a request would be 1.6%; that fits the router's one event loop
   thread being what the load queues on. After the last four removals above, a 12-round
   experiment (32 clients, 4 s points) gave colocated 0.976x the baseline (paired median; mean
-  0.984x) and the floor 1.011x; the make bench that followed, 1.05x at 0.94x the baseline's
-  CPU a request (its 9 rounds' colocated req/s spanned 1,698-2,267, the baseline's 1,623-2,400).
+  0.984x) and the floor 1.011x; the two `make bench` runs that followed, 1.05x and 1.00x, at
+  0.94x and 1.02x the baseline's CPU a request (single rounds of either scenario spanned
+  1,372-2,400 req/s across the two runs).
   At 1 client the two cost the same in one process. Single rounds of one scenario move by
   ±20%; Ray's own background work (the controller ~5% of a core at all times, the dashboard
   agent's 30-70 ms bursts every 5 s) is periodic, which is why each round's scenario order is
