@@ -64,6 +64,7 @@ class VersionSpec(BaseModel):
     intra_op_threads: int
     deployment: str | None
     timeout_ms: float | None
+    allow_non_finite: bool = False
     direct: bool = False  # dedicated: batches over serve/direct.py, the handle as fallback
 
 
@@ -200,6 +201,7 @@ class Router:
     ) -> pb.ModelInferResponse:
         try:
             self._authorize(grpc_context, request.model_name)
+            self.plane.check_known(request.model_name, request.model_version or None, "grpc")
             infer = grpc_service.decode_infer(request, self.codec_limits, _metadata(grpc_context))
             response = await self.plane.infer(infer)
         except InferenceError as exc:
@@ -361,7 +363,14 @@ def _target(
     )
     timeout_s = None if spec.timeout_ms is None else spec.timeout_ms / 1000
     return VersionTarget(
-        spec.model, spec.version, manifest, batcher, spec.placement, timeout_s, health
+        spec.model,
+        spec.version,
+        manifest,
+        batcher,
+        spec.placement,
+        timeout_s,
+        health,
+        allow_non_finite=spec.allow_non_finite,
     )
 
 
@@ -457,6 +466,7 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
             intra_op_threads=version_config.intra_op_threads,
             deployment=f"{model.name}-v{version}" if dedicated else None,
             timeout_ms=model.timeout_ms,
+            allow_non_finite=model.allow_non_finite,
             direct=version_config.direct,
         )
         if spec.deployment is not None:

@@ -4,6 +4,7 @@ Keys live in the config only as SHA-256 digests (`modelgate api-key` makes one);
 token is hashed and compared with every configured digest in constant time
 (`hmac.compare_digest`, no early exit), and it is never logged. Access levels:
   OPEN   health, server metadata, /metrics (for load balancers and Prometheus)
+  ANY_KEY  the OpenAPI document: any known key (it lists only the key's models)
   MODEL  infer, model metadata and readiness: a key whose `models` include the model
   ADMIN  repository index, statistics, routes, manifests: an admin key
 Missing or unknown token → 401 / UNAUTHENTICATED; a key not allowed here → 403 /
@@ -24,6 +25,7 @@ from serve.errors import ErrorCode, InferenceError
 
 class Access(enum.Enum):
     OPEN = "open"
+    ANY_KEY = "any_key"
     MODEL = "model"
     ADMIN = "admin"
 
@@ -63,6 +65,8 @@ class Authenticator:
         if access is Access.OPEN:
             return
         key = self._identify(authorization)
+        if access is Access.ANY_KEY:
+            return
         if access is Access.ADMIN:
             if not key.admin:
                 raise InferenceError(
@@ -73,6 +77,11 @@ class Authenticator:
             raise InferenceError(
                 ErrorCode.PERMISSION_DENIED, f"key '{key.name}' may not use model '{model}'"
             )
+
+    def visible(self, authorization: str | None, models: list[str]) -> list[str]:
+        """The models a key may use, among `models` (401 without a known key)."""
+        key = self._identify(authorization)
+        return list(models) if "*" in key.models else [m for m in models if m in key.models]
 
     def _identify(self, authorization: str | None) -> ApiKey:
         scheme, _, token = (authorization or "").partition(" ")

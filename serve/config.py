@@ -112,6 +112,12 @@ class ModelConfig(_Strict):
         "may ask for less with the `timeout` parameter (microseconds). Past it: 504 / "
         "DEADLINE_EXCEEDED, and a request still queued is dropped before compute. null: none.",
     )
+    allow_non_finite: bool = Field(
+        False,
+        description="Take NaN and infinities in float inputs (binary or gRPC; JSON has none). "
+        "false: refused with 400 / INVALID_ARGUMENT naming the input, since most models answer "
+        "NaN with a confident but meaningless prediction.",
+    )
 
 
 class RouterConfig(_Strict):

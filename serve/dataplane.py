@@ -54,6 +54,7 @@ class VersionTarget:
     placement: str
     timeout_s: float | None = None  # the model's default deadline
     health: Health = field(default_factory=Health)
+    allow_non_finite: bool = False  # NaN and infinities in float inputs
     failures: int = 0
     last_inference_ms: int = 0
 
@@ -150,6 +151,25 @@ class DataPlane:
         if self.auth is not None:
             self.auth.check(access, authorization, model)
 
+    def visible_models(self, authorization: str | None) -> list[str]:
+        """Every model without auth; with it, the models the caller's key may use."""
+        if self.auth is None:
+            return list(self.models)
+        return self.auth.visible(authorization, list(self.models))
+
+    def check_known(self, model: str, version: str | None, protocol: str) -> None:
+        """404 for a model or version not deployed: before a body is read or decoded, so that
+        an unknown model is NOT_FOUND whatever its inputs. Counted as `infer` counts one."""
+        try:
+            entry = self._entry(model)
+            if version:
+                entry.table.resolve(version)
+        except InferenceError as exc:
+            known = model if model in self.models else ""
+            count, _ = self.metrics.request_series(known, "", protocol, exc.code.value)
+            count.inc()
+            raise
+
     # -- the request path --------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Answer one request, counted and timed per (model, version, protocol, code)."""
@@ -179,7 +199,7 @@ class DataPlane:
             duration.observe(time.monotonic() - started)
 
     async def _infer(self, request: InferRequest, target: VersionTarget) -> InferResponse:
-        feeds, rows = validate(request, target.manifest.signature)
+        feeds, rows = validate(request, target.manifest.signature, target.allow_non_finite)
         shadow = self.shadows.get(request.model)
         timeout_s = deadline_s(request, target.timeout_s)
         try:
@@ -248,11 +268,7 @@ class DataPlane:
     ) -> VersionTarget:
         """The version a request names, or its model's default route picks among the versions
         that are ready. `ready`: raise UNAVAILABLE rather than return a version that is not."""
-        entry = self.models.get(model)
-        if entry is None:
-            raise not_found(
-                f"unknown model '{model}'; models are: {', '.join(sorted(self.models))}"
-            )
+        entry = self._entry(model)
         table = entry.table
         if version:
             target = entry.versions[table.resolve(version)]
@@ -280,6 +296,14 @@ class DataPlane:
         configured = table.pick(None)  # for metadata: the route as configured
         assert configured is not None
         return entry.versions[configured]
+
+    def _entry(self, model: str) -> ModelEntry:
+        entry = self.models.get(model)
+        if entry is None:
+            raise not_found(
+                f"unknown model '{model}'; models are: {', '.join(sorted(self.models))}"
+            )
+        return entry
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}

@@ -48,6 +48,10 @@ STATUS: dict[ErrorCode, tuple[int, grpc.StatusCode]] = {
 }
 
 
+#: Longest error message answered, in characters.
+MAX_SHOWN = 1000
+
+
 class InferenceError(Exception):
     """An error answered to the caller in the protocol's own form."""
 
@@ -60,6 +64,13 @@ class InferenceError(Exception):
     def __reduce__(self) -> tuple[object, tuple[object, ...], dict[str, object]]:
         # Travels between Ray processes intact (Exception pickles only `args` by default).
         return (InferenceError, (self.code, self.message), {"retry_after_s": self.retry_after_s})
+
+    def shown(self) -> str:
+        """The message as answered: at most MAX_SHOWN characters, so that an error echoing a
+        10 KB model name stays readable (and fits gRPC's status header)."""
+        if len(self.message) <= MAX_SHOWN:
+            return self.message
+        return self.message[: MAX_SHOWN - 1] + "…"
 
     @property
     def http_status(self) -> int:
@@ -76,6 +87,17 @@ def invalid(message: str) -> InferenceError:
 
 def not_found(message: str) -> InferenceError:
     return InferenceError(ErrorCode.NOT_FOUND, message)
+
+
+class MethodNotAllowedError(InferenceError):
+    """A known path asked with a method it does not take; `allowed` goes out as `Allow`."""
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(ErrorCode.METHOD_NOT_ALLOWED, message)
+        self.allowed = allowed
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...], dict[str, object]]:
+        return (MethodNotAllowedError, (self.message, self.allowed), {})
 
 
 class OverloadedError(InferenceError):

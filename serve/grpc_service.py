@@ -70,11 +70,19 @@ def _decode_input(t: Any, raw: bytes | None, limits: Limits) -> Tensor:
     shape = list(t.shape)
     tensors.check_shape(t.name, shape, limits.max_elements)
     dtype = tensors.numpy_dtype(t.name, t.datatype)
+    given = [f.name for f, _ in t.contents.ListFields()]
     if raw is not None:
+        if given:
+            raise invalid(f"input '{t.name}' has both raw_input_contents and contents.{given[0]}")
         return Tensor(t.name, t.datatype, tensors.from_raw(t.name, t.datatype, shape, raw))
     field = CONTENTS_FIELD.get(t.datatype)
     if field is None:
         raise invalid(f"input '{t.name}': {t.datatype} travels in raw_input_contents only")
+    if any(name != field for name in given):
+        raise invalid(
+            f"input '{t.name}': {t.datatype} travels in contents.{field}; got "
+            + ", ".join(f"contents.{name}" for name in given)
+        )
     values = getattr(t.contents, field)
     expected = tensors.element_count(shape)
     if len(values) != expected:
@@ -86,7 +94,12 @@ def _decode_input(t: Any, raw: bytes | None, limits: Limits) -> Tensor:
         array = np.empty(expected, dtype=object)
         array[:] = list(values)
     else:
-        array = np.asarray(values, dtype=dtype)
+        try:  # INT8 300 (typed contents are 32 or 64 bits wide) is out of range, not wrapped
+            array = np.asarray(values, dtype=dtype)
+        except OverflowError as exc:
+            raise invalid(
+                f"input '{t.name}': a value is out of {t.datatype}'s range ({exc})"
+            ) from None
     return Tensor(t.name, t.datatype, array.reshape(shape))
 
 
@@ -112,7 +125,17 @@ def metadata_message(meta: dict[str, Any]) -> pb.ModelMetadataResponse:
 
 
 def set_error(context: Any, exc: InferenceError) -> None:
+    """The status and its details (capped: gRPC clients drop a status message of kilobytes).
+    A shed says when to retry, as HTTP's Retry-After does: `retry-after` (seconds) and gRPC's
+    own `grpc-retry-pushback-ms`, which gRPC's retry policy obeys."""
     if context is None:
         raise exc
     context.set_code(exc.grpc_status)
-    context.set_details(exc.message)
+    context.set_details(exc.shown())
+    if exc.retry_after_s is not None:
+        context.set_trailing_metadata(
+            [
+                ("retry-after", str(max(1, round(exc.retry_after_s)))),
+                ("grpc-retry-pushback-ms", str(round(exc.retry_after_s * 1000))),
+            ]
+        )

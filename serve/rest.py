@@ -21,7 +21,7 @@ from serve import exporter, openapi, rest_codec
 from serve.auth import Access
 from serve.config import Limits
 from serve.dataplane import DataPlane
-from serve.errors import ErrorCode, InferenceError, invalid
+from serve.errors import ErrorCode, InferenceError, MethodNotAllowedError, invalid
 
 logger = logging.getLogger("modelgate.rest")
 
@@ -90,7 +90,10 @@ async def _metrics(
 async def _openapi(
     plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
 ) -> Response:
-    return JSONResponse(openapi.document(list(plane.models)))
+    """The API with the models the caller may see: with API keys on, those of its key (the
+    model-metadata rule), so a stranger learns no model's name."""
+    models = plane.visible_models(request.headers.get("authorization"))
+    return JSONResponse(openapi.document(models))
 
 
 async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
@@ -128,6 +131,7 @@ class AsgiHeaders(Mapping[str, str]):
 
 async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
     headers = AsgiHeaders(request.scope["headers"])
+    plane.check_known(p["model"], p.get("version"), "http")  # 404 whatever the body holds
     body = await read_body(request, limits.max_body_bytes, headers.get("content-length"))
     infer_request = rest_codec.decode_request(
         body,
@@ -172,7 +176,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler, Access]] = [
     ("GET", re.compile(r"/v2/health/live"), _live, Access.OPEN),
     ("GET", re.compile(r"/v2/health/ready"), _ready, Access.OPEN),
     ("GET", re.compile(r"/v2/?"), _server_metadata, Access.OPEN),
-    ("GET", re.compile(r"/v2/openapi\.json"), _openapi, Access.OPEN),
+    ("GET", re.compile(r"/v2/openapi\.json"), _openapi, Access.ANY_KEY),
     ("GET", re.compile(r"/v2/models/stats"), _stats, Access.ADMIN),
     ("GET", re.compile(r"/modelgate/routes"), _routes, Access.ADMIN),
     ("GET", re.compile(r"/modelgate" + _MODEL[3:] + r"/manifest"), _manifest, Access.ADMIN),
@@ -208,20 +212,23 @@ def app_path(scope: MutableMapping[str, Any]) -> str:
 def _match(method: str, path: str) -> tuple[Handler, dict[str, str], Access]:
     """The route of a path: cached, since a gateway sees the same few paths (its handlers only
     read the parameters they get; an error is raised again, never cached). 256 paths at most:
-    a flood of made-up paths only evicts, and holds at most 256 request lines."""
+    a flood of made-up paths only evicts, and holds at most 256 request lines.
+
+    HEAD is answered as GET (the server sends no body for it); a 405 lists the methods the
+    path takes, for its `Allow` header."""
+    wanted = "GET" if method == "HEAD" else method
     allowed = []
     for route_method, pattern, handler, access in ROUTES:
         match = pattern.fullmatch(path)
         if match is None:
             continue
-        if route_method == method:
+        if route_method == wanted:
             params = {k: v for k, v in match.groupdict().items() if v is not None}
             return handler, params, access
-        allowed.append(route_method)
+        allowed += [route_method, "HEAD"] if route_method == "GET" else [route_method]
     if allowed:
-        raise InferenceError(
-            ErrorCode.METHOD_NOT_ALLOWED,
-            f"{method} not allowed on {path}; use {', '.join(allowed)}",
+        raise MethodNotAllowedError(
+            f"{method} not allowed on {path}; use {', '.join(allowed)}", allowed
         )
     raise InferenceError(ErrorCode.NOT_FOUND, f"no such endpoint: {method} {path}")
 
@@ -265,8 +272,10 @@ def error_response(exc: InferenceError) -> Response:
         headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
     if exc.code is ErrorCode.UNAUTHENTICATED:
         headers["www-authenticate"] = "Bearer"
+    if isinstance(exc, MethodNotAllowedError):
+        headers["allow"] = ", ".join(exc.allowed)
     return Response(
-        json.dumps({"error": exc.message}),
+        json.dumps({"error": exc.shown()}),
         status_code=exc.http_status,
         headers=headers,
         media_type="application/json",

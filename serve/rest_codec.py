@@ -14,8 +14,9 @@ import numpy as np
 import orjson
 
 from serve import tensors
-from serve.errors import invalid
+from serve.errors import ErrorCode, InferenceError, invalid
 from serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from serve.validation import FLOATS
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -43,26 +44,28 @@ def decode_request(
     if consumed != len(binary):
         raise invalid(f"binary data has {len(binary) - consumed} bytes no input claims")
     parameters = _parameters(doc.get("parameters"), "request")
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise invalid(f"'id' must be a string; got {type(request_id).__name__}")
     return InferRequest(
         model=model,
         version=version,
         inputs=inputs,
-        id=str(doc.get("id") or ""),
+        id=request_id,
         parameters=parameters,
         outputs=_requested_outputs(doc.get("outputs")),
-        binary_output=bool(parameters.get("binary_data_output", False)),
+        binary_output=_flag(parameters, "binary_data_output", "request") or False,
     )
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    try:
-        n = int(header_length)
-    except ValueError:
+    if not (header_length.isascii() and header_length.isdigit()):  # int() takes "1_2", " 12"
         raise invalid(
-            f"Inference-Header-Content-Length {header_length!r} is not an integer"
-        ) from None
+            f"Inference-Header-Content-Length {header_length[:40]!r} is not a decimal integer"
+        )
+    n = int(header_length)
     if not 0 < n <= len(body):
         raise invalid(
             f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes"
@@ -86,6 +89,15 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+    """A boolean parameter, or None when absent: "false" (a string) is refused, not taken as
+    true."""
+    value = params.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise invalid(f"{where} parameter '{key}' must be true or false; got {value!r:.40}")
+
+
 def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
     if value is None:
         return None
@@ -95,9 +107,9 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid("each entry of 'outputs' must be an object with a string 'name'")
-        params = _parameters(item.get("parameters"), f"output '{item['name']}'")
-        binary = params.get("binary_data")
-        outputs.append(RequestedOutput(item["name"], None if binary is None else bool(binary)))
+        where = f"output '{item['name']}'"
+        params = _parameters(item.get("parameters"), where)
+        outputs.append(RequestedOutput(item["name"], _flag(params, "binary_data", where)))
     return outputs
 
 
@@ -118,7 +130,9 @@ def _decode_input(
     params = _parameters(item.get("parameters"), f"input '{name}'")
     size = params.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if "data" in item:
+            raise invalid(f"input '{name}' has both 'data' and parameters.binary_data_size")
+        if type(size) is not int or size < 0 or offset + size > len(binary):
             raise invalid(
                 f"input '{name}': binary_data_size {size!r} does not fit the "
                 f"{len(binary) - offset} binary bytes left"
@@ -132,27 +146,51 @@ def _decode_input(
     ), 0
 
 
+#: The JSON value types each numeric datatype family takes (orjson gives int, float, bool,
+#: str, None): no "1.5" or true as FP32, no null (it became NaN), no 1.5 as INT64 (truncated).
+_JSON_TYPES: dict[str, tuple[frozenset[type], str]] = {
+    "f": (frozenset({int, float}), "numbers"),
+    "i": (frozenset({int}), "integers"),
+    "u": (frozenset({int}), "integers"),
+    "b": (frozenset({bool}), "true or false"),
+}
+
+
 def _from_json_data(
     name: str, datatype: str, shape: list[int], dtype: np.dtype, data: Any
 ) -> np.ndarray:
     expected = tensors.element_count(shape)
+    flat = data if isinstance(data, list) else [data]
+    found = set(map(type, flat))
+    if list in found:  # nested: row-major, any nesting (as Triton reads it)
+        flat = _flatten(flat)
+        found = set(map(type, flat))
+    if len(flat) != expected:
+        raise invalid(f"input '{name}': shape {shape} needs {expected} values; got {len(flat)}")
     if datatype == "BYTES":
-        flat = _flatten(data) if isinstance(data, list) else [data]
-        if len(flat) != expected:
-            raise invalid(f"input '{name}': shape {shape} needs {expected} values; got {len(flat)}")
         out = np.empty(expected, dtype=object)
         out[:] = [v.encode() if isinstance(v, str) else _bytes_value(name, v) for v in flat]
         return out.reshape(shape)
+    allowed, what = _JSON_TYPES[dtype.kind]
+    if not found <= allowed:
+        wrong = sorted(_JSON_NAMES.get(t, t.__name__) for t in found - allowed)
+        raise invalid(f"input '{name}': {datatype} data must be {what}; got {', '.join(wrong)}")
     try:
         with np.errstate(over="raise", invalid="raise"):  # 1e300 as FP32 is no silent inf
-            array = np.asarray(data, dtype=dtype)
+            array = np.asarray(flat, dtype=dtype)
     except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
-        raise invalid(
-            f"input '{name}': data is not all {datatype} values, or one is out of its range ({exc})"
-        ) from None
-    if array.size != expected:
-        raise invalid(f"input '{name}': shape {shape} needs {expected} values; got {array.size}")
+        raise invalid(f"input '{name}': a value is out of {datatype}'s range ({exc})") from None
     return array.reshape(shape)
+
+
+_JSON_NAMES = {
+    type(None): "null",
+    bool: "booleans",
+    int: "integers",
+    float: "floating-point numbers",
+    str: "strings",
+    dict: "objects",
+}
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -208,10 +246,19 @@ def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
 
 
 def _json_data(tensor: Tensor) -> Any:
-    """Flat row-major data; numeric arrays go to orjson as they are (serialized in C)."""
+    """Flat row-major data; numeric arrays go to orjson as they are (serialized in C).
+
+    JSON has no NaN or infinity (orjson would write null into an FP32 tensor): an output that
+    holds one is an error naming it; the binary form carries it."""
     flat = tensor.array.ravel()  # C order, contiguous: a view when the array already is
     if tensor.datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    if tensor.datatype in FLOATS and not np.isfinite(flat).all():
+        raise InferenceError(
+            ErrorCode.INTERNAL,
+            f"output '{tensor.name}' holds NaN or infinite values, which JSON cannot carry; "
+            "ask for it as binary data (parameters.binary_data: true) to receive them",
+        )
     if tensor.datatype == "FP16":
         return flat.astype(np.float32)
     return flat

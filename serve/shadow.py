@@ -170,7 +170,12 @@ class ShadowRunner:
         ready: list[tuple[_Copy, Feeds]] = []
         for copy in batch:
             try:
-                feeds = copy.feeds or validate(copy.request, self.target.manifest.signature)[0]
+                feeds = (
+                    copy.feeds
+                    or validate(
+                        copy.request, self.target.manifest.signature, self.target.allow_non_finite
+                    )[0]
+                )
             except Exception:
                 copy.series.error.inc()
                 continue

@@ -11,9 +11,11 @@ import struct
 import numpy as np
 
 from converters.signature import DATATYPE_TO_NUMPY
-from serve.errors import invalid
+from serve.errors import ErrorCode, InferenceError, invalid
 
 _LEN = struct.Struct("<I")
+#: Most dimensions a tensor may have (numpy's own limit is 64; no ONNX model here needs 8).
+MAX_DIMS = 32
 
 
 def element_count(shape: list[int]) -> int:
@@ -24,14 +26,18 @@ def element_count(shape: list[int]) -> int:
 
 
 def check_shape(name: str, shape: list[int], max_elements: int) -> int:
-    """The element count of a declared shape, refused before any allocation if absurd."""
-    if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
+    """The element count of a declared shape, refused before any allocation if absurd: 400 for
+    a shape that is not one, 413 for one over the element limit."""
+    if len(shape) > MAX_DIMS:
+        raise invalid(f"input '{name}': {len(shape)} dimensions; the limit is {MAX_DIMS}")
+    if any(type(d) is not int or d < 0 for d in shape):
         raise invalid(f"input '{name}': shape {shape} must be a list of non-negative integers")
     count = element_count(shape)
     # a zero elsewhere would make the count small, but numpy still refuses absurd dimensions
     if count > max_elements or any(d > max_elements for d in shape):
-        raise invalid(
-            f"input '{name}': shape {shape} has {count} elements; the limit is {max_elements}"
+        raise InferenceError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"input '{name}': shape {shape} has {count} elements; the limit is {max_elements}",
         )
     return count
 

@@ -13,8 +13,18 @@ def describe(spec: TensorSpec) -> str:
     return f"{spec.datatype} with shape {spec.shape}"
 
 
-def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.ndarray], int]:
-    """The ONNX Runtime feeds for this request, and its row count (the batch dimension)."""
+#: Datatypes that can hold NaN and infinities.
+FLOATS = frozenset({"FP16", "FP32", "FP64"})
+
+
+def validate(
+    request: InferRequest, signature: Signature, allow_non_finite: bool = False
+) -> tuple[dict[str, np.ndarray], int]:
+    """The ONNX Runtime feeds for this request, and its row count (the batch dimension).
+
+    NaN and infinities in a float input are refused unless the model allows them: a tree
+    ensemble answers NaN with a confident prediction down its "missing" branch, which is a
+    wrong answer for a client that sent NaN by mistake."""
     given: dict[str, Tensor] = {}
     for item in request.inputs:
         if item.name in given:
@@ -32,6 +42,11 @@ def validate(request: InferRequest, signature: Signature) -> tuple[dict[str, np.
                 f"inputs are: {_names(signature.inputs)}"
             )
         _check(spec, tensor)
+        if not allow_non_finite and spec.datatype in FLOATS and not np.isfinite(tensor.array).all():
+            raise invalid(
+                f"input '{spec.name}' holds NaN or infinite values; this model takes finite "
+                "numbers only (its models[].allow_non_finite setting)"
+            )
         batch = tensor.array.shape[0]
         if rows is not None and batch != rows:
             raise invalid(f"input '{spec.name}' has {batch} rows; other inputs have {rows}")
@@ -77,8 +92,14 @@ def _text(value: object) -> str:
 
 
 def _check_outputs(request: InferRequest, signature: Signature) -> None:
+    """Each output asked for at most once: a repeated one would repeat its tensor in the
+    answer, an amplification without bound."""
+    seen: set[str] = set()
     for wanted in request.outputs or ():
         if signature.output(wanted.name) is None:
             raise invalid(
                 f"unknown output '{wanted.name}'; outputs are: {_names(signature.outputs)}"
             )
+        if wanted.name in seen:
+            raise invalid(f"output '{wanted.name}' is asked for more than once")
+        seen.add(wanted.name)

@@ -59,3 +59,14 @@ def test_every_route_declares_its_access() -> None:
     assert levels[r"/v2/health/live"] is Access.OPEN
     assert levels[r"/v2/repository/index"] is Access.ADMIN
     assert all(isinstance(a, Access) for a in levels.values())
+
+
+def test_the_api_document_needs_a_key_and_lists_only_its_models() -> None:
+    models = ["iris", "wine"]
+    assert _code(Access.ANY_KEY, None) is ErrorCode.UNAUTHENTICATED
+    AUTH.check(Access.ANY_KEY, f"Bearer {IRIS[0]}")
+    assert AUTH.visible(f"Bearer {IRIS[0]}", models) == ["iris"]
+    assert AUTH.visible(f"Bearer {ADMIN[0]}", models) == []
+    assert AUTH.visible(f"Bearer {ANY[0]}", models) == models
+    with pytest.raises(InferenceError):
+        AUTH.visible("Bearer nope", models)

@@ -108,3 +108,61 @@ def test_grpc_requests(inputs: list[tuple[str, str, list[int]]], raws: list[byte
         grpc_service.decode_infer(request, LIMITS, {})
     except InferenceError as exc:
         assert exc.http_status < 500, exc.message
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 80), st.sampled_from(["json", "binary", "grpc-raw", "grpc-typed"]))
+def test_any_number_of_dimensions_is_a_request_or_a_4xx(dims: int, form: str) -> None:
+    shape = [1] * dims
+    if form.startswith("grpc"):
+        request = pb.ModelInferRequest(model_name="m")
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=shape)
+        if form == "grpc-raw":
+            request.raw_input_contents.append(b"\x00\x00\x80\x3f")
+        else:
+            tensor.contents.fp32_contents.append(1.0)
+        _decode_grpc(request)
+        return
+    item: dict[str, Any] = {"name": "x", "shape": shape, "datatype": "FP32"}
+    if form == "json":
+        _decode(json.dumps({"inputs": [{**item, "data": [1.0]}]}).encode())
+    else:
+        head = json.dumps({"inputs": [{**item, "parameters": {"binary_data_size": 4}}]}).encode()
+        _decode(head + b"\x00\x00\x80\x3f", str(len(head)))
+
+
+TYPED = [(d, f) for d, f in grpc_service.CONTENTS_FIELD.items() if d not in ("BOOL", "BYTES")]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(TYPED), st.integers(-(2**63), 2**64 - 1), st.floats())
+def test_typed_contents_out_of_their_datatypes_range_are_a_4xx(
+    typed: tuple[str, str], integer: int, real: float
+) -> None:
+    datatype, field = typed
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[1])
+    values = getattr(tensor.contents, field)
+    try:  # the widest value the field takes of the two
+        values.append(real if field.startswith("fp") else integer)
+    except (ValueError, TypeError):
+        return  # protobuf itself refuses it: no such message can be sent
+    _decode_grpc(request)
+
+
+def test_an_int8_of_300_is_named_out_of_range() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="INT8", shape=[1]).contents.int_contents.append(300)
+    try:
+        grpc_service.decode_infer(request, LIMITS, {})
+    except InferenceError as exc:
+        assert exc.http_status == 400 and "out of INT8's range" in exc.message
+    else:
+        raise AssertionError("INT8 300 was accepted")
+
+
+def _decode_grpc(request: pb.ModelInferRequest) -> None:
+    try:
+        grpc_service.decode_infer(request, LIMITS, {})
+    except InferenceError as exc:
+        assert exc.http_status < 500, exc.message

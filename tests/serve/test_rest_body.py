@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -84,3 +85,22 @@ def test_matching_is_cached_yet_every_unknown_path_or_method_fails_each_time() -
         with pytest.raises(InferenceError) as unknown:
             rest._match("GET", "/v3/nothing")
         assert unknown.value.code is ErrorCode.NOT_FOUND
+
+
+def test_a_405_lists_the_methods_the_path_takes_and_head_is_answered_as_get() -> None:
+    with pytest.raises(InferenceError) as info:
+        rest._match("DELETE", "/v2/models/iris")
+    assert info.value.code is ErrorCode.METHOD_NOT_ALLOWED
+    assert rest.error_response(info.value).headers["allow"] == "GET, HEAD"
+    with pytest.raises(InferenceError) as post_only:
+        rest._match("GET", "/v2/models/iris/infer")
+    assert rest.error_response(post_only.value).headers["allow"] == "POST"
+    for path in ("/v2", "/v2/health/ready", "/v2/models/iris/versions/2", "/metrics"):
+        assert rest._match("HEAD", path)[0] is rest._match("GET", path)[0]
+
+
+def test_an_error_echoing_a_huge_name_is_capped() -> None:
+    error = InferenceError(ErrorCode.NOT_FOUND, "unknown model '" + "m" * 10_000 + "'")
+    message = json.loads(rest.error_response(error).body)["error"]
+    assert len(message) == 1000 and message.startswith("unknown model 'mmm")
+    assert message.endswith("…")

@@ -134,7 +134,67 @@ def test_json_response_is_flat_row_major_whatever_the_arrays_layout() -> None:
         (
             b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}]}',
             None,
-            "data is not all FP32 values",
+            "input 'x': FP32 data must be numbers; got strings",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, null]}]}',
+            None,
+            "input 'x': FP32 data must be numbers; got null",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": ["1.5", true]}]}',
+            None,
+            "input 'x': FP32 data must be numbers; got booleans, strings",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", "data": [1, 2.5]}]}',
+            None,
+            "input 'x': INT64 data must be integers; got floating-point numbers",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]}]}',
+            None,
+            "input 'x': BOOL data must be true or false; got integers",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": [300]}]}',
+            None,
+            "input 'x': a value is out of INT8's range",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], "id": 7}',
+            None,
+            "'id' must be a string; got int",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], '
+            b'"parameters": {"binary_data_output": "false"}}',
+            None,
+            "request parameter 'binary_data_output' must be true or false; got 'false'",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], '
+            b'"outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}',
+            None,
+            "output 'y' parameter 'binary_data' must be true or false; got 1",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1], '
+            b'"parameters": {"binary_data_size": 4}}]}\x00\x00\x80\x3f',
+            "113",
+            "input 'x' has both 'data' and parameters.binary_data_size",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", '
+            b'"parameters": {"binary_data_size": true}}]}\x00',
+            "103",
+            "binary_data_size True does not fit",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": ' + str([1] * 33).encode() + b", "
+            b'"datatype": "FP32", "data": [1]}]}',
+            None,
+            "input 'x': 33 dimensions; the limit is 32",
         ),
         (
             b'{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]}',
@@ -152,7 +212,9 @@ def test_json_response_is_flat_row_major_whatever_the_arrays_layout() -> None:
             "100",
             "binary_data_size 8 does not fit the 2 binary bytes left",
         ),
-        (b"{}", "abc", "is not an integer"),
+        (b"{}", "abc", "is not a decimal integer"),
+        (b"{}", "1_2", "is not a decimal integer"),
+        (b"{}", " 2", "is not a decimal integer"),
         (b"{}", "999", "outside the body"),
     ],
 )
@@ -160,11 +222,27 @@ def test_malformed_requests_name_the_problem(body: bytes, header: str | None, me
     assert message in _error(body, header)
 
 
-def test_huge_shape_is_refused_before_allocation() -> None:
+def test_huge_shape_is_refused_before_allocation_with_413() -> None:
     shape = [1 << 31, 1 << 31, 1 << 31]  # 2**93 elements: would never fit in memory
     doc = {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": [1]}]}
-    message = _error(json.dumps(doc).encode())
-    assert "has 9903520314283042199192993792 elements; the limit is 1000" in message
+    with pytest.raises(InferenceError) as info:
+        decode_request(json.dumps(doc).encode(), None, "m", None, LIMITS)
+    assert info.value.http_status == 413
+    assert "has 9903520314283042199192993792 elements; the limit is 1000" in info.value.message
+
+
+def test_nan_or_infinite_outputs_are_refused_in_json_and_carried_in_binary() -> None:
+    values = np.array([[0.5], [np.nan], [np.inf]], dtype=np.float32)
+    response = InferResponse("m", "1", [Tensor("variable", "FP32", values)])
+    with pytest.raises(InferenceError) as info:
+        encode_response(response)
+    assert info.value.http_status == 500
+    assert "output 'variable' holds NaN or infinite values" in info.value.message
+    response.binary = {"variable": True}
+    body, n = encode_response(response)
+    assert n is not None
+    carried = np.frombuffer(body[n:], dtype="<f4")
+    assert carried[0] == 0.5 and np.isnan(carried[1]) and np.isinf(carried[2])
 
 
 def test_deep_nesting_is_a_400_not_a_crash() -> None:

@@ -78,3 +78,19 @@ def test_inputs_must_agree_on_rows_and_bytes_become_text() -> None:
     assert "input 'city' has 2 rows; other inputs have 1" in _message(
         _request(short, Tensor("city", "BYTES", city)), sig
     )
+
+
+def test_an_output_asked_for_twice_is_refused_by_name() -> None:
+    x = Tensor("x", "FP32", np.zeros((1, 30), np.float32))
+    message = _message(_request(x, outputs=["label", "probabilities", "label"]))
+    assert "output 'label' is asked for more than once" in message
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinite_inputs_are_refused_unless_the_model_allows_them(bad: float) -> None:
+    x = np.zeros((2, 30), np.float32)
+    x[1, 7] = bad
+    request = _request(Tensor("x", "FP32", x))
+    assert "input 'x' holds NaN or infinite values" in _message(request)
+    feeds, rows = validate(request, SIG, allow_non_finite=True)
+    assert rows == 2 and feeds["x"] is x
