@@ -34,7 +34,7 @@ from serve.config import (
     VersionConfig,
 )
 from serve.dataplane import DataPlane, Health, VersionTarget
-from serve.direct import DirectPool, DirectServer, kv_prefix
+from serve.direct import DirectPool, DirectServer, FrameLimits, app_secret, kv_prefix
 from serve.errors import ErrorCode, InferenceError
 from serve.exporter import MULTIPROC_ENV
 from serve.protos import grpc_predict_v2_pb2 as pb
@@ -65,6 +65,7 @@ class VersionSpec(BaseModel):
     deployment: str | None
     timeout_ms: float | None
     allow_non_finite: bool = False
+    max_elements: int = 1 << 24  # the gateway's limit per tensor (bounds direct frames)
     direct: bool = False  # dedicated: batches over serve/direct.py, the handle as fallback
 
 
@@ -102,7 +103,14 @@ class ModelVersion:
         if version.direct:
             context = serve.get_replica_context()
             key = kv_prefix(context.app_name, context.deployment) + context.replica_id.unique_id
-            self.direct = DirectServer(self._run, key)
+            refused = self.telemetry.metrics.direct_refused
+            self.direct = DirectServer(
+                self._run,
+                key,
+                app_secret(context.app_name),
+                _frame_limits(runtime, version),
+                lambda reason: refused.labels(version.model, version.version, reason).inc(),
+            )
             await self.direct.start()
 
     async def run(self, feeds: Feeds) -> Feeds:
@@ -127,10 +135,11 @@ class Router:
         self.pools: dict[str, DirectPool] = {}
         if any(v.direct for v in self.spec.versions):
             app = serve.get_replica_context().app_name
+            secret = app_secret(app)
             for v in self.spec.versions:
                 if v.direct and v.deployment is not None:
                     self.pools[v.deployment] = DirectPool(
-                        v.deployment, kv_prefix(app, v.deployment)
+                        v.deployment, kv_prefix(app, v.deployment), secret
                     )
         targets = [
             _target(version, handles, self.telemetry, self.pools) for version in self.spec.versions
@@ -221,6 +230,16 @@ class Router:
         """API keys travel as gRPC metadata `authorization: Bearer <key>`."""
         authorization = _metadata(grpc_context).get("authorization")
         self.plane.authorize(Access.MODEL, authorization, model)
+
+
+def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:
+    """What a router's batch of this version can be (a BYTES input never travels direct)."""
+    inputs = {
+        spec.name: (spec.numpy_dtype, tuple(spec.shape))
+        for spec in runtime.manifest.signature.inputs
+        if spec.datatype != "BYTES"
+    }
+    return FrameLimits(inputs, version.batching.max_batch_rows, version.max_elements)
 
 
 # `@serve.deployment` turns each class into a Deployment; mypy sees only the class.
@@ -467,6 +486,7 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
             deployment=f"{model.name}-v{version}" if dedicated else None,
             timeout_ms=model.timeout_ms,
             allow_non_finite=model.allow_non_finite,
+            max_elements=args.limits.max_elements,
             direct=version_config.direct,
         )
         if spec.deployment is not None:

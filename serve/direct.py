@@ -11,15 +11,32 @@ rollouts, failures and retries, and a prediction being a pure function, sending 
 Frame: u32 length of a JSON header, the header, then the raw tensor bytes in header order.
 Header: {"tensors": [[name, dtype, shape], ...]} or {"error": message, "code": code}.
 Numeric tensors only: a batch with strings (object arrays) goes through the handle.
+
+Only the application's routers are answered. A replica listens on its node's address (not every
+interface) and computes nothing for a peer until it has proven it holds the application's
+secret (32 random bytes kept in Ray's internal KV, which only the cluster's members reach):
+
+    replica → router   HELLO, nonce_r (32 random bytes)
+    router  → replica  nonce_c, HMAC-SHA256(secret, "router" | nonce_r | nonce_c)
+    replica → router   HMAC-SHA256(secret, "replica" | nonce_r | nonce_c)
+
+The secret never travels; a recorded handshake replayed fails against a fresh nonce_r; the
+router learns the replica is genuine too. A peer that fails, or takes longer than HANDSHAKE_S,
+is dropped and counted (`modelgate_direct_refused_total`), and a router whose proof fails
+sends its batch through the handle. Past the handshake, a frame is read only if it is what a
+batch of this version can be (FrameLimits: its signature's inputs, at most a batch's rows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import math
 import random
+import secrets
 import socket
 import struct
 from collections.abc import Callable
@@ -36,10 +53,93 @@ Feeds = dict[str, np.ndarray]
 NAMESPACE = "modelgate"
 _LENGTH = struct.Struct("<I")
 MAX_FRAME = 1 << 31
+#: Longest frame header a replica reads (a batch's header is ~100 bytes a tensor).
+MAX_HEADER = 64 << 10
+HELLO = b"MGD1"
+NONCE = 32
+#: Seconds a peer has to prove itself after connecting.
+HANDSHAKE_S = 2.0
 
 
 def kv_prefix(app: str, deployment: str) -> str:
     return f"direct/{app}/{deployment}/"
+
+
+def app_secret(app: str) -> bytes:
+    """The application's direct-transport secret, made by whichever replica asks first
+    (an atomic put-if-absent in Ray's KV, then read back: every replica sees one value)."""
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+
+    key = f"secret/{app}"
+    _internal_kv_put(key, secrets.token_bytes(32), overwrite=False, namespace=NAMESPACE)
+    secret = _internal_kv_get(key, namespace=NAMESPACE)
+    assert secret, f"no direct-transport secret for {app}"
+    return bytes(secret)
+
+
+def _mac(secret: bytes, role: bytes, nonce_r: bytes, nonce_c: bytes) -> bytes:
+    return hmac.new(secret, role + nonce_r + nonce_c, hashlib.sha256).digest()
+
+
+async def prove(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
+    """The router's side of the handshake; raises ConnectionError unless the replica proves
+    it holds the secret too."""
+    hello = await reader.readexactly(len(HELLO) + NONCE)
+    if not hello.startswith(HELLO):
+        raise ConnectionError("not a modelgate direct endpoint")
+    nonce_r, nonce_c = hello[len(HELLO) :], secrets.token_bytes(NONCE)
+    writer.write(nonce_c + _mac(secret, b"router", nonce_r, nonce_c))
+    answer = await reader.readexactly(32)
+    if not hmac.compare_digest(answer, _mac(secret, b"replica", nonce_r, nonce_c)):
+        raise ConnectionError("the replica did not prove it belongs to the application")
+
+
+async def challenge(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes
+) -> bool:
+    """The replica's side: whether the peer proved it holds the secret (then answered)."""
+    nonce_r = secrets.token_bytes(NONCE)
+    writer.write(HELLO + nonce_r)
+    proof = await reader.readexactly(NONCE + 32)
+    nonce_c, mac = proof[:NONCE], proof[NONCE:]
+    if not hmac.compare_digest(mac, _mac(secret, b"router", nonce_r, nonce_c)):
+        return False
+    writer.write(_mac(secret, b"replica", nonce_r, nonce_c))
+    return True
+
+
+class FrameError(ConnectionError):
+    """A frame beyond what a batch of this version can be: the connection is dropped."""
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """What a replica reads: exactly its signature's (numeric) inputs, each with at most a
+    batch's worth of elements. A router's batch holds up to `max_batch_rows` rows, or one
+    request of more, and a request's tensor holds at most `max_elements` elements."""
+
+    inputs: dict[str, tuple[np.dtype, tuple[int, ...]]]  # name -> dtype, shape (-1: any)
+    max_batch_rows: int
+    max_elements: int
+
+    def check(self, specs: list[tuple[str, np.dtype, list[int], int]]) -> None:
+        if sorted(name for name, *_ in specs) != sorted(self.inputs):
+            raise FrameError(f"frame tensors {[n for n, *_ in specs][:8]} are not the inputs")
+        for name, kind, shape, count in specs:
+            dtype, expected = self.inputs[name]
+            fits = (
+                kind == dtype
+                and len(shape) == len(expected)
+                and all(
+                    type(got) is int and want in (-1, got) and got >= 0
+                    for want, got in zip(expected, shape, strict=True)
+                )
+            )
+            if not fits:
+                raise FrameError(f"frame tensor '{name}' is {kind} {shape}, not {expected}")
+            row = math.prod(shape[1:])
+            if row > self.max_elements or count > max(self.max_elements, self.max_batch_rows * row):
+                raise FrameError(f"frame tensor '{name}' {shape} is more than a batch")
 
 
 def encodable(feeds: Feeds) -> bool:
@@ -57,17 +157,21 @@ def encode_error(exc: InferenceError) -> list[bytes]:
     return [_LENGTH.pack(len(head)), head]
 
 
-async def read(reader: asyncio.StreamReader) -> Feeds:
-    """One frame: three reads (length, header, every tensor's bytes at once)."""
+async def read(reader: asyncio.StreamReader, limits: FrameLimits | None = None) -> Feeds:
+    """One frame: three reads (length, header, every tensor's bytes at once). With `limits`
+    (a replica reading a router's batch), a frame beyond them is refused before its tensors
+    are read."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    if length > MAX_FRAME:
-        raise ConnectionError(f"frame header of {length} bytes")
+    if length > (MAX_FRAME if limits is None else MAX_HEADER):
+        raise FrameError(f"frame header of {length} bytes")
     head = orjson.loads(await reader.readexactly(length))
     if "error" in head:
         raise InferenceError(ErrorCode(head["code"]), head["error"])
     specs = [
         (name, np.dtype(dtype), shape, math.prod(shape)) for name, dtype, shape in head["tensors"]
     ]
+    if limits is not None:
+        limits.check(specs)
     total = sum(count * kind.itemsize for _, kind, _, count in specs)
     if total > MAX_FRAME:
         raise ConnectionError(f"frame of {total} tensor bytes")
@@ -81,23 +185,41 @@ async def read(reader: asyncio.StreamReader) -> Feeds:
 
 
 class DirectServer:
-    """The replica side: answers frames with `run`, and publishes its address under `key`."""
+    """The replica side: answers the frames of peers that prove they are the application's
+    routers with `run`, and publishes its address under `key`. `on_refused(reason)` counts a
+    peer dropped: "proof" (a wrong or replayed one), "timeout" (none within HANDSHAKE_S) or
+    "frame" (a frame beyond `limits`)."""
 
-    def __init__(self, run: Callable[[Feeds], Feeds], key: str) -> None:
+    def __init__(
+        self,
+        run: Callable[[Feeds], Feeds],
+        key: str,
+        secret: bytes,
+        limits: FrameLimits,
+        on_refused: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         self._run = run
         self.key = key
+        self._secret = secret
+        self._limits = limits
+        self._on_refused = on_refused
         self.address = ""
         self._server: asyncio.Server | None = None
         self._republish: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
+        """Listen on the node's address (not every interface) and publish it."""
         import ray
 
-        self._server = await asyncio.start_server(self._serve, host="0.0.0.0", port=0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.address = f"{ray.util.get_node_ip_address()}:{port}"
+        await self.listen(ray.util.get_node_ip_address())
         self._publish()
         self._republish = asyncio.create_task(self._keep_published())
+        return self.address
+
+    async def listen(self, host: str) -> str:
+        self._server = await asyncio.start_server(self._serve, host=host, port=0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = f"{host}:{port}"
         return self.address
 
     def _publish(self) -> None:
@@ -115,9 +237,11 @@ class DirectServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer)
         try:
+            if not await self._admit(reader, writer):
+                return
             while True:
                 try:
-                    feeds = await read(reader)
+                    feeds = await read(reader, self._limits)
                 except asyncio.IncompleteReadError:
                     return  # the router closed the connection
                 try:
@@ -126,10 +250,28 @@ class DirectServer:
                     chunks = encode_error(exc)
                 writer.writelines(chunks)
                 await writer.drain()
-        except (ConnectionError, OSError, ValueError, KeyError) as exc:
+        except FrameError as exc:
+            self._on_refused("frame")
+            logger.warning("direct connection dropped: %s", exc)
+        except (ConnectionError, OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("direct connection dropped: %s", exc)
         finally:
             writer.close()
+
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        try:
+            async with asyncio.timeout(HANDSHAKE_S):
+                if await challenge(reader, writer, self._secret):
+                    return True
+                reason = "proof"
+        except TimeoutError:
+            reason = "timeout"
+        except asyncio.IncompleteReadError:
+            reason = "proof"
+        peer = writer.get_extra_info("peername")
+        logger.warning("direct port: refused %s (%s)", peer, reason)
+        self._on_refused(reason)
+        return False
 
     def close(self) -> None:
         from ray.experimental.internal_kv import _internal_kv_del
@@ -157,9 +299,10 @@ class DirectPool:
     the batch: the caller sends it through the handle.
     """
 
-    def __init__(self, name: str, prefix: str) -> None:
+    def __init__(self, name: str, prefix: str, secret: bytes) -> None:
         self.name = name
         self.prefix = prefix
+        self._secret = secret
         self._listed: frozenset[str] = frozenset()
         self._reconciled: frozenset[str] | None = None  # the listing _endpoints matches
         self._unreachable: set[str] = set()
@@ -225,8 +368,7 @@ class DirectPool:
             reader, writer = endpoint.idle.pop()
         else:
             host, port = endpoint.address.rsplit(":", 1)
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2)
-            _no_delay(writer)
+            reader, writer = await asyncio.wait_for(self._connect(host, int(port)), HANDSHAKE_S)
         try:
             writer.writelines(encode(feeds))
             outputs = await read(reader)
@@ -238,6 +380,18 @@ class DirectPool:
             raise
         endpoint.idle.append((reader, writer))
         return outputs
+
+    async def _connect(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, port)
+        _no_delay(writer)
+        try:
+            await prove(reader, writer, self._secret)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
 
     def _forget(self, endpoint: _Endpoint) -> None:
         """Drop the endpoint until it is published again (refresh() deletes its key)."""

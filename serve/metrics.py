@@ -243,6 +243,14 @@ class GatewayMetrics:
             ["model", "version", "transport"],
             registry=r,
         )
+        self.direct_refused = Counter(
+            "modelgate_direct_refused_total",
+            "Connections a dedicated replica's direct port dropped: a peer that did not prove "
+            "it is one of the application's routers (reason: proof, timeout), or a frame "
+            "beyond what a batch can be (frame). Nothing is computed for them.",
+            ["model", "version", "reason"],
+            registry=r,
+        )
         self.route_weight = Gauge(
             "modelgate_route_weight",
             "Share of a model's default-route traffic each version gets (0..1), as configured.",

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import pytest
 
-from serve.direct import MAX_FRAME, encode, encode_error, read
+from serve.direct import (
+    HELLO,
+    MAX_FRAME,
+    MAX_HEADER,
+    DirectPool,
+    DirectServer,
+    FrameLimits,
+    encode,
+    encode_error,
+    prove,
+    read,
+)
 from serve.errors import ErrorCode, InferenceError
 
 
@@ -49,3 +61,148 @@ def test_an_error_frame_raises_the_replica_error_and_a_huge_header_is_refused() 
     huge = [(MAX_FRAME + 1).to_bytes(4, "little")]
     with pytest.raises(ConnectionError, match="frame header"):
         _read(huge)
+
+
+# -- the handshake and the limits, over real loopback sockets (no Ray) --------------------------
+SECRET = b"s" * 32
+LIMITS = FrameLimits({"x": (np.dtype(np.float32), (-1, 3))}, max_batch_rows=4, max_elements=30)
+X = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+class Replica:
+    """A DirectServer on 127.0.0.1 that records what it computed and whom it refused."""
+
+    def __init__(self) -> None:
+        self.computed: list[int] = []
+        self.refused: list[str] = []
+        self.server = DirectServer(self._run, "unused", SECRET, LIMITS, self.refused.append)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.computed.append(len(feeds["x"]))
+        return {"y": feeds["x"].sum(axis=1)}
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, port = self.server.address.rsplit(":", 1)
+        return await asyncio.open_connection(host, int(port))
+
+
+def _with_replica(scenario: Any) -> Any:
+    async def main() -> Any:
+        replica = Replica()
+        await replica.server.listen("127.0.0.1")
+        try:
+            return await scenario(replica)
+        finally:
+            replica.server.close()
+
+    return asyncio.run(main())
+
+
+def _pool(replica: Replica, secret: bytes = SECRET) -> DirectPool:
+    pool = DirectPool("m-v1", "unused", secret)
+    pool._listed = frozenset({replica.server.address})  # what refresh() reads from Ray's KV
+    return pool
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    """Whether the peer closed the connection without sending another byte."""
+    return await asyncio.wait_for(reader.read(), 5) == b""
+
+
+def test_a_router_with_the_secret_is_answered_and_one_without_falls_back() -> None:
+    async def scenario(replica: Replica) -> None:
+        answer = await _pool(replica).run({"x": X})
+        assert answer is not None and answer["y"].tolist() == [3.0, 12.0]
+        assert await _pool(replica, b"t" * 32).run({"x": X}) is None  # the handle takes it
+        assert replica.computed == [2] and replica.refused == ["proof"]
+
+    _with_replica(scenario)
+
+
+def test_a_strangers_well_formed_frame_is_never_computed_and_is_counted() -> None:
+    async def scenario(replica: Replica) -> None:
+        reader, writer = await replica.connect()
+        assert (await reader.readexactly(len(HELLO) + 32)).startswith(HELLO)
+        frame = encode({"x": np.zeros((4, 3), np.float32)})  # a frame, no proof
+        assert sum(map(len, frame)) > 64  # as long as a proof: read as one, and wrong
+        writer.writelines(frame)
+        assert await _closed(reader)
+        assert replica.computed == [] and replica.refused == ["proof"]
+
+    _with_replica(scenario)
+
+
+def test_a_replayed_handshake_is_refused() -> None:
+    async def scenario(replica: Replica) -> None:
+        recorded: list[bytes] = []
+        reader, writer = await replica.connect()
+        spy = _Spy(writer, recorded)
+        await prove(reader, spy, SECRET)  # type: ignore[arg-type]
+        writer.close()
+        reader, writer = await replica.connect()
+        await reader.readexactly(len(HELLO) + 32)  # a fresh nonce
+        writer.write(recorded[0])
+        writer.writelines(encode({"x": X}))
+        assert await _closed(reader)
+        assert replica.computed == [] and replica.refused == ["proof"]
+
+    _with_replica(scenario)
+
+
+def test_a_silent_peer_is_dropped_after_the_handshake_time(monkeypatch: Any) -> None:
+    monkeypatch.setattr("serve.direct.HANDSHAKE_S", 0.2)
+
+    async def scenario(replica: Replica) -> None:
+        reader, _ = await replica.connect()
+        await reader.readexactly(len(HELLO) + 32)
+        assert await _closed(reader)  # nothing sent: closed by the replica, not by us
+        assert replica.refused == ["timeout"]
+
+    _with_replica(scenario)
+
+
+@pytest.mark.parametrize(
+    "feeds",
+    [
+        {"z": X},  # not the input
+        {"x": X.astype(np.float64)},  # not its datatype
+        {"x": np.zeros((2, 4), np.float32)},  # not its shape
+        {"x": np.zeros((11, 3), np.float32)},  # 33 elements: more than any batch
+        {"x": X, "extra": X},
+    ],
+)
+def test_a_frame_beyond_what_a_batch_can_be_is_dropped_unread(feeds: dict[str, Any]) -> None:
+    async def scenario(replica: Replica) -> None:
+        reader, writer = await replica.connect()
+        await prove(reader, writer, SECRET)
+        writer.writelines(encode(feeds))
+        assert await _closed(reader)
+        assert replica.computed == [] and replica.refused == ["frame"]
+
+    _with_replica(scenario)
+
+
+def test_a_batch_of_many_small_requests_or_one_large_request_fits() -> None:
+    assert LIMITS.check([("x", np.dtype(np.float32), [4, 3], 12)]) is None  # max_batch_rows
+    assert LIMITS.check([("x", np.dtype(np.float32), [10, 3], 30)]) is None  # max_elements
+    huge_header = [(MAX_HEADER + 1).to_bytes(4, "little")]
+
+    async def scenario(replica: Replica) -> None:
+        reader, writer = await replica.connect()
+        await prove(reader, writer, SECRET)
+        writer.writelines(huge_header)
+        assert await _closed(reader)
+        assert replica.refused == ["frame"]
+
+    _with_replica(scenario)
+
+
+class _Spy:
+    """A writer that records what it writes."""
+
+    def __init__(self, writer: asyncio.StreamWriter, record: list[bytes]) -> None:
+        self._writer, self._record = writer, record
+
+    def write(self, data: bytes) -> None:
+        self._record.append(data)
+        self._writer.write(data)
