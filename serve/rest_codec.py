@@ -162,8 +162,8 @@ def _from_json_data(
     expected = tensors.element_count(shape)
     flat = data if isinstance(data, list) else [data]
     found = set(map(type, flat))
-    if list in found:  # nested: row-major, any nesting (as Triton reads it)
-        flat = _flatten(flat)
+    if list in found:  # nested: exactly the shape's nesting
+        flat = _unnest(name, data, shape)
         found = set(map(type, flat))
     if len(flat) != expected:
         raise invalid(f"input '{name}': shape {shape} needs {expected} values; got {len(flat)}")
@@ -190,21 +190,25 @@ _JSON_NAMES = {
     float: "floating-point numbers",
     str: "strings",
     dict: "objects",
+    list: "lists",
 }
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for value in stack[-1]:
-            if isinstance(value, list):
-                stack.append(iter(value))
-                break
-            out.append(value)
-        else:
-            stack.pop()
-    return out
+def _unnest(name: str, data: Any, shape: list[int]) -> list[Any]:
+    """Nested data's values in row-major order, if its nesting is the shape's: one level of
+    lists per dimension, each as long as its dimension."""
+    level = [data]
+    for depth, dim in enumerate(shape):
+        values: list[Any] = []
+        for item in level:
+            if type(item) is not list or len(item) != dim:
+                raise invalid(
+                    f"input '{name}': nested data does not match shape {shape} "
+                    f"(at depth {depth}: expected a list of {dim})"
+                )
+            values.extend(item)
+        level = values
+    return level
 
 
 def _bytes_value(name: str, value: Any) -> bytes:

@@ -212,6 +212,17 @@ def test_json_response_is_flat_row_major_whatever_the_arrays_layout() -> None:
             "100",
             "binary_data_size 8 does not fit the 2 binary bytes left",
         ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [[[1, 2]]]}]}',
+            None,
+            "input 'x': nested data does not match shape [1, 2] (at depth 1: expected a list of 2)",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", '
+            b'"data": [[1, 2], [3]]}]}',
+            None,
+            "input 'x': nested data does not match shape [2, 2] (at depth 1: expected a list of 2)",
+        ),
         (b"{}", "abc", "is not a decimal integer"),
         (b"{}", "1_2", "is not a decimal integer"),
         (b"{}", " 2", "is not a decimal integer"),
