@@ -35,7 +35,7 @@ from serve.config import (
 )
 from serve.dataplane import DataPlane, Health, VersionTarget
 from serve.direct import DirectPool, DirectServer, FrameLimits, app_secret, kv_prefix
-from serve.errors import ErrorCode, InferenceError
+from serve.errors import ErrorCode, InferenceError, OverloadedError
 from serve.exporter import MULTIPROC_ENV
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.resolve import Resolved, resolve_versions
@@ -82,6 +82,7 @@ class TelemetrySpec(BaseModel):
 class RouterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    max_requests: int = 4096  # admitted at once; one more: 503 at once
     versions: list[VersionSpec]
     registry_aliases: dict[str, dict[str, str]]
     limits: Limits
@@ -130,6 +131,7 @@ class Router:
     def __init__(self, spec: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         self.spec = RouterSpec.model_validate(spec)
         self.limits = self.spec.limits
+        self.admission = Admission(self.spec.max_requests)
         self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
         self.telemetry = self.spec.telemetry.start()
         self.pools: dict[str, DirectPool] = {}
@@ -171,7 +173,12 @@ class Router:
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
-        return await rest.handle(self.plane, request, self.limits)
+        if not self.admission.enter():
+            return rest.error_response(self.admission.refusal())
+        try:
+            return await rest.handle(self.plane, request, self.limits)
+        finally:
+            self.admission.leave()
 
     # -- gRPC (method names are the service's RPC names) --------------------------------------
     async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
@@ -208,9 +215,21 @@ class Router:
     async def ModelInfer(
         self, request: pb.ModelInferRequest, grpc_context: Any = None
     ) -> pb.ModelInferResponse:
+        if not self.admission.enter():
+            grpc_service.set_error(grpc_context, self.admission.refusal())
+            return pb.ModelInferResponse()
+        try:
+            return await self._model_infer(request, grpc_context)
+        finally:
+            self.admission.leave()
+
+    async def _model_infer(
+        self, request: pb.ModelInferRequest, grpc_context: Any
+    ) -> pb.ModelInferResponse:
         try:
             self._authorize(grpc_context, request.model_name)
             self.plane.check_known(request.model_name, request.model_version or None, "grpc")
+            grpc_service.check_size(request, self.limits.max_body_bytes)
             infer = grpc_service.decode_infer(request, self.codec_limits, _metadata(grpc_context))
             response = await self.plane.infer(infer)
         except InferenceError as exc:
@@ -240,6 +259,41 @@ def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:
         if spec.datatype != "BYTES"
     }
     return FrameLimits(inputs, version.batching.max_batch_rows, version.max_elements)
+
+
+class Admission:
+    """modelgate's own admission, in front of Ray Serve's: at most `limit` requests in a
+    router replica at once (being read, queued or computed); one more is refused at once with
+    503 + Retry-After, in the protocol's form. Ray Serve's limit on the replica is set above
+    this one (`ray_limits`), so that a full router answers rather than Ray queueing without
+    bound or refusing in plain text."""
+
+    __slots__ = ("admitted", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted = 0
+
+    def enter(self) -> bool:
+        if self.admitted >= self.limit:
+            return False
+        self.admitted += 1
+        return True
+
+    def leave(self) -> None:
+        self.admitted -= 1
+
+    def refusal(self) -> OverloadedError:
+        return OverloadedError("this router replica", self.admitted, self.limit)
+
+
+def ray_limits(max_requests: int) -> dict[str, int]:
+    """Ray Serve's own limits on a router replica, above modelgate's admission: what Ray
+    itself refuses (plain-text 503 / RESOURCE_EXHAUSTED) is only past these."""
+    return {
+        "max_ongoing_requests": max_requests + max_requests // 4 + 64,
+        "max_queued_requests": max_requests,
+    }
 
 
 # `@serve.deployment` turns each class into a Deployment; mypy sees only the class.
@@ -494,16 +548,17 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
                 spec.deployment, version_config, args
             ).bind(spec.model_dump(), telemetry.model_dump())
         specs.append(spec)
+    router = args.router
     router_spec = RouterSpec(
+        max_requests=router.max_ongoing_requests,
         versions=specs,
         registry_aliases=registry_aliases(resolved),
         limits=args.limits,
         telemetry=telemetry,
         auth=args.auth,
     )
-    router = args.router
     options: dict[str, Any] = {
-        "max_ongoing_requests": router.max_ongoing_requests,
+        **ray_limits(router.max_ongoing_requests),
         "ray_actor_options": _actor_options(router.num_cpus, args),
         "max_surge_percent": router.max_surge_percent,
         **_scaling(router.autoscaling, router.num_replicas),

@@ -261,7 +261,9 @@ def _serve(args: argparse.Namespace) -> int:
         getattr(args, "grpcs_port", 9443),
         getattr(args, "tls_client_ca", None),
     )
-    launcher.start_ray(args.address, args.dashboard, args.ray_metrics_port)
+    launcher.start_ray(
+        args.address, args.dashboard, args.ray_metrics_port, launcher.ingress_env(config)
+    )
     code = 0
     front: tls.TlsFront | None = None
     try:
@@ -463,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     routes.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's HTTP URL")
     routes.set_defaults(func=cmd_routes)
 
+    ingress = sub.add_parser(
+        "ingress-env",
+        help="the environment a node needs before `ray start` (hardened HAProxy, gRPC limit)",
+    )
+    ingress.add_argument("folder", help="a folder for HAProxy's files, made private (0700)")
+    ingress.add_argument("--config", help="the Ray Serve config to deploy (its body limit)")
+    ingress.set_defaults(func=cmd_ingress_env)
+
     run = sub.add_parser("serve", help="start Ray (or join --address) and deploy a config")
     run.add_argument("config", help="a Ray Serve config file, e.g. configs/quickstart.yaml")
     run.add_argument("--address", default=None, help="join this Ray cluster instead")
@@ -497,6 +507,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grpcs-port", type=int, default=9443, help="gRPC/TLS port (default 9443)")
     run.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_ingress_env(args: argparse.Namespace) -> int:
+    """`eval "$(modelgate ingress-env /run/modelgate --config C)"` before `ray start` on every
+    node: Ray's HAProxy hardened in a private folder, gRPC messages capped at the body limit."""
+    import shlex
+
+    from serve import haproxy, launcher
+
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    config = launcher.load_config(args.config) if args.config else {"applications": []}
+    env = {**haproxy.ray_env(folder.resolve()), **launcher.ingress_env(config)}
+    for key, value in {**launcher.HIGH_THROUGHPUT_ENV, **env}.items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

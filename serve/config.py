@@ -123,7 +123,14 @@ class ModelConfig(_Strict):
 class RouterConfig(_Strict):
     num_replicas: int = Field(1, ge=1)
     autoscaling: Autoscaling | None = None
-    max_ongoing_requests: int = Field(1024, ge=1)
+    max_ongoing_requests: int = Field(
+        4096,
+        ge=1,
+        description="Requests a router replica holds at once (being read, queued or computed); "
+        "one more is refused at once with 503 + Retry-After / UNAVAILABLE by modelgate. Ray "
+        "Serve's own limit on the replica is set above it (1.25x + 64, and as many queued), so "
+        "Ray itself refuses (plain-text 503, gRPC RESOURCE_EXHAUSTED) only past that.",
+    )
     num_cpus: float = Field(0.1, ge=0, description="Logical CPUs each router replica reserves.")
     max_surge_percent: int = Field(
         100,
@@ -137,6 +144,13 @@ class RouterConfig(_Strict):
 class Limits(_Strict):
     max_body_bytes: int = Field(64 << 20, ge=1024, description="Largest request body (413).")
     max_elements: int = Field(1 << 24, ge=1, description="Largest tensor, in elements.")
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request's body may take to arrive once its head has: a slower "
+        "sender gets 408 and its slot back. (The head itself: 10 s, in HAProxy.)",
+    )
 
 
 class MetricsConfig(_Strict):

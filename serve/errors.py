@@ -6,6 +6,7 @@ InferenceError(code, message)
         PERMISSION_DENIED  a key not allowed for this model or endpoint   → 403 / PERMISSION_DENIED
         NOT_FOUND          unknown model or version                       → 404 / NOT_FOUND
         METHOD_NOT_ALLOWED a known path with the wrong HTTP method        → 405 / UNIMPLEMENTED
+        REQUEST_TIMEOUT    the request's body did not arrive in time      → 408 / DEADLINE_EXCEEDED
         PAYLOAD_TOO_LARGE  body or tensor over a configured limit         → 413 / RESOURCE_EXHAUSTED
         OVERLOADED         queue full: shed now, retry later              → 503 / UNAVAILABLE
         DEADLINE_EXCEEDED  the request's deadline passed before compute   → 504 / DEADLINE_EXCEEDED
@@ -26,6 +27,7 @@ class ErrorCode(enum.Enum):
     PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     OVERLOADED = "overloaded"
     DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -40,6 +42,7 @@ STATUS: dict[ErrorCode, tuple[int, grpc.StatusCode]] = {
     ErrorCode.PERMISSION_DENIED: (403, grpc.StatusCode.PERMISSION_DENIED),
     ErrorCode.NOT_FOUND: (404, grpc.StatusCode.NOT_FOUND),
     ErrorCode.METHOD_NOT_ALLOWED: (405, grpc.StatusCode.UNIMPLEMENTED),
+    ErrorCode.REQUEST_TIMEOUT: (408, grpc.StatusCode.DEADLINE_EXCEEDED),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ErrorCode.OVERLOADED: (503, grpc.StatusCode.UNAVAILABLE),
     ErrorCode.DEADLINE_EXCEEDED: (504, grpc.StatusCode.DEADLINE_EXCEEDED),

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from serve import tensors
-from serve.errors import InferenceError, invalid
+from serve.errors import ErrorCode, InferenceError, invalid
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.rest_codec import Limits
 from serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -40,6 +40,17 @@ def parameters_of(params: Any) -> dict[str, Any]:
         if which is not None:
             out[key] = getattr(value, which)
     return out
+
+
+def check_size(message: pb.ModelInferRequest, limit: int) -> None:
+    """The HTTP body limit, for gRPC messages too (in modelgate's own layer: Ray's process-wide
+    gRPC limit, RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, refuses them earlier where it is set)."""
+    size = message.ByteSize()
+    if size > limit:
+        raise InferenceError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"request message of {size} bytes is over the limit of {limit} bytes",
+        )
 
 
 def decode_infer(

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from converters.errors import ModelgateError
-from serve.config import GatewayConfig
+from serve.config import GatewayConfig, Limits
 from serve.resolve import ConfigError, Resolved, resolve_versions
 
 #: HAProxy ingress + throughput-optimized Serve (see ../shared/DESIGN.md, "Measured").
@@ -43,16 +43,39 @@ def set_high_throughput_env(extra: dict[str, str] | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
+def ingress_env(config: dict[str, Any]) -> dict[str, str]:
+    """Ray's settings that follow a config's limits (read when Ray's processes import Serve,
+    so set before Ray starts, on every node): gRPC messages are refused with
+    RESOURCE_EXHAUSTED past the largest HTTP body any gateway application takes (Ray's own
+    default is 2 GiB, for sends and receives)."""
+    bodies = [
+        GatewayConfig.model_validate(app.get("args") or {}).limits.max_body_bytes
+        for app in config.get("applications", [])
+        if app.get("import_path") == GATEWAY_IMPORT_PATH
+    ]
+    limit = max(bodies, default=Limits().max_body_bytes)
+    return {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(limit)}
+
+
 def start_ray(
-    address: str | None = None, dashboard: bool = False, metrics_export_port: int | None = None
+    address: str | None = None,
+    dashboard: bool = False,
+    metrics_export_port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
     """Join `address`, or start a local Ray; `metrics_export_port`: where a local Ray's node
-    exports its own metrics (ray_serve_*, for Prometheus), a free port if None."""
-    set_high_throughput_env()
+    exports its own metrics (ray_serve_*, for Prometheus), a free port if None; `env`: more of
+    Ray's settings (`ingress_env`) for the processes a local Ray starts.
+
+    A local Ray's HAProxy lives in a private folder of its own, hardened (serve/haproxy.py),
+    removed by `stop_ray`; a cluster's is its operator's (`modelgate ingress-env`)."""
     import ray
 
     if ray.is_initialized():
         return
+    if not address and _ingress_folder is None:
+        _own_ingress_folder()
+    set_high_throughput_env({**_ingress_env, **(env or {})})
     if address:
         ray.init(address=address)
     else:
@@ -81,6 +104,36 @@ def _children_ignore_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+_ingress_folder: Path | None = None
+_ingress_env: dict[str, str] = {}
+
+
+def _own_ingress_folder() -> None:
+    from serve import haproxy
+
+    global _ingress_folder, _ingress_env
+    _ingress_folder = haproxy.private_folder()
+    _ingress_env = haproxy.ray_env(_ingress_folder)
+    # The paths are this Ray's own, whatever a previous one in this process left set; the
+    # limits stay the operator's where set.
+    os.environ.update({k: v for k, v in _ingress_env.items() if k in haproxy.PATH_SETTINGS})
+
+
+def ingress_folder() -> Path | None:
+    """The private folder of the local Ray's HAProxy files (None when none was started)."""
+    return _ingress_folder
+
+
+def _remove_ingress_folder() -> None:
+    """Once Ray is down: nothing of its HAProxy (sockets, config, logs) is left behind."""
+    from serve import haproxy
+
+    global _ingress_folder
+    if _ingress_folder is not None:
+        haproxy.remove(_ingress_folder)
+        _ingress_folder = None
+
+
 def stop_ray() -> None:
     import ray
     from ray import serve
@@ -88,6 +141,7 @@ def stop_ray() -> None:
     if ray.is_initialized():
         serve.shutdown()
         ray.shutdown()
+    _remove_ingress_folder()
 
 
 def dead_ray_processes() -> list[str]:
@@ -109,6 +163,7 @@ def forget_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _remove_ingress_folder()
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ It only converts: path and body in, `DataPlane` call, response out. Errors come 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -132,7 +133,9 @@ class AsgiHeaders(Mapping[str, str]):
 async def _infer(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
     headers = AsgiHeaders(request.scope["headers"])
     plane.check_known(p["model"], p.get("version"), "http")  # 404 whatever the body holds
-    body = await read_body(request, limits.max_body_bytes, headers.get("content-length"))
+    body = await read_body(
+        request, limits.max_body_bytes, headers.get("content-length"), limits.body_timeout_s
+    )
     infer_request = rest_codec.decode_request(
         body,
         headers.get(rest_codec.HEADER_LENGTH),
@@ -233,30 +236,57 @@ def _match(method: str, path: str) -> tuple[Handler, dict[str, str], Access]:
     raise InferenceError(ErrorCode.NOT_FOUND, f"no such endpoint: {method} {path}")
 
 
-async def read_body(request: Request, limit: int, declared: str | None) -> bytes:
-    """The body, refused with 413 past `limit` bytes: at once when its declared length is.
+async def read_body(
+    request: Request, limit: int, declared: str | None, timeout_s: float = 30.0
+) -> bytes:
+    """The body, refused with 413 past `limit` bytes (at once when its declared length is),
+    and with 408 when it has not all arrived within `timeout_s`: a slow sender cannot hold a
+    router's slot longer than that.
 
     Read from the ASGI messages themselves (starlette's `stream()` adds an async generator's
-    cost per request); a client that goes away mid-body raises starlette's ClientDisconnect."""
+    cost per request); a client that goes away mid-body raises starlette's ClientDisconnect.
+    A body that came whole with its head (the common case) sets no timer."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
-    receive = request.receive
-    chunks, size = [], 0
-    while True:
-        message = await receive()
+    body = _Body(request, limit)
+    if await body.receive():
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                while await body.receive():
+                    pass
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise InferenceError(
+                ErrorCode.REQUEST_TIMEOUT,
+                f"request body not received within {timeout_s:g} s ({body.size} bytes came)",
+            ) from None
+    if not body.chunks:
+        raise invalid("request body is empty")
+    return b"".join(body.chunks)  # one chunk: CPython returns it as it is, no copy
+
+
+class _Body:
+    __slots__ = ("chunks", "limit", "request", "size")
+
+    def __init__(self, request: Request, limit: int) -> None:
+        self.request, self.limit = request, limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    async def receive(self) -> bool:
+        """One ASGI message of the body; whether more follow."""
+        message = await self.request.receive()
         if message["type"] != "http.request":
             raise ClientDisconnect()
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise _too_large(self.size, self.limit)
         if chunk:
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    if not chunks:
-        raise invalid("request body is empty")
-    return b"".join(chunks)  # one chunk: CPython returns it as it is, no copy
+            self.chunks.append(chunk)
+        return bool(message.get("more_body", False))
 
 
 def _too_large(size: int, limit: int) -> InferenceError:

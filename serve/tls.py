@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from converters.errors import ModelgateError
+from serve import haproxy
 
 
 class TlsError(ModelgateError):
@@ -35,28 +36,27 @@ class TlsConfig:
     client_ca: Path | None = None
 
 
-def haproxy_binary() -> str:
-    from ray.serve._private.haproxy import get_haproxy_binary
-
-    return get_haproxy_binary()
-
-
 def render(config: TlsConfig, pem: Path, http_port: int, grpc_port: int) -> str:
+    """The front's configuration, under the same client limits as the gateway's own HAProxy
+    (serve/haproxy.py): a request head within HEAD_TIMEOUT_S, an idle connection closed after
+    IDLE_TIMEOUT_S, Ray's opt-out headers stripped."""
     verify = f" ca-file {config.client_ca} verify required" if config.client_ca else ""
     bind = f"ssl crt {pem}{verify}"
+    strip = "".join(f"\n    http-request del-header {h}" for h in haproxy.STRIPPED_HEADERS)
     return f"""global
-    maxconn 4096
+    maxconn {haproxy.MAXCONN}
     ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http
     timeout connect 5s
-    timeout client 120s
+    timeout client {haproxy.IDLE_TIMEOUT_S}s
+    timeout http-request {haproxy.HEAD_TIMEOUT_S}s
     timeout server 120s
 frontend https
-    bind {config.host}:{config.https_port} {bind} alpn h2,http/1.1
+    bind {config.host}:{config.https_port} {bind} alpn h2,http/1.1{strip}
     default_backend gateway_http
 frontend grpcs
-    bind {config.host}:{config.grpcs_port} {bind} alpn h2
+    bind {config.host}:{config.grpcs_port} {bind} alpn h2{strip}
     default_backend gateway_grpc
 backend gateway_http
     http-request set-header X-Forwarded-Proto https
@@ -83,7 +83,7 @@ class TlsFront:
         pem.write_bytes(config.cert.read_bytes().rstrip() + b"\n" + config.key.read_bytes())
         self.config_file = folder / "haproxy.cfg"
         self.config_file.write_text(render(config, pem, http_port, grpc_port))
-        binary = haproxy_binary()
+        binary = haproxy.real_binary()
         check = subprocess.run(
             [binary, "-c", "-q", "-f", str(self.config_file)], capture_output=True, text=True
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -65,7 +66,9 @@ def _answer(url: str, timeout_s: float) -> dict[str, object]:
 
 
 @pytest.fixture
-def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path, set[Path]]]:
+    """`modelgate serve` in a process of its own; with the private HAProxy folders that
+    existed before it started (the test session's own Ray, say)."""
     registry = LocalRegistry(tmp_path / "registry")
     x, y = load_iris(return_X_y=True)
     registry.publish_sklearn("iris", LogisticRegression(max_iter=500).fit(x, y), x[:50])
@@ -120,6 +123,7 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
     }
     log = tmp_path / "serve.log"
     ray_metrics = str(free_port())
+    folders = set(Path("/tmp").glob("mg-*"))
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -136,7 +140,7 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
             env=env,
         )
     try:
-        yield proc, f"http://127.0.0.1:{http}/v2/models/iris/infer", log
+        yield proc, f"http://127.0.0.1:{http}/v2/models/iris/infer", log, folders
     finally:
         everything = [proc.pid, *_descendants(proc.pid)]
         groups = set()
@@ -159,9 +163,9 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
 
 
 def test_a_killed_ray_instance_is_started_again_with_the_same_config(
-    supervised: tuple[subprocess.Popen[bytes], str, Path],
+    supervised: tuple[subprocess.Popen[bytes], str, Path, set[Path]],
 ) -> None:
-    proc, url, log = supervised
+    proc, url, log, before = supervised
     _wait_log(log, "serving; Ctrl-C to stop", count=1, timeout_s=180)
     first = _answer(url, timeout_s=30)
     tree = _descendants(proc.pid)
@@ -182,3 +186,10 @@ def test_a_killed_ray_instance_is_started_again_with_the_same_config(
     assert "Ray stopped" in text and "starting a fresh one" in text, text[-3000:]
     assert proc.poll() is None  # the supervisor is still running
     assert not set(tree) & set(_descendants(proc.pid))  # a new instance, not the old one
+    ours = set(Path("/tmp").glob("mg-*")) - before
+    assert len(ours) == 1  # the live instance's private HAProxy folder; the dead one's is gone
+    (folder,) = ours
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 0
+    assert not folder.exists()  # no socket, config or log of its HAProxy is left

@@ -68,6 +68,20 @@ def replica_pids(app: str, deployment: str) -> list[int]:
     return sorted(pids)
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses with a socket listening on `port` (from /proc/net/tcp: no
+    traffic)."""
+    import socket
+
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, hex_port = fields[1].split(":")
+        if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(int(address, 16).to_bytes(4, "little")))
+    return found
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -206,7 +220,7 @@ def gateway(demo_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -
         )
         originals[f"{name}:{version}"] = load_model(fetched)
     launcher.preflight(config)
-    launcher.start_ray()
+    launcher.start_ray(env=launcher.ingress_env(config))
     try:
         launcher.deploy(config)
         yield Gateway(

@@ -92,3 +92,19 @@ def test_grpc_keys(secured: Gateway) -> None:
                 infer(key)
             assert caught.value.code() == code
         assert infer(IRIS_KEY).model_name == "iris"
+
+
+def test_the_api_document_is_the_callers_own(secured: Gateway) -> None:
+    """With keys on, GET /v2/openapi.json needs one and lists only the models it may use:
+    a stranger learns no model's name."""
+    url = f"{secured.base}{PREFIX}/v2/openapi.json"
+    stranger = requests.get(url, timeout=10)
+    assert stranger.status_code == 401 and "iris" not in stranger.text
+
+    def listed(key: tuple[str, str]) -> str:
+        response = requests.get(url, headers=_bearer(key), timeout=10)
+        assert response.status_code == 200
+        return response.text
+
+    assert "iris" in listed(IRIS_KEY)
+    assert "iris" not in listed(CHURN_KEY) and "iris" not in listed(ADMIN_KEY)

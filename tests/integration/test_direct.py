@@ -4,12 +4,16 @@ Ray Serve's handle; a replica's endpoint is published in Ray's KV while it runs.
 
 from __future__ import annotations
 
+import hmac
+import socket
+
 import numpy as np
 import requests
 from sklearn.datasets import load_breast_cancer
 
+from serve import direct
 from serve.direct import NAMESPACE, kv_prefix
-from tests.integration.conftest import APP, Gateway, metric_value
+from tests.integration.conftest import APP, Gateway, listening_addresses, metric_value
 from tests.integration.test_http import X_BC, _infer_body, test_mixed_type_model_with_strings
 
 
@@ -57,3 +61,80 @@ def test_autoscaled_versions_and_strings_go_through_the_handle(gateway: Gateway)
     strings = _batches(gateway, "1", "handle", model="churn")
     test_mixed_type_model_with_strings(gateway)
     assert _batches(gateway, "1", "handle", model="churn") == strings + 1
+
+
+def _endpoint() -> tuple[str, int]:
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+
+    (key,) = _internal_kv_list(kv_prefix(APP, "breast_cancer-v1"), namespace=NAMESPACE)
+    host, port = _internal_kv_get(key, namespace=NAMESPACE).decode().rsplit(":", 1)
+    return host, int(port)
+
+
+def test_a_stranger_gets_nothing_computed_and_is_counted(gateway: Gateway) -> None:
+    """A well-formed frame without the handshake, then a replayed handshake: the replica
+    computes neither (its row count stays), counts both, and keeps serving the router."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    host, port = _endpoint()
+    assert listening_addresses(port) == {host} != {"0.0.0.0"}  # the node's address only
+    rows = _rows(gateway)
+    refused = _refused(gateway)
+    frame = b"".join(direct.encode({"input": np.asarray(X_BC[:8], np.float32)}))
+    with socket.create_connection((host, port), timeout=10) as stranger:
+        assert _read_exactly(stranger, len(direct.HELLO) + direct.NONCE).startswith(direct.HELLO)
+        stranger.sendall(frame)
+        assert _closed_without_answer(stranger)
+    secret = bytes(_internal_kv_get(f"secret/{APP}", namespace=direct.NAMESPACE))
+    proof = _handshake(host, port, secret)  # a router's, recorded
+    with socket.create_connection((host, port), timeout=10) as replayer:
+        _read_exactly(replayer, len(direct.HELLO) + direct.NONCE)  # a fresh nonce
+        replayer.sendall(proof + frame)
+        assert _closed_without_answer(replayer)
+    assert _refused(gateway) == refused + 2
+    assert _rows(gateway) == rows
+    test_fixed_size_versions_go_direct_and_answer_as_the_original(gateway)
+
+
+def _handshake(host: str, port: int, secret: bytes) -> bytes:
+    """A genuine router's handshake on a connection of its own; returns the proof it sent."""
+    with socket.create_connection((host, port), timeout=10) as router:
+        hello = _read_exactly(router, len(direct.HELLO) + direct.NONCE)
+        nonce_r, nonce_c = hello[len(direct.HELLO) :], b"c" * direct.NONCE
+        proof = nonce_c + hmac.new(secret, b"router" + nonce_r + nonce_c, "sha256").digest()
+        router.sendall(proof)
+        answer = _read_exactly(router, 32)
+        assert answer == hmac.new(secret, b"replica" + nonce_r + nonce_c, "sha256").digest()
+    return proof
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "closed early"
+        data += chunk
+    return data
+
+
+def _closed_without_answer(sock: socket.socket) -> bool:
+    """The peer closed the connection without sending a byte (a reset counts: the replica
+    closes with the stranger's unread bytes still queued)."""
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _rows(gateway: Gateway) -> float:
+    return metric_value(gateway, "modelgate_model_rows_total", model="breast_cancer", version="1")
+
+
+def _refused(gateway: Gateway) -> float:
+    return metric_value(
+        gateway,
+        "modelgate_direct_refused_total",
+        model="breast_cancer",
+        version="1",
+        reason="proof",
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
 import pytest
 import requests
@@ -30,6 +31,8 @@ from loadtests.clients import Target
 from loadtests.engine import Step
 from loadtests.runner import load_payloads, run
 from serve import launcher
+from serve.protos import grpc_predict_v2_pb2 as pb
+from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.integration.conftest import (
     Gateway,
     deploy_beside,
@@ -220,6 +223,39 @@ def test_a_503_from_shedding_says_when_to_retry(
     shed = [a for a in answers if a[0] == 503]
     assert shed and {a[0] for a in answers} <= {200, 503}
     assert all(a[1] == "1" and "overloaded" in a[2] and "limit 16" in a[2] for a in shed)
+
+
+def test_a_shed_grpc_request_says_when_to_retry(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    """UNAVAILABLE with `retry-after` and gRPC's own `grpc-retry-pushback-ms` in the trailing
+    metadata, as HTTP's 503 carries Retry-After."""
+
+    async def burst() -> list[tuple[grpc.StatusCode, dict[str, str], str]]:
+        async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one(i: int) -> tuple[grpc.StatusCode, dict[str, str], str]:
+                request = pb.ModelInferRequest(model_name="slow")
+                request.inputs.add(name="input", datatype="FP32", shape=[1, 30])
+                request.raw_input_contents.append(ROWS[i % 8].tobytes())
+                call = stub.ModelInfer(request, metadata=[("application", APP)], timeout=30)
+                try:
+                    await call
+                except grpc.aio.AioRpcError as exc:
+                    trailing = dict(exc.trailing_metadata() or ())
+                    return exc.code(), trailing, exc.details() or ""
+                return grpc.StatusCode.OK, {}, ""
+
+            return await asyncio.gather(*(one(i) for i in range(120)))
+
+    answers = asyncio.run(burst())
+    shed = [a for a in answers if a[0] == grpc.StatusCode.UNAVAILABLE]
+    assert shed and {a[0] for a in answers} <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+    for _, trailing, details in shed:
+        assert "overloaded" in details and "limit 16" in details
+        assert trailing.get("retry-after") == "1"
+        assert trailing.get("grpc-retry-pushback-ms") == "1000"
 
 
 def _kill_one_under_load(gateway: Gateway, deployment: str, clients: int) -> Traffic:

@@ -10,7 +10,7 @@ from sklearn.datasets import load_breast_cancer
 from serve import tensors
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.integration.conftest import Gateway
+from tests.integration.conftest import APP, Gateway, replica_pids, rss_bytes
 
 X_BC = load_breast_cancer(return_X_y=True)[0].astype(np.float32)
 
@@ -118,3 +118,43 @@ def test_a_request_past_its_timeout_parameter_is_deadline_exceeded(
     assert "deadline" in (caught.value.details() or "")
     response = stub.ModelInfer(_raw_request(X_BC[:1], version="1"), timeout=10)  # still serving
     assert _outputs(response)["label"].shape == (1,)
+
+
+def test_a_message_just_under_the_body_limit_is_served_and_one_over_is_refused(
+    gateway: Gateway, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """The session's gateway takes bodies of 1 MiB (its limits.max_body_bytes): gRPC messages
+    too, refused with RESOURCE_EXHAUSTED past it, the router's memory unmoved by a huge one."""
+    limit = gateway.config["applications"][0]["args"]["limits"]["max_body_bytes"]
+    row = 30 * 4
+    under = _raw_request(np.resize(X_BC, ((limit - 200) // row, 30)))
+    assert limit - 400 < under.ByteSize() <= limit
+    assert _outputs(stub.ModelInfer(under, timeout=30))["label"].shape == ((limit - 200) // row,)
+    over = _raw_request(np.resize(X_BC, (limit // row + 2, 30)))
+    assert limit < over.ByteSize() < limit + 400
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(over, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    (router,) = replica_pids(APP, "Router")
+    before = rss_bytes(router)
+    huge = _raw_request(np.zeros((200 << 20) // row, np.float32).reshape(-1, 30))  # 200 MiB
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(huge, timeout=60)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rss_bytes(router) - before < 50 << 20  # never held a 200 MiB message
+    assert _outputs(stub.ModelInfer(_raw_request(X_BC[:2]), timeout=30))["label"].shape == (2,)
+
+
+def test_an_unknown_model_is_not_found_whatever_its_inputs(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    for request in (
+        pb.ModelInferRequest(model_name="nope"),  # no inputs at all
+        _raw_request(X_BC[:1]),
+    ):
+        request.model_name = "nope"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "unknown model 'nope'" in (info.value.details() or "")

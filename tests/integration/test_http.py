@@ -256,10 +256,28 @@ def test_malformed_bodies(gateway: Gateway) -> None:
     huge = _post(gateway, "/v2/models/breast_cancer/infer", data=b" " * (2 << 20))
     assert huge.status_code == 413 and "over the limit" in huge.json()["error"]
     wrong_method = requests.get(gateway.base + "/v2/models/breast_cancer/infer", timeout=10)
-    assert wrong_method.status_code == 405
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    for body in (b"", b"{oops", b'{"inputs": [{"name": "x", "shape": [1e99]}]}'):
+        unknown = _post(gateway, "/v2/models/nope/infer", data=body)  # looked up first
+        assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["error"]
+    duplicated = _infer_body(X_BC[:1]) | {"outputs": [{"name": "label"}] * 1000}
+    refused = _post(gateway, "/v2/models/breast_cancer/infer", json=duplicated)
+    assert refused.status_code == 400 and "asked for more than once" in refused.json()["error"]
+    nulls = _infer_body(X_BC[:1])
+    nulls["inputs"][0]["data"][0][3] = None  # was read as NaN: a confident, wrong prediction
+    refused = _post(gateway, "/v2/models/breast_cancer/infer", json=nulls)
+    assert refused.status_code == 400 and "got null" in refused.json()["error"]
     # The gateway is still fine after all of that.
     after = _post(gateway, "/v2/models/breast_cancer/infer", json=_infer_body(X_BC[:1]))
     assert after.ok, after.text
+
+
+def test_head_is_answered_on_every_get_route_without_a_body(gateway: Gateway) -> None:
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/iris", "/metrics"):
+        head = requests.head(gateway.base + path, timeout=10)
+        get = requests.get(gateway.base + path, timeout=10)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
 
 
 def test_oversized_headers_and_deep_nesting_are_refused_with_4xx(gateway: Gateway) -> None:

