@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import stat
 import sys
@@ -76,11 +77,22 @@ class FolderError(ModelgateError):
 MARK = "# hardened by modelgate (serve/haproxy.py)\n"
 
 
-def harden(config: str, folder: Path, internal_host: str = "127.0.0.1") -> str:
+def harden(
+    config: str, folder: Path, internal_host: str = "127.0.0.1", max_files: int | None = None
+) -> str:
     """Ray's generated configuration with modelgate's rules; error pages are written to
-    `folder` (the configuration's own). A configuration already hardened is left as it is."""
+    `folder` (the configuration's own). `max_files`: the process's hard limit on open files,
+    which caps `maxconn` (HAProxy 2.8 asks for 2.5 descriptors a connection and some more,
+    and refuses to start when it cannot have them). A configuration already hardened is left
+    as it is."""
     if config.startswith(MARK):
         return config
+    if max_files is not None:
+        config = re.sub(
+            r"(?m)^(\s+maxconn )(\d+)$",
+            lambda m: m.group(1) + str(min(int(m.group(2)), (max_files - 1000) * 2 // 5)),
+            config,
+        )
     unavailable, timeout = folder / "modelgate-503.http", folder / "modelgate-504.http"
     unavailable.write_bytes(UNAVAILABLE)
     timeout.write_bytes(TIMEOUT)
@@ -117,7 +129,10 @@ def main(argv: list[str], real_binary: str) -> int:
     if "-f" in argv[:-1]:
         path = Path(argv[argv.index("-f") + 1])
         hardened = harden(
-            path.read_text(), path.parent, os.environ.get(INTERNAL_HOST_ENV, "127.0.0.1")
+            path.read_text(),
+            path.parent,
+            os.environ.get(INTERNAL_HOST_ENV, "127.0.0.1"),
+            resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         )
         staged = path.with_name(path.name + ".modelgate")
         staged.write_text(hardened)

@@ -137,7 +137,7 @@ def test_a_message_just_under_the_body_limit_is_served_and_one_over_is_refused(
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     (router,) = replica_pids(APP, "Router")
     before = rss_bytes(router)
-    huge = _raw_request(np.zeros((200 << 20) // row, np.float32).reshape(-1, 30))  # 200 MiB
+    huge = _raw_request(np.zeros(((200 << 20) // row, 30), np.float32))  # 200 MiB
     for _ in range(3):
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(huge, timeout=60)

@@ -33,6 +33,7 @@ def test_the_hardened_configuration_is_valid_and_closes_each_hole(tmp_path: Path
     assert "listen stats\n  bind 127.0.0.1:8404" in config
     assert "frontend prometheus\n    bind 10.1.2.3:9101" in config
     assert "defaults\n    timeout http-request 10s\n" in config
+    assert "\n    maxconn 4096\n" in config  # Ray's, from the sample: fds to spare here
     assert "500.http" not in config
     unavailable = (tmp_path / "modelgate-503.http").read_bytes()
     assert unavailable.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in unavailable
@@ -76,3 +77,9 @@ def test_the_launcher_rewrites_the_file_in_place_then_runs_haproxy(tmp_path: Pat
 def test_a_folder_too_long_for_haproxys_sockets_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(haproxy.FolderError, match="too long a path for HAProxy's sockets"):
         haproxy.ray_env(tmp_path / ("x" * 40))
+
+
+def test_maxconn_fits_the_open_files_haproxy_may_have(tmp_path: Path) -> None:
+    """HAProxy asks for 2.5 descriptors a connection, and will not start without them."""
+    config = haproxy.harden(_ray_config(tmp_path), tmp_path, max_files=5000)
+    assert "\n    maxconn 1600\n" in config
