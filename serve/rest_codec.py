@@ -29,6 +29,9 @@ class Limits:
 def decode_request(
     body: bytes, header_length: str | None, model: str, version: str | None, limits: Limits
 ) -> InferRequest:
+    """The request, or a 4xx naming what was wrong. Its whole structure is checked before any
+    limit (413) and before any tensor is built: a request that is malformed is a 400, whatever
+    sizes it also declares."""
     json_part, binary = _split(body, header_length)
     doc = _parse_json(json_part)
     if not isinstance(doc, dict):
@@ -36,25 +39,28 @@ def decode_request(
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise invalid("request must have a non-empty 'inputs' list")
+    parameters = _parameters(doc.get("parameters"), "request")
+    binary_output = _flag(parameters, "binary_data_output", "request") or False
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise invalid(f"'id' must be a string; got {type(request_id).__name__}")
+    outputs = _requested_outputs(doc.get("outputs"))
+    specs = [_InputSpec.parse(i, item) for i, item in enumerate(raw_inputs)]
     inputs, consumed = [], 0
-    for i, item in enumerate(raw_inputs):
-        tensor, used = _decode_input(i, item, binary, consumed, limits)
+    for spec in specs:
+        tensor, used = spec.decode(binary, consumed, limits)
         inputs.append(tensor)
         consumed += used
     if consumed != len(binary):
         raise invalid(f"binary data has {len(binary) - consumed} bytes no input claims")
-    parameters = _parameters(doc.get("parameters"), "request")
-    request_id = doc.get("id", "")
-    if not isinstance(request_id, str):
-        raise invalid(f"'id' must be a string; got {type(request_id).__name__}")
     return InferRequest(
         model=model,
         version=version,
         inputs=inputs,
         id=request_id,
         parameters=parameters,
-        outputs=_requested_outputs(doc.get("outputs")),
-        binary_output=_flag(parameters, "binary_data_output", "request") or False,
+        outputs=outputs,
+        binary_output=binary_output,
     )
 
 
@@ -113,37 +119,56 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
     return outputs
 
 
-def _decode_input(
-    index: int, item: Any, binary: memoryview, offset: int, limits: Limits
-) -> tuple[Tensor, int]:
-    if not isinstance(item, dict):
-        raise invalid(f"inputs[{index}] must be an object with name, shape, datatype, data")
-    name, shape, datatype = item.get("name"), item.get("shape"), item.get("datatype")
-    if not isinstance(name, str):
-        raise invalid(f"inputs[{index}] needs a string 'name'")
-    if not isinstance(datatype, str):
-        raise invalid(f"input '{name}' needs a string 'datatype'")
-    if not isinstance(shape, list):
-        raise invalid(f"input '{name}' needs a 'shape' list")
-    tensors.check_shape(name, shape, limits.max_elements)
-    dtype = tensors.numpy_dtype(name, datatype)
-    params = _parameters(item.get("parameters"), f"input '{name}'")
-    size = params.get("binary_data_size")
-    if size is not None:
-        if "data" in item:
-            raise invalid(f"input '{name}' has both 'data' and parameters.binary_data_size")
-        if type(size) is not int or size < 0 or offset + size > len(binary):
-            raise invalid(
-                f"input '{name}': binary_data_size {size!r} does not fit the "
-                f"{len(binary) - offset} binary bytes left"
-            )
-        array = tensors.from_raw(name, datatype, shape, binary[offset : offset + size])
-        return Tensor(name, datatype, array, params), size
-    if "data" not in item:
-        raise invalid(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
-    return Tensor(
-        name, datatype, _from_json_data(name, datatype, shape, dtype, item["data"]), params
-    ), 0
+@dataclass(frozen=True)
+class _InputSpec:
+    """One entry of `inputs`, its structure checked; its data not yet read."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    dtype: np.dtype
+    params: dict[str, Any]
+    item: dict[str, Any]
+
+    @classmethod
+    def parse(cls, index: int, item: Any) -> _InputSpec:
+        if not isinstance(item, dict):
+            raise invalid(f"inputs[{index}] must be an object with name, shape, datatype, data")
+        name, shape, datatype = item.get("name"), item.get("shape"), item.get("datatype")
+        if not isinstance(name, str):
+            raise invalid(f"inputs[{index}] needs a string 'name'")
+        if not isinstance(datatype, str):
+            raise invalid(f"input '{name}' needs a string 'datatype'")
+        if not isinstance(shape, list):
+            raise invalid(f"input '{name}' needs a 'shape' list")
+        tensors.check_dims(name, shape)
+        dtype = tensors.numpy_dtype(name, datatype)
+        params = _parameters(item.get("parameters"), f"input '{name}'")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if "data" in item:
+                raise invalid(f"input '{name}' has both 'data' and parameters.binary_data_size")
+            if type(size) is not int or size < 0:
+                raise invalid(f"input '{name}': binary_data_size {size!r} is not a byte count")
+        elif "data" not in item:
+            raise invalid(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+        return cls(name, datatype, shape, dtype, params, item)
+
+    def decode(self, binary: memoryview, offset: int, limits: Limits) -> tuple[Tensor, int]:
+        """The tensor, within the limits, and the binary bytes it took."""
+        name, datatype, shape = self.name, self.datatype, self.shape
+        tensors.check_size(name, shape, limits.max_elements)
+        size = self.params.get("binary_data_size")
+        if size is not None:
+            if offset + size > len(binary):
+                raise invalid(
+                    f"input '{name}': binary_data_size {size!r} does not fit the "
+                    f"{len(binary) - offset} binary bytes left"
+                )
+            array = tensors.from_raw(name, datatype, shape, binary[offset : offset + size])
+            return Tensor(name, datatype, array, self.params), size
+        array = _from_json_data(name, datatype, shape, self.dtype, self.item["data"])
+        return Tensor(name, datatype, array, self.params), 0
 
 
 #: The JSON value types each numeric datatype family takes (orjson gives int, float, bool,

@@ -28,12 +28,22 @@ def element_count(shape: list[int]) -> int:
 def check_shape(name: str, shape: list[int], max_elements: int) -> int:
     """The element count of a declared shape, refused before any allocation if absurd: 400 for
     a shape that is not one, 413 for one over the element limit."""
+    check_dims(name, shape)
+    return check_size(name, shape, max_elements)
+
+
+def check_dims(name: str, shape: list[int]) -> None:
+    """400 unless `shape` is a list of at most MAX_DIMS non-negative integers."""
     if len(shape) > MAX_DIMS:
         raise invalid(f"input '{name}': {len(shape)} dimensions; the limit is {MAX_DIMS}")
     if any(type(d) is not int or d < 0 for d in shape):
         raise invalid(f"input '{name}': shape {shape} must be a list of non-negative integers")
+
+
+def check_size(name: str, shape: list[int], max_elements: int) -> int:
+    """The element count of a well-formed shape; 413 over `max_elements` (or for a dimension
+    over it: a zero elsewhere would make the count small, but numpy still refuses it)."""
     count = element_count(shape)
-    # a zero elsewhere would make the count small, but numpy still refuses absurd dimensions
     if count > max_elements or any(d > max_elements for d in shape):
         raise InferenceError(
             ErrorCode.PAYLOAD_TOO_LARGE,

@@ -44,7 +44,7 @@ def render(config: TlsConfig, pem: Path, http_port: int, grpc_port: int) -> str:
     bind = f"ssl crt {pem}{verify}"
     strip = "".join(f"\n    http-request del-header {h}" for h in haproxy.STRIPPED_HEADERS)
     return f"""global
-    maxconn {haproxy.MAXCONN}
+    maxconn {haproxy.fitting_maxconn()}
     ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http

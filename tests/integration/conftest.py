@@ -142,7 +142,7 @@ def gateway_config(
                 "args": {
                     "registry": registry.location,
                     "artifacts": str(artifacts),
-                    "limits": {"max_body_bytes": 1 << 20},
+                    "limits": {"max_body_bytes": 1 << 20, "body_timeout_s": 10},
                     "metrics": {"port": metrics, "host": "127.0.0.1"},
                     "drift": {"interval_s": 1, "window_s": 60, "min_rows": 50},
                     "models": [

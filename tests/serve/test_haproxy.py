@@ -83,3 +83,15 @@ def test_maxconn_fits_the_open_files_haproxy_may_have(tmp_path: Path) -> None:
     """HAProxy asks for 2.5 descriptors a connection, and will not start without them."""
     config = haproxy.harden(_ray_config(tmp_path), tmp_path, max_files=5000)
     assert "\n    maxconn 1600\n" in config
+
+
+def test_the_real_binary_is_never_a_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = haproxy.private_folder()
+    try:
+        launcher = haproxy.install_launcher(folder)
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(launcher))
+        assert Path(haproxy.real_binary()).name == "haproxy"  # what the launcher execs
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/opt/haproxy/bin/haproxy")
+        assert haproxy.real_binary() == "/opt/haproxy/bin/haproxy"  # the operator's own
+    finally:
+        haproxy.remove(folder)

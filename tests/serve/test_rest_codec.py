@@ -188,7 +188,7 @@ def test_json_response_is_flat_row_major_whatever_the_arrays_layout() -> None:
             b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", '
             b'"parameters": {"binary_data_size": true}}]}\x00',
             "103",
-            "binary_data_size True does not fit",
+            "input 'x': binary_data_size True is not a byte count",
         ),
         (
             b'{"inputs": [{"name": "x", "shape": ' + str([1] * 33).encode() + b", "
@@ -259,3 +259,16 @@ def test_nan_or_infinite_outputs_are_refused_in_json_and_carried_in_binary() -> 
 def test_deep_nesting_is_a_400_not_a_crash() -> None:
     deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert "malformed JSON" in _error(deep)
+
+
+def test_a_malformed_request_is_a_400_whatever_sizes_it_also_declares() -> None:
+    """Structure before limits: schema violations are found before any 413."""
+    huge = {"name": "x", "shape": [1 << 20, 1 << 20], "datatype": "FP32", "data": [1]}
+    for doc in (
+        {"inputs": [huge], "parameters": 7},
+        {"inputs": [huge], "id": 3},
+        {"inputs": [huge], "outputs": "label"},
+        {"inputs": [huge, {"name": "y", "shape": "1", "datatype": "FP32", "data": [1]}]},
+        {"inputs": [huge, {"name": "y", "shape": [1], "datatype": "FP99", "data": [1]}]},
+    ):
+        _error(json.dumps(doc).encode())  # asserts the 400
