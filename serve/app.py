@@ -7,12 +7,15 @@ build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
+from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve.deployment import Deployment
@@ -23,7 +26,7 @@ from starlette.responses import Response
 from converters.manifest import read_manifest
 from serve import grpc_service, rest
 from serve.auth import Access, AuthConfig, Authenticator
-from serve.batching import MicroBatcher
+from serve.batching import BATCH_DEADLINE, MicroBatcher
 from serve.config import (
     Autoscaling,
     Batching,
@@ -34,7 +37,7 @@ from serve.config import (
     VersionConfig,
 )
 from serve.dataplane import DataPlane, Health, VersionTarget
-from serve.direct import DirectPool, DirectServer, FrameLimits, app_secret, kv_prefix
+from serve.direct import DirectPool, DirectServer, FrameLimits, app_secret, expired, kv_prefix
 from serve.errors import ErrorCode, InferenceError, OverloadedError
 from serve.exporter import MULTIPROC_ENV
 from serve.protos import grpc_predict_v2_pb2 as pb
@@ -96,6 +99,7 @@ class ModelVersion:
 
     async def __init__(self, spec: dict[str, Any], telemetry: dict[str, Any]) -> None:  # type: ignore[misc]
         version = VersionSpec.model_validate(spec)
+        self.name = f"{version.model}:{version.version}"
         self.telemetry = TelemetrySpec.model_validate(telemetry).start()
         runtime = VersionRuntime(Path(version.artifact), version.intra_op_threads)
         runtime.warm_up()
@@ -114,7 +118,10 @@ class ModelVersion:
             )
             await self.direct.start()
 
-    async def run(self, feeds: Feeds) -> Feeds:
+    async def run(self, feeds: Feeds, remaining_s: float | None = None) -> Feeds:
+        """A batch from a router's handle call, with the time it had left when sent."""
+        if remaining_s is not None and remaining_s <= 0:
+            raise expired(self.name)
         return self._run(feeds)
 
     def __del__(self) -> None:  # Ray Serve calls it when the replica stops
@@ -181,74 +188,101 @@ class Router:
             self.admission.leave()
 
     # -- gRPC (method names are the service's RPC names) --------------------------------------
-    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+    # A request comes as bytes (serve.grpc_service.add_servicer) or as a message (the
+    # generated registration); `_unary` decodes it and answers errors in gRPC's form.
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ServerLive", request, grpc_context, self._live)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.plane.server_ready())
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ServerReady", request, grpc_context, self._ready)
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ServerMetadata", request, grpc_context, self._server_metadata)
 
-    async def ModelReady(
-        self, request: pb.ModelReadyRequest, grpc_context: Any = None
-    ) -> pb.ModelReadyResponse:
-        try:
-            self._authorize(grpc_context, request.name)
-            ready = self.plane.model_ready(request.name, request.version or None)
-        except InferenceError as exc:
-            grpc_service.set_error(grpc_context, exc)
-            return pb.ModelReadyResponse()
-        return pb.ModelReadyResponse(ready=ready)
+    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ModelReady", request, grpc_context, self._model_ready)
 
-    async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, grpc_context: Any = None
-    ) -> pb.ModelMetadataResponse:
-        try:
-            self._authorize(grpc_context, request.name)
-            meta = self.plane.model_metadata(request.name, request.version or None)
-        except InferenceError as exc:
-            grpc_service.set_error(grpc_context, exc)
-            return pb.ModelMetadataResponse()
-        return grpc_service.metadata_message(meta)
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ModelMetadata", request, grpc_context, self._model_metadata)
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, grpc_context: Any = None
-    ) -> pb.ModelInferResponse:
+    async def ModelStatistics(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ModelStatistics", request, grpc_context, self._statistics)
+
+    async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("RepositoryIndex", request, grpc_context, self._index)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Message:
         if not self.admission.enter():
             grpc_service.set_error(grpc_context, self.admission.refusal())
             return pb.ModelInferResponse()
         try:
-            return await self._model_infer(request, grpc_context)
+            return await self._unary("ModelInfer", request, grpc_context, self._model_infer)
         finally:
             self.admission.leave()
 
-    async def _model_infer(
-        self, request: pb.ModelInferRequest, grpc_context: Any
-    ) -> pb.ModelInferResponse:
+    async def _unary(
+        self,
+        method: str,
+        request: Any,
+        grpc_context: Any,
+        answer: Callable[[Any, Any], Awaitable[Message]],
+    ) -> Message:
+        request_type, response_type = grpc_service.METHODS[method]
         try:
-            self._authorize(grpc_context, request.model_name)
-            self.plane.check_known(request.model_name, request.model_version or None, "grpc")
-            grpc_service.check_size(request, self.limits.max_body_bytes)
-            infer = grpc_service.decode_infer(request, self.codec_limits, _metadata(grpc_context))
-            response = await self.plane.infer(infer)
+            return await answer(grpc_service.parse(request_type, request), grpc_context)
         except InferenceError as exc:
             grpc_service.set_error(grpc_context, exc)
-            return pb.ModelInferResponse()
         except Exception:
-            logger.exception("internal error in ModelInfer")
+            logger.exception("internal error in %s", method)
             grpc_service.set_error(
                 grpc_context, InferenceError(ErrorCode.INTERNAL, "internal error")
             )
-            return pb.ModelInferResponse()
+        return response_type()
+
+    async def _live(self, request: pb.ServerLiveRequest, grpc_context: Any) -> Message:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _ready(self, request: pb.ServerReadyRequest, grpc_context: Any) -> Message:
+        return pb.ServerReadyResponse(ready=self.plane.server_ready())
+
+    async def _server_metadata(
+        self, request: pb.ServerMetadataRequest, grpc_context: Any
+    ) -> Message:
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+    async def _model_ready(self, request: pb.ModelReadyRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.MODEL, request.name)
+        ready = self.plane.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def _model_metadata(self, request: pb.ModelMetadataRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.MODEL, request.name)
+        meta = self.plane.model_metadata(request.name, request.version or None)
+        return grpc_service.metadata_message(meta)
+
+    async def _statistics(self, request: pb.ModelStatisticsRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.ADMIN, None)
+        stats = rest.node_statistics(self.plane, request.name, request.version)
+        return grpc_service.statistics_message(stats)
+
+    async def _index(self, request: pb.RepositoryIndexRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.ADMIN, None)
+        return grpc_service.index_message(self.plane.repository_index(ready_only=request.ready))
+
+    async def _model_infer(self, request: pb.ModelInferRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.MODEL, request.model_name)
+        self.plane.check_known(request.model_name, request.model_version or None, "grpc")
+        grpc_service.check_size(request, self.limits.max_body_bytes)
+        infer = grpc_service.decode_infer(request, self.codec_limits, _metadata(grpc_context))
+        response = await self.plane.infer(infer)
         if grpc_context is not None:
             grpc_context.set_trailing_metadata([(rest.VERSION_HEADER, response.version)])
         return grpc_service.encode_infer(response)
 
-    def _authorize(self, grpc_context: Any, model: str) -> None:
+    def _authorize(self, grpc_context: Any, access: Access, model: str | None) -> None:
         """API keys travel as gRPC metadata `authorization: Bearer <key>`."""
         authorization = _metadata(grpc_context).get("authorization")
-        self.plane.authorize(Access.MODEL, authorization, model)
+        self.plane.authorize(access, authorization, model)
 
 
 def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:
@@ -467,6 +501,16 @@ def _unavailable_run(name: str, health: Health):  # type: ignore[no-untyped-def]
     return run
 
 
+def _time_left(name: str, deadline: float | None) -> float | None:
+    """Seconds until `deadline` (time.monotonic()); DEADLINE_EXCEEDED when none are left."""
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise expired(name)
+    return remaining
+
+
 def _remote_run(  # type: ignore[no-untyped-def]
     name: str, handle: DeploymentHandle, pool: DirectPool | None, direct: Any, handled: Any
 ):
@@ -474,15 +518,28 @@ def _remote_run(  # type: ignore[no-untyped-def]
     from ray.serve.exceptions import BackPressureError
 
     async def run(feeds: Feeds) -> Feeds:
+        """The batch on a replica, within its deadline: one whose requests have all expired
+        is not sent, and a handle call still unanswered at the deadline is cancelled (Ray
+        Serve drops it if the replica has not started it)."""
+        deadline = BATCH_DEADLINE.get()
         if pool is not None:
-            outputs = await pool.run(feeds)
+            outputs = await pool.run(feeds, _time_left(name, deadline))
             if outputs is not None:
                 direct.inc()
                 return outputs
         handled.inc()
         for attempt in range(1, REPLICA_ATTEMPTS + 1):
+            remaining = _time_left(name, deadline)
+            timeout = asyncio.timeout(remaining)
             try:
-                return await handle.run.remote(feeds)  # type: ignore[no-any-return]
+                async with timeout:
+                    return await handle.run.remote(feeds, remaining)  # type: ignore[no-any-return]
+            except TimeoutError as exc:
+                if timeout.expired():
+                    raise expired(name) from None
+                raise InferenceError(
+                    ErrorCode.UNAVAILABLE, f"{name} is unavailable: {exc}"
+                ) from exc
             except InferenceError:
                 raise
             except RayActorError as exc:

@@ -8,6 +8,8 @@ as soon as a slot frees: a busy gateway batches harder.
 `max_wait_s` > 0 additionally holds a batch open, from its first request (monotonic clock), until
 it is full or the wait is over. Bounded: past `max_queued` requests, `submit` sheds at once.
 Cancelled requests are dropped before compute; results are set only on futures not yet done.
+While a batch runs, `BATCH_DEADLINE` holds the latest of its requests' deadlines (monotonic
+clock; None when one has none): past it, no one is left to answer, and the run may refuse.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,8 @@ from serve.errors import InferenceError, OverloadedError
 Feeds = dict[str, np.ndarray]
 RunBatch = Callable[[Feeds], Awaitable[Feeds]]
 RunNow = Callable[[Feeds], Feeds]
+#: The running batch's deadline: time.monotonic() past which every request in it has expired.
+BATCH_DEADLINE: ContextVar[float | None] = ContextVar("modelgate_batch_deadline", default=None)
 
 
 @dataclass
@@ -45,6 +50,7 @@ class _Pending:
     rows: int
     future: asyncio.Future[Feeds]
     enqueued: float
+    deadline: float | None
 
 
 class MicroBatcher:
@@ -98,14 +104,15 @@ class MicroBatcher:
         finally:
             self._record(1, rows, 0.0, time.monotonic() - started)
 
-    async def submit(self, feeds: Feeds, rows: int) -> Feeds:
+    async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None) -> Feeds:
+        """The answer; `deadline` (time.monotonic()) is the request's, for BATCH_DEADLINE."""
         if not self._queue and self._in_flight < self._max_in_flight and self._max_wait == 0:
-            return await self._direct(feeds, rows)
+            return await self._direct(feeds, rows, deadline)
         if len(self._queue) >= self._max_queued and not self._drop_abandoned():
             self.stats.shed += 1
             raise OverloadedError(self.name, len(self._queue), self._max_queued)
         future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(feeds, rows, future, time.monotonic()))
+        self._queue.append(_Pending(feeds, rows, future, time.monotonic(), deadline))
         self._wakeup.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
@@ -119,12 +126,14 @@ class MicroBatcher:
         self._queue = live
         return freed
 
-    async def _direct(self, feeds: Feeds, rows: int) -> Feeds:
+    async def _direct(self, feeds: Feeds, rows: int, deadline: float | None) -> Feeds:
         self._in_flight += 1
         started = time.monotonic()
+        token = BATCH_DEADLINE.set(deadline)
         try:
             return await self._run(feeds)
         finally:
+            BATCH_DEADLINE.reset(token)
             self._release()
             self._record(1, rows, 0.0, time.monotonic() - started)
 
@@ -187,6 +196,7 @@ class MicroBatcher:
     async def _execute(self, batch: list[_Pending]) -> None:
         started = time.monotonic()
         queue_s = sum(started - p.enqueued for p in batch) / len(batch)
+        BATCH_DEADLINE.set(_latest(p.deadline for p in batch))
         try:
             results = await self._run_split(batch)
         except Exception as exc:  # the whole call failed: every request in it gets the error
@@ -234,6 +244,16 @@ class MicroBatcher:
         self.stats.compute_s += compute_s
         if self._on_batch is not None:
             self._on_batch(requests, rows, queue_s, compute_s)
+
+
+def _latest(deadlines: Iterable[float | None]) -> float | None:
+    """The batch's deadline: its requests' latest, or None if one of them has none."""
+    latest = 0.0
+    for deadline in deadlines:
+        if deadline is None:
+            return None
+        latest = max(latest, deadline)
+    return latest
 
 
 def _concat_key(feeds: Feeds) -> tuple[tuple[str, tuple[int, ...], str], ...]:

@@ -55,8 +55,6 @@ class VersionTarget:
     timeout_s: float | None = None  # the model's default deadline
     health: Health = field(default_factory=Health)
     allow_non_finite: bool = False  # NaN and infinities in float inputs
-    failures: int = 0
-    last_inference_ms: int = 0
 
 
 @dataclass
@@ -202,14 +200,9 @@ class DataPlane:
         feeds, rows = validate(request, target.manifest.signature, target.allow_non_finite)
         shadow = self.shadows.get(request.model)
         timeout_s = deadline_s(request, target.timeout_s)
-        try:
-            outputs = None if shadow is not None else target.batcher.try_now(feeds, rows)
-            if outputs is None:
-                outputs = await self._wait(request, target, shadow, feeds, rows, timeout_s)
-        except Exception:
-            target.failures += 1
-            raise
-        target.last_inference_ms = int(time.time() * 1000)
+        outputs = None if shadow is not None else target.batcher.try_now(feeds, rows)
+        if outputs is None:
+            outputs = await self._wait(request, target, shadow, feeds, rows, timeout_s)
         return _response(request, target, outputs)
 
     async def _wait(
@@ -223,11 +216,12 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """The batcher's answer within the request's deadline."""
         deadline = asyncio.timeout(timeout_s)
+        ends = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             async with deadline:  # a request still queued is dropped before compute
                 if shadow is None:
-                    return await target.batcher.submit(feeds, rows)
-                return await self._with_shadow(shadow, request, target, feeds, rows)
+                    return await target.batcher.submit(feeds, rows, ends)
+                return await self._with_shadow(shadow, request, target, feeds, rows, ends)
         except TimeoutError:
             if not deadline.expired():  # not ours
                 raise
@@ -244,13 +238,14 @@ class DataPlane:
         target: VersionTarget,
         feeds: dict[str, np.ndarray],
         rows: int,
+        ends: float | None,
     ) -> dict[str, np.ndarray]:
         """The primary is dispatched first (the copy's task starts only when this one yields);
         the copy learns the primary's answer through `answer`, and is never awaited here."""
         answer: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         shadow.maybe_copy(request, target, feeds, answer)
         try:
-            outputs = await target.batcher.submit(feeds, rows)
+            outputs = await target.batcher.submit(feeds, rows, ends)
         except BaseException as exc:
             answer.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
             answer.exception()  # retrieved here: the copy may not be waiting for it
@@ -334,7 +329,8 @@ class DataPlane:
         server unready while the rest of its route is."""
         return all(self.model_ready(name, None) for name in self.models)
 
-    def repository_index(self) -> list[dict[str, str]]:
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every deployed version and its state (`ready_only`: the READY ones)."""
         index = []
         for name, entry in sorted(self.models.items()):
             for version in sorted(entry.versions, key=_version_order):
@@ -342,21 +338,22 @@ class DataPlane:
                 row = {"name": name, "version": version}
                 if target.health.ready:
                     row["state"] = "READY"
+                elif ready_only:
+                    continue
                 else:
                     row |= {"state": "UNAVAILABLE", "reason": target.health.reason}
                 index.append(row)
         return index
 
-    def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
-        """Triton's statistics extension, for this router replica."""
-        if model is None:
-            targets = [t for r in self.models.values() for t in r.versions.values()]
-        elif version is None:
+    def statistics_targets(self, model: str | None, version: str | None) -> list[VersionTarget]:
+        """The versions Triton's statistics extension reports on (serve/statistics.py): every
+        version, a model's, or one (404 for an unknown model or version)."""
+        if not model:
+            return [t for r in self.models.values() for t in r.versions.values()]
+        if not version:
             self.target(model, None)
-            targets = list(self.models[model].versions.values())
-        else:
-            targets = [self.target(model, version)]
-        return {"model_stats": [_stats(t) for t in targets]}
+            return list(self.models[model].versions.values())
+        return [self.target(model, version)]
 
 
 def _unavailable(target: VersionTarget) -> InferenceError:
@@ -393,25 +390,6 @@ def _response(
 
 def _version_order(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (1 << 62, version)
-
-
-def _stats(target: VersionTarget) -> dict[str, Any]:
-    s = target.batcher.stats
-    queue_ns = int(s.queue_s * 1e9)
-    compute_ns = int(s.compute_s * 1e9)
-    return {
-        "name": target.model,
-        "version": target.version,
-        "last_inference": target.last_inference_ms,
-        "inference_count": s.rows,
-        "execution_count": s.batches,
-        "inference_stats": {
-            "success": {"count": s.requests, "ns": queue_ns + compute_ns},
-            "fail": {"count": target.failures, "ns": 0},
-            "queue": {"count": s.requests, "ns": queue_ns},
-            "compute_infer": {"count": s.batches, "ns": compute_ns},
-        },
-    }
 
 
 def deadline_s(request: InferRequest, default_s: float | None) -> float | None:

@@ -108,6 +108,13 @@ async def challenge(
     return True
 
 
+def expired(where: str) -> InferenceError:
+    """A batch with no time left: none of its requests is waiting for it any more."""
+    return InferenceError(
+        ErrorCode.DEADLINE_EXCEEDED, f"{where}: every request of the batch is past its deadline"
+    )
+
+
 class FrameError(ConnectionError):
     """A frame beyond what a batch of this version can be: the connection is dropped."""
 
@@ -146,9 +153,13 @@ def encodable(feeds: Feeds) -> bool:
     return all(v.dtype.kind in "biuf" for v in feeds.values())
 
 
-def encode(feeds: Feeds) -> list[bytes]:
+def encode(feeds: Feeds, remaining_s: float | None = None) -> list[bytes]:
+    """A frame; `remaining_s`: the batch's time left (a replica refuses one with none left)."""
     arrays = [(n, np.ascontiguousarray(v)) for n, v in feeds.items()]
-    head = orjson.dumps({"tensors": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]})
+    doc: dict[str, object] = {"tensors": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}
+    if remaining_s is not None:
+        doc["remaining_s"] = remaining_s
+    head = orjson.dumps(doc)
     return [_LENGTH.pack(len(head)), head, *(a.tobytes() for _, a in arrays)]
 
 
@@ -158,9 +169,15 @@ def encode_error(exc: InferenceError) -> list[bytes]:
 
 
 async def read(reader: asyncio.StreamReader, limits: FrameLimits | None = None) -> Feeds:
-    """One frame: three reads (length, header, every tensor's bytes at once). With `limits`
-    (a replica reading a router's batch), a frame beyond them is refused before its tensors
-    are read."""
+    return (await read_frame(reader, limits))[0]
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, limits: FrameLimits | None = None
+) -> tuple[Feeds, float | None]:
+    """One frame and the time its batch had left: three reads (length, header, every tensor's
+    bytes at once). With `limits` (a replica reading a router's batch), a frame beyond them
+    is refused before its tensors are read."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     if length > (MAX_FRAME if limits is None else MAX_HEADER):
         raise FrameError(f"frame header of {length} bytes")
@@ -181,7 +198,8 @@ async def read(reader: asyncio.StreamReader, limits: FrameLimits | None = None) 
     for name, kind, shape, count in specs:
         feeds[name] = np.frombuffer(data, kind, count, offset).reshape(shape)
         offset += count * kind.itemsize
-    return feeds
+    remaining = head.get("remaining_s")
+    return feeds, None if remaining is None else float(remaining)
 
 
 class DirectServer:
@@ -241,10 +259,12 @@ class DirectServer:
                 return
             while True:
                 try:
-                    feeds = await read(reader, self._limits)
+                    feeds, remaining_s = await read_frame(reader, self._limits)
                 except asyncio.IncompleteReadError:
                     return  # the router closed the connection
                 try:
+                    if remaining_s is not None and remaining_s <= 0:
+                        raise expired(self.key)
                     chunks = encode(self._run(feeds))
                 except InferenceError as exc:
                     chunks = encode_error(exc)
@@ -341,7 +361,7 @@ class DirectPool:
             if address not in self._endpoints:
                 self._endpoints[address] = _Endpoint(address)
 
-    async def run(self, feeds: Feeds) -> Feeds | None:
+    async def run(self, feeds: Feeds, remaining_s: float | None = None) -> Feeds | None:
         if not encodable(feeds):
             return None
         self._reconcile()
@@ -351,7 +371,7 @@ class DirectPool:
         endpoint = random.choice([e for e in self._endpoints.values() if e.in_flight == least])
         endpoint.in_flight += 1
         try:
-            return await self._send(endpoint, feeds)
+            return await self._send(endpoint, feeds, remaining_s)
         except InferenceError:
             raise
         except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -363,14 +383,14 @@ class DirectPool:
         finally:
             endpoint.in_flight -= 1
 
-    async def _send(self, endpoint: _Endpoint, feeds: Feeds) -> Feeds:
+    async def _send(self, endpoint: _Endpoint, feeds: Feeds, remaining_s: float | None) -> Feeds:
         if endpoint.idle:
             reader, writer = endpoint.idle.pop()
         else:
             host, port = endpoint.address.rsplit(":", 1)
             reader, writer = await asyncio.wait_for(self._connect(host, int(port)), HANDSHAKE_S)
         try:
-            writer.writelines(encode(feeds))
+            writer.writelines(encode(feeds, remaining_s))
             outputs = await read(reader)
         except InferenceError:
             endpoint.idle.append((reader, writer))  # an answer: the connection is sound

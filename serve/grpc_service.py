@@ -6,9 +6,11 @@ Outputs always travel as `raw_output_contents` (as Triton answers), inputs as ei
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from serve import tensors
 from serve.errors import ErrorCode, InferenceError, invalid
@@ -31,6 +33,48 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+
+
+SERVICE = "inference.GRPCInferenceService"
+#: Every RPC of the service: its request and response messages.
+METHODS: dict[str, tuple[type[Message], type[Message]]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+}
+M = TypeVar("M", bound=Message)
+
+
+def add_servicer(servicer: Any, server: Any) -> None:
+    """The gateway's entry in `grpc_options.grpc_servicer_functions`
+    (`serve.grpc_service.add_servicer`): the service's RPCs, each handed its request as the
+    bytes that came, which the Router decodes itself (`parse`). A message that cannot be
+    decoded is then INVALID_ARGUMENT, saying so, rather than gRPC's UNKNOWN naming a Python
+    class. (The generated `add_GRPCInferenceServiceServicer_to_server` works too: the
+    Router's methods take messages as well.)"""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), response_serializer=response.SerializeToString
+        )
+        for name, (_, response) in METHODS.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def parse(kind: type[M], request: M | bytes) -> M:
+    """The request message, from the bytes `add_servicer` hands over (or as it came)."""
+    if not isinstance(request, bytes):
+        return request
+    try:
+        return kind.FromString(request)
+    except DecodeError as exc:
+        raise invalid(f"the request is not a valid {kind.DESCRIPTOR.full_name}: {exc}") from None
 
 
 def parameters_of(params: Any) -> dict[str, Any]:
@@ -121,6 +165,29 @@ def encode_infer(response: InferResponse) -> pb.ModelInferResponse:
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         message.raw_output_contents.append(tensors.to_raw(tensor.datatype, tensor.array))
+    return message
+
+
+def statistics_message(stats: dict[str, Any]) -> pb.ModelStatisticsResponse:
+    """Triton's statistics (serve/statistics.py's form) as its gRPC message."""
+    message = pb.ModelStatisticsResponse()
+    for row in stats["model_stats"]:
+        entry = message.model_stats.add(
+            name=row["name"],
+            version=row["version"],
+            last_inference=row["last_inference"],
+            inference_count=row["inference_count"],
+            execution_count=row["execution_count"],
+        )
+        for field, duration in row["inference_stats"].items():
+            getattr(entry.inference_stats, field).CopyFrom(pb.StatisticDuration(**duration))
+    return message
+
+
+def index_message(index: list[dict[str, str]]) -> pb.RepositoryIndexResponse:
+    message = pb.RepositoryIndexResponse()
+    for row in index:
+        message.models.add(**row)
     return message
 
 

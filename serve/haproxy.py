@@ -61,7 +61,9 @@ def _error_page(status: str, message: str, *headers: str) -> bytes:
 #: HAProxy's own answers when no router replica could take a request (none up, one that
 #: failed or closed on it): retryable, in the gateway's error form.
 UNAVAILABLE = _error_page(
-    "503 Service Unavailable", "no router replica could answer; retry later", "Retry-After: 1"
+    "503 Service Unavailable",
+    "unavailable: no router replica could answer; retry later",
+    "Retry-After: 1",
 )
 TIMEOUT = _error_page("504 Gateway Timeout", "the router replica did not answer in time")
 

@@ -15,6 +15,7 @@ a request's series within `FLUSH_S` of its answer; Prometheus scrapes every few 
 from __future__ import annotations
 
 import asyncio
+import time
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -243,6 +244,14 @@ class GatewayMetrics:
             ["model", "version", "transport"],
             registry=r,
         )
+        self.last_batch = Gauge(
+            "modelgate_last_batch_timestamp_seconds",
+            "When a router last finished a batch of the version (Unix time; the latest of all "
+            "replicas, kept after they stop): Triton's last_inference.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.direct_refused = Counter(
             "modelgate_direct_refused_total",
             "Connections a dedicated replica's direct port dropped: a peer that did not prove "
@@ -347,8 +356,10 @@ class GatewayMetrics:
         duration = self.histogram(self.batch_duration.labels(model, version))
         rows_h = self.histogram(self.batch_rows.labels(model, version))
         requests_h = self.histogram(self.batch_requests.labels(model, version))
+        last = self.last_batch.labels(model, version)
 
         def observe(requests: int, rows: int, queue_s: float, batch_s: float) -> None:
+            last.set(time.time())
             queue.observe(queue_s)
             duration.observe(batch_s)
             rows_h.observe(rows)

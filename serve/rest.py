@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from serve import exporter, openapi, rest_codec
+from serve import exporter, openapi, rest_codec, statistics
 from serve.auth import Access
 from serve.config import Limits
 from serve.dataplane import DataPlane
@@ -70,7 +70,14 @@ async def _manifest(
 
 
 async def _stats(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
-    return JSONResponse(plane.statistics(p.get("model"), p.get("version")))
+    """Triton's statistics, for every replica of the gateway on this node."""
+    return JSONResponse(node_statistics(plane, p.get("model"), p.get("version")))
+
+
+def node_statistics(plane: DataPlane, model: str | None, version: str | None) -> dict[str, Any]:
+    targets = plane.statistics_targets(model, version)
+    plane.metrics.flush()  # this process's buffered series
+    return statistics.gateway_statistics(exporter.node_registry(plane.metrics.registry), targets)
 
 
 async def _routes(
@@ -98,7 +105,27 @@ async def _openapi(
 
 
 async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
-    return JSONResponse(plane.repository_index())
+    """Triton's repository index; `{"ready": true}` lists only the versions that are ready."""
+    ready = False
+    if _has_body(request):
+        ready = _ready_only(await read_body(request, 1024, None, limits.body_timeout_s))
+    return JSONResponse(plane.repository_index(ready_only=ready))
+
+
+def _ready_only(body: bytes) -> bool:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    ready = doc.get("ready", False) if isinstance(doc, dict) else None
+    if not isinstance(ready, bool):
+        raise invalid("a repository index request is a JSON object; its 'ready' true or false")
+    return ready
+
+
+def _has_body(request: Request) -> bool:
+    headers = request.headers
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
 class AsgiHeaders(Mapping[str, str]):

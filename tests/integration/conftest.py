@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,18 +69,48 @@ def replica_pids(app: str, deployment: str) -> list[int]:
     return sorted(pids)
 
 
-def listening_addresses(port: int) -> set[str]:
-    """Local IPv4 addresses with a socket listening on `port` (from /proc/net/tcp: no
-    traffic)."""
+@dataclass(frozen=True)
+class Listener:
+    pid: int
+    address: str  # "0.0.0.0" or "::" for every interface
+    port: int
+
+
+def listeners() -> list[Listener]:
+    """Every listening TCP socket on this machine's network namespace, with the process that
+    holds it (from /proc/net/tcp{,6} and /proc/*/fd: no traffic)."""
     import socket
 
-    found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        address, hex_port = fields[1].split(":")
-        if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-            found.add(socket.inet_ntoa(int(address, 16).to_bytes(4, "little")))
+    by_inode: dict[str, tuple[str, int]] = {}
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            hex_address, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_address)
+            # the kernel writes each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            by_inode[fields[9]] = (socket.inet_ntop(family, raw), int(hex_port, 16))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        for link in links:
+            inode = link[len("socket:[") : -1] if link.startswith("socket:[") else None
+            if inode in by_inode:
+                address, port = by_inode[inode]
+                found.append(Listener(int(entry.name), address, port))
     return found
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on `port`."""
+    return {listener.address for listener in listeners() if listener.port == port}
 
 
 def rss_bytes(pid: int) -> int:
@@ -129,9 +160,7 @@ def gateway_config(
         "http_options": {"host": "127.0.0.1", "port": http},
         "grpc_options": {
             "port": grpc,
-            "grpc_servicer_functions": [
-                "serve.protos.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
-            ],
+            "grpc_servicer_functions": ["serve.grpc_service.add_servicer"],
         },
         "applications": [
             {

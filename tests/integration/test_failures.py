@@ -36,9 +36,11 @@ from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.integration.conftest import (
     Gateway,
     deploy_beside,
+    listeners,
     metric_value,
     replica_pids,
     restore,
+    settle_metrics,
 )
 from tests.integration.slow_model import slow_artifact
 
@@ -256,6 +258,44 @@ def test_a_shed_grpc_request_says_when_to_retry(
         assert "overloaded" in details and "limit 16" in details
         assert trailing.get("retry-after") == "1"
         assert trailing.get("grpc-retry-pushback-ms") == "1000"
+
+
+def test_statistics_count_the_requests_every_router_answered(
+    gateway: Gateway, failures: dict[str, Path]
+) -> None:
+    """20 requests sent straight to each of the two routers' own ports: either one's
+    statistics (HTTP or gRPC, through the front door) count all 40."""
+
+    def answered() -> tuple[int, int]:
+        settle_metrics()
+        http = requests.get(f"{gateway.base}{PREFIX}/v2/models/bc/stats", timeout=10).json()
+        with grpc.insecure_channel(gateway.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            message = stub.ModelStatistics(
+                pb.ModelStatisticsRequest(name="bc"), metadata=[("application", APP)], timeout=10
+            )
+        by_http = sum(s["inference_stats"]["success"]["count"] for s in http["model_stats"])
+        by_grpc = sum(s.inference_stats.success.count for s in message.model_stats)
+        return by_http, by_grpc
+
+    routers = _replica_pids("Router")
+    ports = [
+        listener.port
+        for listener in listeners()
+        if listener.pid in routers and 30000 <= listener.port <= 31000  # direct-ingress HTTP
+    ]
+    assert len(ports) == 2
+    before = answered()
+    for port in ports:
+        for i in range(20):
+            response = requests.post(
+                f"http://127.0.0.1:{port}{PREFIX}/v2/models/bc/infer",
+                json=_body(ROWS[i % 8]),
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+    after = answered()
+    assert after[0] - before[0] == 40 and after[1] - before[1] == 40
 
 
 def _kill_one_under_load(gateway: Gateway, deployment: str, clients: int) -> Traffic:

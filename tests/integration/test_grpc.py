@@ -158,3 +158,16 @@ def test_an_unknown_model_is_not_found_whatever_its_inputs(
             stub.ModelInfer(request, timeout=10)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert "unknown model 'nope'" in (info.value.details() or "")
+
+
+def test_a_message_that_cannot_be_decoded_is_invalid_argument(gateway: Gateway) -> None:
+    """Bytes that are no ModelInferRequest: the client is told so, in gRPC's own form."""
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for garbage in (b"\xff\xff\xff\xff", b"\x0a\x05ab"):  # bad tag; truncated field
+            with pytest.raises(grpc.RpcError) as info:
+                raw(garbage, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid inference.ModelInferRequest" in (info.value.details() or "")
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert _outputs(stub.ModelInfer(_raw_request(X_BC[:1]), timeout=10))["label"].shape == (1,)

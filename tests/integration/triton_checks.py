@@ -47,6 +47,12 @@ def check_grpc(url: str, x: np.ndarray, expected: dict[str, np.ndarray]) -> None
     result = client.infer("breast_cancer", [tensor], model_version="3")
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected["v3"], atol=1e-4)
     assert result.get_response().model_version == "3"
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert {"name": "iris", "version": "1", "state": "READY"} in index
+    stats = client.get_inference_statistics("breast_cancer", "3", as_json=True)["model_stats"]
+    assert [s["version"] for s in stats] == ["3"] and int(stats[0]["inference_count"]) >= len(x)
+    success = stats[0]["inference_stats"]["success"]
+    assert int(success["count"]) >= 1 and int(success["ns"]) > 0
 
 
 def main() -> None:

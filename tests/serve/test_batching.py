@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve.batching import MicroBatcher
+from serve.batching import BATCH_DEADLINE, MicroBatcher
 from serve.errors import ErrorCode, InferenceError, OverloadedError
 
 Feeds = dict[str, np.ndarray]
@@ -231,3 +231,29 @@ def test_a_full_queue_frees_the_slots_of_callers_who_gave_up_before_shedding() -
         assert model.batches == [1, 1, 1, 1]
 
     asyncio.run(main())
+
+
+def test_a_batch_runs_with_the_latest_deadline_of_its_requests() -> None:
+    """What a remote run reads to decide whether anyone still waits for the batch."""
+    seen: list[float | None] = []
+
+    async def run(feeds: Feeds) -> Feeds:
+        seen.append(BATCH_DEADLINE.get())
+        await asyncio.sleep(0.01)
+        return {"y": feeds["x"]}
+
+    async def main() -> None:
+        batcher = MicroBatcher("m", run, max_in_flight=1, max_batch_rows=64)
+        first = asyncio.create_task(batcher.submit(_row(0), 1, 100.0))  # runs alone, at once
+        await asyncio.sleep(0)
+        await asyncio.gather(
+            first,
+            batcher.submit(_row(1), 1, 200.0),
+            batcher.submit(_row(2), 1, 300.0),  # these two queue behind it, then go together
+        )
+        await asyncio.gather(batcher.submit(_row(3), 1, 5.0), batcher.submit(_row(4), 1, None))
+        assert BATCH_DEADLINE.get() is None  # nothing leaks into the caller's context
+
+    asyncio.run(main())
+    assert seen[:2] == [100.0, 300.0]
+    assert None in seen[2:]  # a request without a deadline: the batch has none

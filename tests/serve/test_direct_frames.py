@@ -19,6 +19,7 @@ from serve.direct import (
     encode_error,
     prove,
     read,
+    read_frame,
 )
 from serve.errors import ErrorCode, InferenceError
 
@@ -210,3 +211,28 @@ class _Spy:
     def write(self, data: bytes) -> None:
         self._record.append(data)
         self._writer.write(data)
+
+
+def test_a_frame_carries_its_time_left_and_one_with_none_left_is_not_computed() -> None:
+    async def scenario(replica: Replica) -> None:
+        pool = _pool(replica)
+        answer = await pool.run({"x": X}, remaining_s=0.5)
+        assert answer is not None and replica.computed == [2]
+        with pytest.raises(InferenceError) as info:
+            reader, writer = await replica.connect()
+            await prove(reader, writer, SECRET)
+            writer.writelines(encode({"x": X}, remaining_s=-0.001))
+            await read(reader)
+        assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
+        assert replica.computed == [2] and replica.refused == []  # answered, not dropped
+
+    _with_replica(scenario)
+    frame = b"".join(encode({"x": X}, remaining_s=0.25))
+    feeds, remaining = asyncio.run(_read_frame(frame))
+    assert remaining == 0.25 and feeds["x"].tolist() == X.tolist()
+
+
+async def _read_frame(frame: bytes) -> tuple[dict[str, np.ndarray], float | None]:
+    reader = asyncio.StreamReader()
+    reader.feed_data(frame)
+    return await read_frame(reader, LIMITS)

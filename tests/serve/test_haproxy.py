@@ -37,7 +37,7 @@ def test_the_hardened_configuration_is_valid_and_closes_each_hole(tmp_path: Path
     assert "500.http" not in config
     unavailable = (tmp_path / "modelgate-503.http").read_bytes()
     assert unavailable.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in unavailable
-    body = b'{"error": "no router replica could answer; retry later"}\n'
+    body = b'{"error": "unavailable: no router replica could answer; retry later"}\n'
     assert unavailable.endswith(b"\r\n\r\n" + body)
     for frontend in ("http_frontend", "grpc_frontend"):
         section = config.split(f"frontend {frontend}\n", 1)[1].split("\nfrontend ", 1)[0]
