@@ -39,6 +39,10 @@ HEAD_TIMEOUT_S = 10
 IDLE_TIMEOUT_S = 60
 #: Connections HAProxy holds at once (Ray's default is 4096; an idle one costs ~16 KiB).
 MAXCONN = 16384
+#: HTTP answers up to this many bytes are taken whole before they are relayed (within
+#: WAIT_FOR_BODY_MS): HAProxy's buffer is 16 KiB.
+WAIT_FOR_BODY = 14336
+WAIT_FOR_BODY_MS = 1000
 #: Request headers that would switch Ray's per-request timeout or disconnect handling off.
 STRIPPED_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
 #: Where HAProxy's own Prometheus endpoint listens (cluster-internal; local unless set).
@@ -98,6 +102,15 @@ def harden(
     unavailable.write_bytes(UNAVAILABLE)
     timeout.write_bytes(TIMEOUT)
     strip = "".join(f"    http-request del-header {h}\n" for h in STRIPPED_HEADERS)
+    # An answer (up to a buffer's worth) is taken whole before any of it goes to the client,
+    # and one shorter than its Content-Length (its router died mid-answer) becomes the
+    # retryable 503 below rather than a truncated answer.
+    whole = (
+        f"    http-response wait-for-body time {WAIT_FOR_BODY_MS} at-least {WAIT_FOR_BODY}\n"
+        "    http-response set-var(txn.mg_length) res.hdr(content-length)\n"
+        f"    http-response deny deny_status 503 if !METH_HEAD {{ var(txn.mg_length) -m int "
+        f"le {WAIT_FOR_BODY} }} !{{ res.body_len,sub(txn.mg_length) -m int 0 }}\n"
+    )
     rules = [
         # owner only: the admin level can redirect or stop all traffic
         (r"(stats socket \S+) mode 666 level admin", r"\1 mode 600 level admin"),
@@ -107,10 +120,8 @@ def harden(
         (r"(?m)^    errorfile 502 \S+$", f"    errorfile 502 {unavailable}"),
         (r"(?m)^    errorfile 503 \S+$", f"    errorfile 503 {unavailable}"),
         (r"(?m)^    errorfile 504 \S+$", f"    errorfile 504 {timeout}"),
-        (
-            r"(?m)^(frontend (?:http|grpc)_frontend\n(?:[ \t]*#[^\n]*\n)*[ \t]+bind [^\n]+\n)",
-            rf"\g<1>{strip}",
-        ),
+        (_after_bind("http_frontend"), rf"\g<1>{strip}{whole}"),
+        (_after_bind("grpc_frontend"), rf"\g<1>{strip}"),
     ]
     for pattern, replacement in rules:
         config, count = re.subn(pattern, replacement, config)
@@ -119,10 +130,16 @@ def harden(
     return MARK + config
 
 
+def _after_bind(frontend: str) -> str:
+    """A frontend's head: its name line, comments, and its bind line (new rules go after)."""
+    return rf"(?m)^(frontend {frontend}\n(?:[ \t]*#[^\n]*\n)*[ \t]+bind [^\n]+\n)"
+
+
 def _optional(pattern: str, config: str) -> bool:
-    """Error pages: Ray writes them only sometimes (gRPC's frontend is optional by the
-    pattern: it matches the HTTP frontend, always there, or both)."""
-    return "errorfile" in pattern and "errorfile" not in config
+    """Sections Ray writes only sometimes: error pages, gRPC's frontend."""
+    if "errorfile" in pattern:
+        return "errorfile" not in config
+    return "grpc_frontend" in pattern and "frontend grpc_frontend" not in config
 
 
 def fitting_maxconn(wanted: int = MAXCONN, max_files: int | None = None) -> int:

@@ -323,6 +323,10 @@ def _too_large(size: int, limit: int) -> InferenceError:
     )
 
 
+#: Errors answered before the request's body was read whole.
+_BODY_LEFT_UNREAD = frozenset({ErrorCode.REQUEST_TIMEOUT, ErrorCode.PAYLOAD_TOO_LARGE})
+
+
 def error_response(exc: InferenceError) -> Response:
     headers: dict[str, Any] = {}
     if exc.retry_after_s is not None:
@@ -331,6 +335,8 @@ def error_response(exc: InferenceError) -> Response:
         headers["www-authenticate"] = "Bearer"
     if isinstance(exc, MethodNotAllowedError):
         headers["allow"] = ", ".join(exc.allowed)
+    if exc.code in _BODY_LEFT_UNREAD:  # the connection cannot carry another request
+        headers["connection"] = "close"
     return Response(
         json.dumps({"error": exc.shown()}),
         status_code=exc.http_status,

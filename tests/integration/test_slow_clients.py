@@ -6,6 +6,7 @@ its answer at its deadline (408), whatever headers it sends to switch Ray's limi
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import time
 from urllib.parse import urlsplit
@@ -45,10 +46,14 @@ async def _open(gateway: Gateway, head: bytes, count: int) -> list[Connection]:
 
 
 async def _answered_at(connection: Connection, within_s: float) -> tuple[bytes, float]:
-    """What the gateway answered a stalled client, read until it closed, and when."""
-    answer = await asyncio.wait_for(connection[0].read(), within_s)
-    connection[1].close()
-    return answer, time.monotonic()
+    """The response the gateway sent a stalled client (head and body), and when it came."""
+    reader, writer = connection
+    async with asyncio.timeout(within_s):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        body = await (reader.readexactly(int(length.group(1))) if length else reader.read())
+    writer.close()
+    return head + body, time.monotonic()
 
 
 def _normal_requests_are_served(gateway: Gateway) -> float:

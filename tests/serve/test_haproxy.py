@@ -3,12 +3,18 @@ HAProxy binary Ray ships (no Ray cluster)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from serve import haproxy
 
@@ -43,6 +49,9 @@ def test_the_hardened_configuration_is_valid_and_closes_each_hole(tmp_path: Path
         section = config.split(f"frontend {frontend}\n", 1)[1].split("\nfrontend ", 1)[0]
         for header in haproxy.STRIPPED_HEADERS:
             assert f"http-request del-header {header}\n" in section, (frontend, header)
+    http = config.split("frontend http_frontend\n", 1)[1].split("\nfrontend ", 1)[0]
+    assert "\n    http-response wait-for-body time 1000 at-least 14336\n" in http
+    assert "http-response deny deny_status 503 if !METH_HEAD" in http
 
 
 def test_hardening_twice_changes_nothing_and_a_changed_template_fails_loudly(
@@ -95,3 +104,74 @@ def test_the_real_binary_is_never_a_launcher(monkeypatch: pytest.MonkeyPatch) ->
         assert haproxy.real_binary() == "/opt/haproxy/bin/haproxy"  # the operator's own
     finally:
         haproxy.remove(folder)
+
+
+class _Backend(threading.Thread):
+    """A stand-in router: /truncated dies mid-answer; anything else echoes the request head."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = conn.recv(65536)
+                if b"/truncated" in head:
+                    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"outp')
+                else:
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(head) + head
+                    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_hardened_front_strips_opt_outs_and_turns_a_truncated_answer_into_a_503(
+    tmp_path: Path,
+) -> None:
+    """Ray's configuration, hardened, run by the real HAProxy in front of a stand-in router."""
+    backend = _Backend()
+    backend.start()
+    config = haproxy.harden(_ray_config(tmp_path), tmp_path)
+    config = re.sub(r"127\.0\.0\.1:(30\d\d\d|8500)\b", f"127.0.0.1:{backend.port}", config)
+    front = _free_port()
+    config = config.replace("bind 127.0.0.1:51611", f"bind 127.0.0.1:{front}")
+    for port in ("59199", "8404", "9101"):
+        config = config.replace(f":{port}", f":{_free_port()}")
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    proc = subprocess.Popen(
+        [haproxy.real_binary(), "-db", "-f", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{front}"
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", front)):
+                break
+            time.sleep(0.05)
+        headers = {"x-request-timeout-seconds": "0", "x-request-disconnect-disabled": "?1"}
+        echoed = requests.get(f"{url}/v2/echo", headers=headers, timeout=10)
+        assert echoed.status_code == 200 and b"GET /v2/echo" in echoed.content
+        assert b"x-request-timeout-seconds" not in echoed.content.lower()
+        assert b"x-request-disconnect-disabled" not in echoed.content.lower()
+        cut = requests.get(f"{url}/v2/truncated", timeout=10)
+        assert cut.status_code == 503 and cut.headers["retry-after"] == "1"
+        assert cut.json() == {"error": "unavailable: no router replica could answer; retry later"}
+        head = requests.head(f"{url}/v2/echo", timeout=10)  # a HEAD answer has no body
+        assert head.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        backend.sock.close()
