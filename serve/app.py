@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from converters.manifest import read_manifest
-from serve import grpc_service, rest
+from serve import grpc_service, rest, statistics
 from serve.auth import Access, AuthConfig, Authenticator
 from serve.batching import BATCH_DEADLINE, MicroBatcher
 from serve.config import (
@@ -262,7 +262,7 @@ class Router:
 
     async def _statistics(self, request: pb.ModelStatisticsRequest, grpc_context: Any) -> Message:
         self._authorize(grpc_context, Access.ADMIN, None)
-        stats = rest.node_statistics(self.plane, request.name, request.version)
+        stats = statistics.node_statistics(self.plane, request.name, request.version)
         return grpc_service.statistics_message(stats)
 
     async def _index(self, request: pb.RepositoryIndexRequest, grpc_context: Any) -> Message:

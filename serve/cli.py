@@ -469,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ingress-env",
         help="the environment a node needs before `ray start` (hardened HAProxy, gRPC limit)",
     )
-    ingress.add_argument("folder", help="a folder for HAProxy's files, made private (0700)")
+    ingress.add_argument(
+        "folder", help="a folder of HAProxy's own: made private (0700) if new, else must be"
+    )
     ingress.add_argument("--config", help="the Ray Serve config to deploy (its body limit)")
     ingress.set_defaults(func=cmd_ingress_env)
 
@@ -516,9 +518,7 @@ def cmd_ingress_env(args: argparse.Namespace) -> int:
 
     from serve import haproxy, launcher
 
-    folder = Path(args.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
+    folder = haproxy.own_folder(Path(args.folder))
     config = launcher.load_config(args.config) if args.config else {"applications": []}
     env = {**haproxy.ray_env(folder.resolve()), **launcher.ingress_env(config)}
     for key, value in {**launcher.HIGH_THROUGHPUT_ENV, **env}.items():

@@ -202,6 +202,19 @@ def private_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="mg-", dir="/tmp" if Path("/tmp").is_dir() else None))
 
 
+def own_folder(folder: Path) -> Path:
+    """`folder`, made private (0700) if it is new; an existing one must already be this user's
+    and private (it is never chmod'ed: it may be something else's). Resolved."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise FolderError(
+            f"{folder}: HAProxy's files need a folder of their own, private (0700) and yours; "
+            "give a new path"
+        )
+    return folder.resolve()
+
+
 def install_launcher(folder: Path) -> Path:
     """The launcher script in `folder`, run by this interpreter."""
     script = folder / LAUNCHER

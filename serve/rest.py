@@ -71,13 +71,7 @@ async def _manifest(
 
 async def _stats(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
     """Triton's statistics, for every replica of the gateway on this node."""
-    return JSONResponse(node_statistics(plane, p.get("model"), p.get("version")))
-
-
-def node_statistics(plane: DataPlane, model: str | None, version: str | None) -> dict[str, Any]:
-    targets = plane.statistics_targets(model, version)
-    plane.metrics.flush()  # this process's buffered series
-    return statistics.gateway_statistics(exporter.node_registry(plane.metrics.registry), targets)
+    return JSONResponse(statistics.node_statistics(plane, p.get("model"), p.get("version")))
 
 
 async def _routes(

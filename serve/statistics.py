@@ -21,9 +21,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from serve.dataplane import VersionTarget
+from serve import exporter
+from serve.dataplane import DataPlane, VersionTarget
 
 Key = tuple[str, str]  # (model, version)
+
+
+def node_statistics(plane: DataPlane, model: str | None, version: str | None) -> dict[str, Any]:
+    """Every version, a model's (`version` None) or one: 404 for one not deployed."""
+    targets = plane.statistics_targets(model, version)
+    plane.metrics.flush()  # this process's buffered series
+    return gateway_statistics(exporter.node_registry(plane.metrics.registry), targets)
 
 
 def gateway_statistics(registry: CollectorRegistry, targets: list[VersionTarget]) -> dict[str, Any]:

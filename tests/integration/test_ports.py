@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from serve import launcher
+from serve.cli import _descendants
 from serve.direct import NAMESPACE, kv_prefix
 from tests.integration.conftest import APP, Gateway, Listener, listeners
 
@@ -31,21 +32,7 @@ def _cmdline(pid: int) -> bytes:
 
 def _tree(root: int) -> set[int]:
     """`root` and its descendants, leaving out the test's MLflow server and its children."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = {root}, [root]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            if b"mlflow" not in _cmdline(pid):
-                found.add(pid)
-                todo.append(pid)
-    return found
+    return {root} | {pid for pid in _descendants(root) if b"mlflow" not in _cmdline(pid)}
 
 
 def _worker_port(pid: int) -> int | None:

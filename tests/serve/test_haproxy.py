@@ -175,3 +175,26 @@ def test_the_hardened_front_strips_opt_outs_and_turns_a_truncated_answer_into_a_
         proc.terminate()
         proc.wait(timeout=10)
         backend.sock.close()
+
+
+def test_ingress_env_makes_a_new_folder_private_and_never_takes_a_shared_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from serve.cli import main
+
+    base = haproxy.private_folder()  # a short path: HAProxy's sockets go below it
+    try:
+        new = base / "n"
+        assert main(["ingress-env", str(new)]) == 0
+        assert stat.S_IMODE(new.stat().st_mode) == 0o700
+        printed = capsys.readouterr().out
+        assert f"export RAY_SERVE_HAPROXY_BINARY_PATH={new}/haproxy-launcher" in printed
+        assert "export RAY_SERVE_GRPC_MAX_MESSAGE_SIZE=67108864" in printed
+        shared = base / "s"
+        shared.mkdir()
+        shared.chmod(0o755)
+        assert main(["ingress-env", str(shared)]) == 2  # refused, and left as it was
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+        assert "a folder of their own" in capsys.readouterr().err
+    finally:
+        haproxy.remove(base)

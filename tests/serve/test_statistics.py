@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from serve import grpc_service, rest
+from serve import grpc_service, statistics
 from serve.errors import InferenceError
 from serve.metrics import GatewayMetrics
 from serve.protos import grpc_predict_v2_pb2 as pb
@@ -26,7 +26,7 @@ def test_statistics_count_requests_rows_batches_and_failures_from_the_metrics() 
             await plane.infer(_request(shape=(1, 3)))  # not the signature's shape
 
     asyncio.run(main())
-    (stats,) = rest.node_statistics(plane, "m", None)["model_stats"]
+    (stats,) = statistics.node_statistics(plane, "m", None)["model_stats"]
     assert (stats["name"], stats["version"]) == ("m", "1")
     assert stats["inference_count"] == 10  # rows
     assert 1 <= stats["execution_count"] <= 5  # batches
@@ -43,7 +43,7 @@ def test_statistics_of_an_unknown_model_or_version_are_not_found() -> None:
     plane = _plane(GatewayMetrics())
     for model, version in (("nope", None), ("m", "9")):
         with pytest.raises(InferenceError) as info:
-            rest.node_statistics(plane, model, version)
+            statistics.node_statistics(plane, model, version)
         assert info.value.http_status == 404
 
 
