@@ -225,11 +225,12 @@ class DataPlane:
         except TimeoutError:
             if not deadline.expired():  # not ours
                 raise
-            raise InferenceError(
-                ErrorCode.DEADLINE_EXCEEDED,
-                f"model '{target.model}' version {target.version}: no answer within the "
-                f"request's deadline of {(timeout_s or 0) * 1000:g} ms",
-            ) from None
+            raise _late(target, timeout_s) from None
+        except InferenceError as exc:
+            # The batch found every request in it past its deadline (serve/app.py): this one too.
+            if exc.code is ErrorCode.DEADLINE_EXCEEDED and timeout_s is not None:
+                raise _late(target, timeout_s) from None
+            raise
 
     @staticmethod
     async def _with_shadow(
@@ -354,6 +355,14 @@ class DataPlane:
             self.target(model, None)
             return list(self.models[model].versions.values())
         return [self.target(model, version)]
+
+
+def _late(target: VersionTarget, timeout_s: float | None) -> InferenceError:
+    return InferenceError(
+        ErrorCode.DEADLINE_EXCEEDED,
+        f"model '{target.model}' version {target.version}: no answer within the "
+        f"request's deadline of {(timeout_s or 0) * 1000:g} ms",
+    )
 
 
 def _unavailable(target: VersionTarget) -> InferenceError:

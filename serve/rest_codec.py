@@ -119,7 +119,7 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
     return outputs
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _InputSpec:
     """One entry of `inputs`, its structure checked; its data not yet read."""
 
@@ -168,7 +168,7 @@ class _InputSpec:
             array = tensors.from_raw(name, datatype, shape, binary[offset : offset + size])
             return Tensor(name, datatype, array, self.params), size
         array = _from_json_data(name, datatype, shape, self.dtype, self.item["data"])
-        return Tensor(name, datatype, array, self.params), 0
+        return Tensor(name, datatype, array, self.params, finite=True), 0  # JSON has no NaN
 
 
 #: The JSON value types each numeric datatype family takes (orjson gives int, float, bool,
@@ -269,25 +269,32 @@ def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
     if response.parameters:
         doc["parameters"] = response.parameters
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" in head:  # orjson writes NaN and infinities so: find out whether they were
+        _check_finite(response)
     if not chunks:
         return head, None
     return head + b"".join(chunks), len(head)
 
 
-def _json_data(tensor: Tensor) -> Any:
-    """Flat row-major data; numeric arrays go to orjson as they are (serialized in C).
+def _check_finite(response: InferResponse) -> None:
+    """JSON has no NaN or infinity (orjson writes null into an FP32 tensor): an output sent
+    as JSON that holds one is an error naming it; the binary form carries it."""
+    for tensor in response.outputs:
+        json_form = not response.binary.get(tensor.name)
+        if json_form and tensor.datatype in FLOATS and not np.isfinite(tensor.array).all():
+            raise InferenceError(
+                ErrorCode.INTERNAL,
+                f"output '{tensor.name}' holds NaN or infinite values, which JSON cannot "
+                "carry; ask for it as binary data (parameters.binary_data: true) to receive "
+                "them",
+            )
 
-    JSON has no NaN or infinity (orjson would write null into an FP32 tensor): an output that
-    holds one is an error naming it; the binary form carries it."""
+
+def _json_data(tensor: Tensor) -> Any:
+    """Flat row-major data; numeric arrays go to orjson as they are (serialized in C)."""
     flat = tensor.array.ravel()  # C order, contiguous: a view when the array already is
     if tensor.datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
-    if tensor.datatype in FLOATS and not np.isfinite(flat).all():
-        raise InferenceError(
-            ErrorCode.INTERNAL,
-            f"output '{tensor.name}' holds NaN or infinite values, which JSON cannot carry; "
-            "ask for it as binary data (parameters.binary_data: true) to receive them",
-        )
     if tensor.datatype == "FP16":
         return flat.astype(np.float32)
     return flat

@@ -20,6 +20,7 @@ class Tensor:
     datatype: str
     array: np.ndarray
     parameters: Parameters = field(default_factory=dict)
+    finite: bool = False  # known to hold no NaN or infinity (it came as JSON)
 
     @property
     def shape(self) -> list[int]:

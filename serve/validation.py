@@ -42,7 +42,12 @@ def validate(
                 f"inputs are: {_names(signature.inputs)}"
             )
         _check(spec, tensor)
-        if not allow_non_finite and spec.datatype in FLOATS and not np.isfinite(tensor.array).all():
+        if (
+            not allow_non_finite
+            and spec.datatype in FLOATS
+            and not tensor.finite
+            and not np.isfinite(tensor.array).all()
+        ):
             raise invalid(
                 f"input '{spec.name}' holds NaN or infinite values; this model takes finite "
                 "numbers only (its models[].allow_non_finite setting)"

@@ -3,6 +3,8 @@ with a self-signed certificate made for the test; and mutual TLS with a client C
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import grpc
 import pytest
 import requests
 
+from serve import haproxy
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from serve.tls import TlsConfig, TlsError, TlsFront
@@ -84,3 +87,23 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(
 def test_a_missing_certificate_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TlsError, match=r"certificate .* is not a file"):
         TlsFront(TlsConfig(tmp_path / "nope.crt", tmp_path / "nope.key"), 8000, 9000)
+
+
+def test_the_tls_front_drops_a_slow_header_client_at_its_head_timeout(
+    gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same head timeout as the gateway's own HAProxy (set short here, as a setting), while
+    a normal request is served meanwhile."""
+    monkeypatch.setattr(haproxy, "HEAD_TIMEOUT_S", 1)
+    cert, key = _self_signed(tmp_path, "gateway")
+    config = TlsConfig(cert, key, free_port(), free_port(), host="127.0.0.1")
+    context = ssl.create_default_context(cafile=str(cert))
+    with TlsFront(config, *_ports(gateway)) as front:
+        https, _ = front.urls()
+        raw = socket.create_connection(("127.0.0.1", config.https_port), timeout=30)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as slow:
+            slow.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: gateway\r\n")  # never ends
+            served = requests.get(f"{https}/v2/health/live", verify=cert, timeout=30)
+            assert served.status_code == 200
+            answer = slow.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 ")

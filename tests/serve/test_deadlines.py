@@ -99,3 +99,19 @@ def test_a_bad_timeout_parameter_is_invalid_argument(bad: object) -> None:
         assert "timeout" in caught.value.message
 
     asyncio.run(main())
+
+
+def test_a_batch_refused_as_expired_answers_each_request_with_its_own_deadline() -> None:
+    """A remote run that finds its batch past its deadline (serve/app.py) raises for the whole
+    batch; each request says what its own deadline was."""
+
+    async def expired_run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise InferenceError(ErrorCode.DEADLINE_EXCEEDED, "m:1: every request of the batch ...")
+
+    batcher = MicroBatcher("m:1", expired_run, max_in_flight=1)
+    target = VersionTarget("m", "1", _manifest("1"), batcher, "c", 5.0)
+    plane = DataPlane.build([target], {}, GatewayMetrics())
+    with pytest.raises(InferenceError) as info:
+        asyncio.run(plane.infer(_request(timeout_us=2_000)))
+    assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
+    assert "no answer within the request's deadline of 2 ms" in info.value.message

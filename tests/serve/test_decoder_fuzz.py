@@ -53,6 +53,16 @@ plausible = st.fixed_dictionaries(
 )
 
 
+def _valid_message() -> bytes:
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 2])
+    request.raw_input_contents.append(b"\x00" * 8)
+    return request.SerializeToString()
+
+
+_VALID = _valid_message()  # a well-formed message, to which the fuzzer appends junk
+
+
 def _decode(body: bytes, header: str | None = None) -> None:
     try:
         decode_request(body, header, "m", None, LIMITS)
@@ -164,5 +174,21 @@ def test_an_int8_of_300_is_named_out_of_range() -> None:
 def _decode_grpc(request: pb.ModelInferRequest) -> None:
     try:
         grpc_service.decode_infer(request, LIMITS, {})
+    except InferenceError as exc:
+        assert exc.http_status < 500, exc.message
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(lambda m, b: m + b, st.just(_VALID), st.binary(max_size=40)),
+    )
+)
+def test_any_bytes_as_a_grpc_message_are_a_request_or_a_4xx(raw: bytes) -> None:
+    """What serve.grpc_service.add_servicer hands the router: any bytes at all."""
+    try:
+        message = grpc_service.parse(pb.ModelInferRequest, raw)
+        grpc_service.decode_infer(message, LIMITS, {})
     except InferenceError as exc:
         assert exc.http_status < 500, exc.message
