@@ -298,13 +298,16 @@ def _serve(args: argparse.Namespace) -> int:
             if code == RAY_STOPPED:
                 launcher.forget_ray()  # Serve's controller went with it: nothing to stop in order
             else:
-                print(
-                    "stopping Ray Serve: each HTTP ingress replica first stays reachable for "
-                    "Ray's draining period (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, "
-                    "30 s by default)",
-                    flush=True,
-                )
-                launcher.stop_ray()
+                try:
+                    print(
+                        "stopping Ray Serve: each HTTP ingress replica first stays reachable "
+                        "for Ray's draining period (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+                        ", 30 s by default; Ctrl-C again to stop at once)",
+                        flush=True,
+                    )
+                    launcher.stop_ray()
+                except KeyboardInterrupt:  # stop_ray has still stopped Ray and its ingress
+                    print("stopped at once", flush=True)
     return code
 
 

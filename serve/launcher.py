@@ -135,13 +135,19 @@ def _remove_ingress_folder() -> None:
 
 
 def stop_ray() -> None:
+    """Serve drains and stops in order, then Ray. Interrupted meanwhile (a second Ctrl-C), Ray
+    stops at once; either way nothing of its ingress is left behind."""
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
-    _remove_ingress_folder()
+    try:
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+    finally:
+        _remove_ingress_folder()
 
 
 def dead_ray_processes() -> list[str]:

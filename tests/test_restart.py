@@ -193,3 +193,22 @@ def test_a_killed_ray_instance_is_started_again_with_the_same_config(
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=90) == 0
     assert not folder.exists()  # no socket, config or log of its HAProxy is left
+
+
+def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_behind(
+    supervised: tuple[subprocess.Popen[bytes], str, Path, set[Path]],
+) -> None:
+    """Ctrl-C twice: the second one cuts Ray Serve's draining period short (30 s by default,
+    the window the second signal lands in); Ray still stops and nothing of it is left."""
+    proc, url, log, before = supervised
+    _wait_log(log, "serving; Ctrl-C to stop", count=1, timeout_s=180)
+    _answer(url, timeout_s=30)
+    (folder,) = set(Path("/tmp").glob("mg-*")) - before
+    tree = _descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    _wait_log(log, "stopping Ray Serve", count=1, timeout_s=30)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 0
+    assert "stopped at once" in log.read_text(errors="replace")
+    assert not folder.exists()
+    assert not [p for p in set(tree) & set(_alive()) if _cmdline(p)]
