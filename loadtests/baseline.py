@@ -1,7 +1,9 @@
 """Reference points for `make bench`, deployed next to the gateway in the same run.
 
 - `baseline_app`: ONE Ray Serve deployment running the same ONNX model in process: the floor of
-  what Ray Serve costs, with none of the gateway's protocol work, validation or routing.
+  what Ray Serve costs, with none of the gateway's protocol work, validation or routing; over
+  HTTP (JSON) and over gRPC (Ray Serve's own gRPC ingress, the Open Inference Protocol's
+  ModelInfer with raw tensor contents, as the gateway's gRPC scenario sends).
 - `plain_app`: a router deployment calling a model deployment through a handle, one call per
   request, on Ray Serve's defaults: what a straightforward Ray Serve design gives.
 - `loadtests.floor:floor_app`: the baseline's handler inside the gateway's Router (its own
@@ -18,6 +20,10 @@ from ray import serve
 from ray.serve.deployment import Deployment
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from serve.protos import grpc_predict_v2_pb2 as pb
+
+_DATATYPES = {"<f4": "FP32", "<i8": "INT64", "<i4": "INT32", "<f8": "FP64"}
 
 
 def _session(path: str) -> ort.InferenceSession:
@@ -52,6 +58,21 @@ class InProcess:
     async def __call__(self, request: Request) -> JSONResponse:
         x = _rows(await request.json())
         return _answer(self.names, self.session.run(self.names, {"input": x}))
+
+    async def ModelInfer(self, message: Any) -> pb.ModelInferResponse:
+        """The least a ModelInfer can do: raw FP32 in, raw out. (The configs' servicer hands
+        the request over as bytes; Ray's generated one would have decoded it in the server.)"""
+        request = message
+        if isinstance(request, bytes):
+            request = pb.ModelInferRequest.FromString(request)
+        spec = request.inputs[0]
+        x = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).reshape(spec.shape)
+        values = self.session.run(self.names, {"input": x})
+        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        for name, value in zip(self.names, values, strict=True):
+            response.outputs.add(name=name, datatype=_DATATYPES[value.dtype.str], shape=value.shape)
+            response.raw_output_contents.append(value.tobytes())
+        return response
 
 
 @serve.deployment

@@ -12,6 +12,8 @@ Scenarios on one Ray instance in high-throughput mode, every app deployed side b
   unbatched       colocated, one request per run (max_batch_rows 1): batching off
   shadowed        colocated, every request shadowed to another (colocated) version
   binary, grpc    colocated, over Triton's binary tensor extension / over gRPC
+  baseline-grpc   the baseline over Ray Serve's own gRPC ingress (ModelInfer, raw contents):
+                  what gRPC compares with
   baseline-100, colocated-100, dedicated-100    100 rows per request
 and, in a separate Ray instance on Serve's defaults (no high-throughput flags):
   plain           router → model through a handle, one call per request
@@ -55,7 +57,8 @@ SCENARIOS: dict[str, tuple[str, str, str, int, str]] = {
     "unbatched": ("", "bc_unbatched", "http", 1, "colocated"),
     "shadowed": ("", "bc_shadowed", "http", 1, "colocated"),
     "binary": ("", "bc_colocated", "binary", 1, "colocated"),
-    "grpc": ("", "bc_colocated", "grpc", 1, "colocated"),
+    "grpc": ("", "bc_colocated", "grpc", 1, "baseline-grpc"),
+    "baseline-grpc": ("/baseline", "bc", "grpc", 1, "baseline-grpc"),
     "baseline-100": ("/baseline", "bc", "http", 100, "baseline-100"),
     "colocated-100": ("", "bc_colocated", "http", 100, "baseline-100"),
     "dedicated-100": ("", "bc_dedicated", "http", 100, "baseline-100"),
@@ -111,17 +114,19 @@ def _show(name: str, p: dict[str, Any]) -> None:
     )
 
 
-def _targets(base: str, grpc: str) -> dict[str, tuple[Any, Any]]:
+def _targets(base: str, grpc: str, scenarios: list[str]) -> dict[str, tuple[Any, Any]]:
     """Each scenario's target and payloads (drawn from the version's reference statistics)."""
     from loadtests.clients import Target
     from loadtests.runner import load_payloads
 
     out = {}
-    for name, (prefix, model, protocol, rows, _) in SCENARIOS.items():
+    for name in scenarios:
+        prefix, model, protocol, rows, _ = SCENARIOS[name]
         # the baseline app speaks only infer: its payloads come from the gateway's manifest
         source = Target(base, "bc_colocated" if prefix else model)
         payloads = load_payloads(source, rows=rows)
-        target = Target(base + prefix, model, None, protocol, grpc, grpc_application=GATEWAY_APP)
+        app = prefix.strip("/") or GATEWAY_APP  # each app's gRPC calls name it
+        target = Target(base + prefix, model, None, protocol, grpc, grpc_application=app)
         out[name] = (target, payloads)
     return out
 
@@ -197,8 +202,17 @@ def _prepare() -> str:
     return str(convert_uri(registry, MODEL_URI).path.resolve())
 
 
+def chosen(names: list[str]) -> list[str]:
+    """The scenarios to measure: those named and what each compares with, in table order."""
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    wanted = set(names) | {SCENARIOS[n][4] for n in names}
+    return [n for n in SCENARIOS if n in wanted]
+
+
 def run_high_throughput(
-    duration_s: float, rounds: int, target_rounds: int
+    duration_s: float, rounds: int, target_rounds: int, scenarios: list[str] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     from serve import launcher
 
@@ -217,7 +231,8 @@ def run_high_throughput(
     launcher.start_ray()
     try:
         launcher.deploy(config)
-        return _interleaved(_targets(base, grpc), duration_s, rounds, target_rounds)
+        targets = _targets(base, grpc, scenarios or list(SCENARIOS))
+        return _interleaved(targets, duration_s, rounds, target_rounds)
     finally:
         launcher.stop_ray()
 
@@ -350,6 +365,28 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   under concurrency and times out requests, as DESIGN.md warns."""
 
 
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """The results as a markdown table, each point with its ratios to what it compares with."""
+    by = {name: {p["clients"]: p for p in points} for name, points in results.items()}
+    lines = [
+        "| scenario | clients | req/s | p50 ms | p99 ms | errors | CPU µs/req | compared with "
+        "| req/s ratio | p50 ratio | CPU ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for name, points in results.items():
+        reference = SCENARIOS.get(name, ("", "", "", 1, "baseline"))[4]
+        for p in points:
+            ref = by[reference][p["clients"]]
+            lines.append(
+                f"| {name} | {p['clients']} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
+                f"{p['p99_ms']:.2f} | {p['errors']} | {_show_us(p.get('cpu_us'))} | "
+                f"{reference} | {_show_ratio(paired_ratio(p, ref, 'rps'))} | "
+                f"{_show_ratio(paired_ratio(p, ref, 'p50_ms'))} | "
+                f"{_show_ratio(paired_ratio(p, ref, 'cpu_us'))} |"
+            )
+    return "\n".join(lines)
+
+
 def write_results(
     results: dict[str, list[dict[str, Any]]],
     duration_s: float,
@@ -378,21 +415,8 @@ def write_results(
         "than req/s from round to round: on two cores a closed loop's req/s also moves with "
         "how the processes happen to be scheduled.",
         "",
-        "| scenario | clients | req/s | p50 ms | p99 ms | errors | CPU µs/req | compared with "
-        "| req/s ratio | p50 ratio | CPU ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        table(results),
     ]
-    for name, points in results.items():
-        reference = SCENARIOS.get(name, ("", "", "", 1, "baseline"))[4]
-        for p in points:
-            ref = by[reference][p["clients"]]
-            lines.append(
-                f"| {name} | {p['clients']} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
-                f"{p['p99_ms']:.2f} | {p['errors']} | {_show_us(p.get('cpu_us'))} | "
-                f"{reference} | {_show_ratio(paired_ratio(p, ref, 'rps'))} | "
-                f"{_show_ratio(paired_ratio(p, ref, 'p50_ms'))} | "
-                f"{_show_ratio(paired_ratio(p, ref, 'cpu_us'))} |"
-            )
     lines += ["", "## Summary", "", *summary(by), "", NOTES]
     text = "\n".join(lines) + "\n"
     RESULTS.write_text(text)
@@ -441,6 +465,10 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
         f"- protocols at 32 clients, vs JSON: binary {vs('binary', 'colocated')}, gRPC "
         f"{vs('grpc', 'colocated')} req/s; p50 at 1 client: JSON {p50('colocated', 1):.2f} ms, "
         f"binary {p50('binary', 1):.2f} ms, gRPC {p50('grpc', 1):.2f} ms",
+        f"- gRPC vs a bare Ray Serve gRPC deployment (baseline-grpc): "
+        f"{vs('grpc', 'baseline-grpc')} req/s at 32 clients, {vs('grpc', 'baseline-grpc', 1)} "
+        f"at 1; CPU a request at 32 "
+        f"clients {vs('grpc', 'baseline-grpc', key='cpu_us')}",
         f"- 100 rows per request at 32 clients: colocated {rps('colocated-100', 32) * 100:.0f} "
         f"rows/s ({vs('colocated-100', 'baseline-100')} baseline-100), dedicated "
         f"{vs('dedicated-100', 'baseline-100')} baseline-100; one row per request: colocated "
@@ -471,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--target-rounds", type=int, default=9, help="rounds at the targets' points"
     )
+    parser.add_argument(
+        "--only",
+        metavar="SCENARIOS",
+        help="comma-separated scenarios (with what each compares with): printed, RESULTS.md kept",
+    )
     parser.add_argument("--plain-only", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain_only:
@@ -480,6 +513,12 @@ def main(argv: list[str] | None = None) -> int:
 
     set_high_throughput_env()
     started = time.monotonic()
+    if args.only:
+        results = run_high_throughput(
+            args.duration, args.rounds, args.target_rounds, chosen(args.only.split(","))
+        )
+        print(table(results))
+        return 0
     ceiling = _ceiling()
     results = run_high_throughput(args.duration, args.rounds, args.target_rounds)
     print("plain Ray Serve (defaults, router → model handle call per request)", flush=True)
