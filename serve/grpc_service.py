@@ -124,12 +124,12 @@ def decode_infer(
 def _decode_input(t: Any, raw: bytes | None, limits: Limits) -> Tensor:
     shape = list(t.shape)
     tensors.check_shape(t.name, shape, limits.max_elements)
-    dtype = tensors.numpy_dtype(t.name, t.datatype)
-    given = [f.name for f, _ in t.contents.ListFields()]
+    given = [f.name for f, _ in t.contents.ListFields()] if t.HasField("contents") else []
     if raw is not None:
         if given:
             raise invalid(f"input '{t.name}' has both raw_input_contents and contents.{given[0]}")
         return Tensor(t.name, t.datatype, tensors.from_raw(t.name, t.datatype, shape, raw))
+    dtype = tensors.numpy_dtype(t.name, t.datatype)
     field = CONTENTS_FIELD.get(t.datatype)
     if field is None:
         raise invalid(f"input '{t.name}': {t.datatype} travels in raw_input_contents only")

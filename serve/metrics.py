@@ -124,6 +124,25 @@ class BufferedCounter(_Buffered):
             self._child.inc(delta)
 
 
+class BufferedGauge(_Buffered):
+    """A gauge child that only ever takes the latest value: set in memory, written once."""
+
+    __slots__ = ("_child", "_value")
+
+    def __init__(self, pending: Pending, child: Gauge) -> None:
+        super().__init__(pending)
+        self._child = child
+        self._value = 0.0
+
+    def set(self, value: float) -> None:
+        self._value = value
+        if not self._dirty:
+            self._touch()
+
+    def _write(self) -> None:
+        self._child.set(self._value)
+
+
 class BufferedHistogram(_Buffered):
     """A histogram child whose observations are binned first, as `Histogram.observe` bins
     them (the first bucket whose upper bound is >= the value)."""
@@ -356,7 +375,7 @@ class GatewayMetrics:
         duration = self.histogram(self.batch_duration.labels(model, version))
         rows_h = self.histogram(self.batch_rows.labels(model, version))
         requests_h = self.histogram(self.batch_requests.labels(model, version))
-        last = self.last_batch.labels(model, version)
+        last = BufferedGauge(self.pending, self.last_batch.labels(model, version))
 
         def observe(requests: int, rows: int, queue_s: float, batch_s: float) -> None:
             last.set(time.time())

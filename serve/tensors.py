@@ -16,6 +16,8 @@ from serve.errors import ErrorCode, InferenceError, invalid
 _LEN = struct.Struct("<I")
 #: Most dimensions a tensor may have (numpy's own limit is 64; no ONNX model here needs 8).
 MAX_DIMS = 32
+#: Each datatype's numpy dtype in the wire's byte order (made once: a request is on the path).
+_WIRE = {name: dtype.newbyteorder("<") for name, dtype in DATATYPE_TO_NUMPY.items()}
 
 
 def element_count(shape: list[int]) -> int:
@@ -66,7 +68,7 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview
     count = element_count(shape)
     if datatype == "BYTES":
         return _bytes_from_raw(name, shape, count, raw)
-    dtype = numpy_dtype(name, datatype).newbyteorder("<")
+    dtype = _WIRE[datatype] if datatype in _WIRE else numpy_dtype(name, datatype)  # raises
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise invalid(
@@ -100,7 +102,7 @@ def _bytes_from_raw(name: str, shape: list[int], count: int, raw: bytes | memory
 def to_raw(datatype: str, array: np.ndarray) -> bytes:
     if datatype == "BYTES":
         return b"".join(_LEN.pack(len(b)) + b for b in (_as_bytes(x) for x in array.reshape(-1)))
-    dtype = DATATYPE_TO_NUMPY[datatype].newbyteorder("<")
+    dtype = _WIRE[datatype]
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
