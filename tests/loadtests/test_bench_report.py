@@ -115,3 +115,15 @@ def test_each_round_measures_every_scenario_once_in_an_order_of_its_own() -> Non
     # The same in every run, so two runs of `make bench` measure alike.
     assert orders == [bench.round_order(names, 32, i) for i in range(9)]
     assert names[0] == "baseline" and names[-1] == "grpc"  # the caller's list is left as it was
+
+
+def test_a_partial_run_measures_what_each_named_scenario_compares_with() -> None:
+    assert bench.chosen(["grpc"]) == ["grpc", "baseline-grpc"]
+    assert bench.chosen(["dedicated", "unbatched"]) == [
+        "baseline",
+        "dedicated",
+        "colocated",
+        "unbatched",
+    ]
+    with pytest.raises(SystemExit, match="unknown scenarios: nope"):
+        bench.chosen(["grpc", "nope"])
