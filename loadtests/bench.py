@@ -14,6 +14,7 @@ Scenarios on one Ray instance in high-throughput mode, every app deployed side b
   binary, grpc    colocated, over Triton's binary tensor extension / over gRPC
   baseline-grpc   the baseline over Ray Serve's own gRPC ingress (ModelInfer, raw contents):
                   what gRPC compares with
+  floor-grpc      the floor over gRPC (the baseline's ModelInfer in a copy of the Router)
   baseline-100, colocated-100, dedicated-100    100 rows per request
 and, in a separate Ray instance on Serve's defaults (no high-throughput flags):
   plain           router → model through a handle, one call per request
@@ -59,6 +60,7 @@ SCENARIOS: dict[str, tuple[str, str, str, int, str]] = {
     "binary": ("", "bc_colocated", "binary", 1, "colocated"),
     "grpc": ("", "bc_colocated", "grpc", 1, "baseline-grpc"),
     "baseline-grpc": ("/baseline", "bc", "grpc", 1, "baseline-grpc"),
+    "floor-grpc": ("/floor", "bc_colocated", "grpc", 1, "baseline-grpc"),
     "baseline-100": ("/baseline", "bc", "http", 100, "baseline-100"),
     "colocated-100": ("", "bc_colocated", "http", 100, "baseline-100"),
     "dedicated-100": ("", "bc_dedicated", "http", 100, "baseline-100"),
@@ -353,12 +355,27 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
 - **unbatched** (max_batch_rows 1) vs **colocated**: coalescing buys little at one row per
   request in the router's own process (the run is ~10 µs either way); it is the dedicated
   placement, where one Ray call carries a whole batch, that batching exists for.
-- **binary** costs the same as JSON for 30 floats. **gRPC** comes out slower (0.6–0.8×), on
-  both sides of the wire: at 32 clients the router replica spends ~730-850 µs of CPU a
-  request against ~390-550 for JSON, and the grpc.aio load generator ~360-430 against
-  ~220-270 for aiohttp (/proc, same run). py-spy puts most of the router's share in the native
-  code under Ray's direct-ingress gRPC server (grpc.aio's HTTP/2 and completion queue); the
-  gateway's own ModelInfer (decode, validate, run, encode) is ~80 µs of it.
+- **binary** costs the same as JSON for 30 floats. **gRPC** comes out slower than JSON
+  (0.6–0.8×), on both sides of the wire: at 32 clients the router replica spends ~730-850 µs
+  of CPU a request against ~390-550 for JSON, and the grpc.aio load generator ~360-430
+  against ~220-270 for aiohttp (/proc, same run). py-spy puts most of the router's share in
+  the native code under Ray's direct-ingress gRPC server (grpc.aio's HTTP/2 and completion
+  queue). So gRPC compares with **baseline-grpc**, the baseline deployment answering
+  ModelInfer over the same ingress (raw FP32 in, raw out, nothing checked): the gateway's
+  ModelInfer (decode with its checks, NaN refusal, routing, metrics, drift, the full
+  response) costs ~45-50 µs in process against the baseline's ~14 (2026-11-28), which
+  against the machine's ~1,450 µs a request makes the ~0.85-0.92x req/s of the first runs.
+- **gRPC beside HTTP** (100 gRPC and 200 HTTP clients on one router): gRPC falls to ~50-120
+  req/s with a p99 of seconds while HTTP runs at ~1,500. The same happens to the bare
+  baseline deployment (53 req/s, p99 8.8 s beside 1,481 HTTP req/s), so it is Ray Serve's
+  ingress, not the gateway's work: grpc.aio's server takes new calls one at a time
+  (`_server_main_loop` awaits `_request_call`, one call per pass of the event loop), while
+  uvicorn reads every ready HTTP connection in each pass, and a pass of a loaded replica
+  lasts tens of ms (a batch's answers all resume together). Running the user code on its
+  own thread (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1) did not help (103 req/s), nor
+  did a shorter GIL switch interval; a gRPC server on a thread of its own starved on the
+  GIL instead in a stand-alone test. Fair sharing needs the gRPC listener off the HTTP
+  event loop: the lean data path's own listeners.
 - **100 rows**: colocated serves 2.3× the baseline's rows per second because the baseline
   parses and builds JSON with the standard library, and modelgate with orjson and numpy.
 - **plain** (Ray Serve defaults, one handle call per request, `max_ongoing_requests` 5) collapses

@@ -1,5 +1,6 @@
 """`make bench`'s floor: the gateway's own Router, built from the gateway's args (every model,
-thread and handle of it), answering every HTTP request with the baseline's handler instead.
+thread and handle of it), answering every HTTP request and gRPC ModelInfer with the baseline's
+handlers instead.
 What the baseline's work costs inside a router replica's process: between it and `baseline`
 lies what the router's process costs; between it and the gateway, what the gateway's request
 work costs.
@@ -27,6 +28,9 @@ class RouterFloor(RouterDeployment.func_or_class):  # type: ignore[misc,name-def
 
     async def __call__(self, request: Request) -> JSONResponse:
         return await self.baseline(request)  # type: ignore[no-any-return]
+
+    async def ModelInfer(self, request: Any) -> Any:
+        return await self.baseline.ModelInfer(request)
 
 
 def floor_app(args: dict[str, Any]) -> serve.Application:
