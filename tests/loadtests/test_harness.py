@@ -51,7 +51,9 @@ def test_a_stall_shows_in_the_open_loop_p99_and_hides_from_a_closed_loop() -> No
 
 
 def test_the_slo_search_finds_a_limited_servers_capacity() -> None:
-    """4 slots x 20 ms: at most 200 req/s; the search must land within 10% of what it serves."""
+    """4 slots x 20 ms: at most 200 req/s (how far below depends on the machine's load: a
+    busy CI machine's sleeps and hand-offs measured 177); the search must land within 10% of
+    what the server serves in the same run."""
     with local_server("--service-ms", "20", "--concurrency", "4") as url:
         target = Target(url, "m")
         payloads = load_payloads(target)
@@ -59,7 +61,10 @@ def test_the_slo_search_finds_a_limited_servers_capacity() -> None:
             target, payloads, Step("closed", concurrency=16, duration_s=3, warmup_s=0.5)
         )
         capacity = saturated.achieved_rps
-        assert capacity == pytest.approx(200, rel=0.1)
+        assert 0 < capacity <= 200 * 1.05  # the slots' bound (5%: requests at the window's edges)
+        # saturated: 16 clients share 4 slots, so each waits for others' turns (Little's law:
+        # the mean time in the system is the clients over the rate, >= 16 / 200 s)
+        assert saturated.percentile_ms(50) > 0.5 * 16 / 200 * 1000
 
         def probe(rate: float):  # type: ignore[no-untyped-def]
             return run(target, payloads, _open(rate, duration=2.0, arrival="constant"))
