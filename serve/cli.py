@@ -148,7 +148,7 @@ def _supervise(args: argparse.Namespace) -> int:
         starts.append(time.monotonic())
         samples = ["--samples"] if args.samples and len(starts) == 1 else []
         # A session of its own: a terminal's Ctrl-C reaches this process only, which passes
-        # one SIGINT on (a second one would interrupt the child's orderly shutdown).
+        # each SIGINT on (`stop`): the first stops Serve in order, a second cuts its drain short.
         child = subprocess.Popen(command + samples, start_new_session=True)
         try:
             code = _wait_child(child, lambda: stopping)
