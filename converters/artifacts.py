@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from converters.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, read_manifest
+from converters.manifest import ONNX_FILE, Manifest, read_manifest, write_manifest
 
 DEFAULT_ARTIFACTS = Path(".modelgate/artifacts")
 
@@ -64,7 +64,7 @@ def publish(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         (staging / ONNX_FILE).write_bytes(onnx_bytes)
-        (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        write_manifest(staging, manifest)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)

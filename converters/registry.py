@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from converters.errors import RegistryError
 
 DEFAULT_REGISTRY = "sqlite:///.modelgate/mlflow.db"
@@ -104,9 +102,6 @@ class Registry(ABC):
     @abstractmethod
     def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
-    def resolve_uri(self, uri: str) -> VersionInfo:
-        return self.resolve(ModelRef.parse(uri))
-
 
 def open_registry(location: str | None = None) -> Registry:
     """Open the registry at `location`: an MLflow URI, or a folder."""
@@ -118,10 +113,3 @@ def open_registry(location: str | None = None) -> Registry:
     from converters.local_registry import LocalRegistry
 
     return LocalRegistry(Path(location.removeprefix("file:")))
-
-
-def as_sample_array(sample: Any) -> Any:
-    """Normalise an input example: lists become arrays; data frames stay data frames."""
-    if sample is None or hasattr(sample, "columns"):
-        return sample
-    return np.asarray(sample)

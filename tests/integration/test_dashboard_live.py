@@ -11,8 +11,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
+from tests.dashboard import queries, selectors
 from tests.integration.conftest import Gateway, deploy_beside, restore
-from tests.test_dashboard import queries, selectors
 
 PREFIX = "/dash"
 X = load_breast_cancer(return_X_y=True)[0].astype(np.float32)

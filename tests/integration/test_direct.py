@@ -13,8 +13,8 @@ from sklearn.datasets import load_breast_cancer
 
 from serve import direct
 from serve.direct import NAMESPACE, kv_prefix
+from tests.integration.bodies import X_BC, assert_churn_answers_as_the_original, infer_body
 from tests.integration.conftest import APP, Gateway, listening_addresses, metric_value
-from tests.integration.test_http import X_BC, _infer_body, test_mixed_type_model_with_strings
 
 
 def _batches(gateway: Gateway, version: str, transport: str, model: str = "breast_cancer") -> float:
@@ -38,7 +38,7 @@ def test_fixed_size_versions_go_direct_and_answer_as_the_original(gateway: Gatew
     for i in range(0, 40, 4):
         response = requests.post(
             f"{gateway.base}/v2/models/breast_cancer/versions/1/infer",
-            json=_infer_body(x[i : i + 4]),
+            json=infer_body(x[i : i + 4]),
             timeout=30,
         )
         assert response.status_code == 200, response.text
@@ -52,14 +52,14 @@ def test_autoscaled_versions_and_strings_go_through_the_handle(gateway: Gateway)
     autoscaled = _batches(gateway, "2", "handle")
     response = requests.post(
         f"{gateway.base}/v2/models/breast_cancer/versions/2/infer",
-        json=_infer_body(X_BC[:2]),
+        json=infer_body(X_BC[:2]),
         timeout=30,
     )
     assert response.status_code == 200
     assert _batches(gateway, "2", "handle") == autoscaled + 1
     assert _batches(gateway, "2", "direct") == 0
     strings = _batches(gateway, "1", "handle", model="churn")
-    test_mixed_type_model_with_strings(gateway)
+    assert_churn_answers_as_the_original(gateway)
     assert _batches(gateway, "1", "handle", model="churn") == strings + 1
 
 

@@ -7,26 +7,11 @@ import json
 import numpy as np
 import pytest
 import requests
-from sklearn.datasets import load_breast_cancer, load_iris
+from sklearn.datasets import load_iris
 
-from converters.demo import churn_frame
 from serve import tensors
+from tests.integration.bodies import X_BC, assert_churn_answers_as_the_original, infer_body, post
 from tests.integration.conftest import Gateway
-
-X_BC = load_breast_cancer(return_X_y=True)[0].astype(np.float32)
-
-
-def _infer_body(x: np.ndarray, **extra: object) -> dict:
-    return {
-        "inputs": [
-            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}
-        ],
-        **extra,
-    }
-
-
-def _post(gw: Gateway, path: str, **kw: object) -> requests.Response:
-    return requests.post(gw.base + path, timeout=60, **kw)  # type: ignore[arg-type]
 
 
 def test_health_and_server_metadata(gateway: Gateway) -> None:
@@ -56,10 +41,10 @@ def test_model_ready_index_and_stats(gateway: Gateway) -> None:
     for path in ("/v2/models/iris/ready", "/v2/models/breast_cancer/versions/2/ready"):
         response = requests.get(gateway.base + path, timeout=10)
         assert response.status_code == 200 and response.json()["ready"] is True
-    index = _post(gateway, "/v2/repository/index", json={}).json()
+    index = post(gateway, "/v2/repository/index", json={}).json()
     assert {"name": "breast_cancer", "version": "2", "state": "READY"} in index
     assert len(index) == 5
-    _post(
+    post(
         gateway,
         "/v2/models/iris/infer",
         json={
@@ -77,10 +62,10 @@ def test_model_ready_index_and_stats(gateway: Gateway) -> None:
 @pytest.mark.parametrize("version", ["1", "2", "3"])
 def test_json_answers_match_the_original(gateway: Gateway, version: str) -> None:
     rows = X_BC[::11]
-    response = _post(
+    response = post(
         gateway,
         f"/v2/models/breast_cancer/versions/{version}/infer",
-        json=_infer_body(rows, id="req-7"),
+        json=infer_body(rows, id="req-7"),
     )
     assert response.status_code == 200, response.text
     assert response.headers["x-model-version"] == version
@@ -95,13 +80,12 @@ def test_json_answers_match_the_original(gateway: Gateway, version: str) -> None
 
 
 def test_default_route_and_alias(gateway: Gateway) -> None:
-    body = _infer_body(X_BC[:1])
+    body = infer_body(X_BC[:1])
     assert (
-        _post(gateway, "/v2/models/breast_cancer/infer", json=body).headers["x-model-version"]
-        == "1"
+        post(gateway, "/v2/models/breast_cancer/infer", json=body).headers["x-model-version"] == "1"
     )
     assert (
-        _post(gateway, "/v2/models/breast_cancer/versions/canary/infer", json=body).headers[
+        post(gateway, "/v2/models/breast_cancer/versions/canary/infer", json=body).headers[
             "x-model-version"
         ]
         == "2"
@@ -127,7 +111,7 @@ def test_binary_request_and_response(gateway: Gateway) -> None:
             ],
         }
     ).encode()
-    response = _post(
+    response = post(
         gateway,
         "/v2/models/breast_cancer/versions/1/infer",
         data=head + raw,
@@ -144,33 +128,18 @@ def test_binary_request_and_response(gateway: Gateway) -> None:
 
 
 def test_requested_output_subset_and_parameters(gateway: Gateway) -> None:
-    body = _infer_body(X_BC[:2], outputs=[{"name": "label"}], parameters={"trace": "abc"})
-    doc = _post(gateway, "/v2/models/breast_cancer/infer", json=body).json()
+    body = infer_body(X_BC[:2], outputs=[{"name": "label"}], parameters={"trace": "abc"})
+    doc = post(gateway, "/v2/models/breast_cancer/infer", json=body).json()
     assert [o["name"] for o in doc["outputs"]] == ["label"]
 
 
 def test_mixed_type_model_with_strings(gateway: Gateway) -> None:
-    frame, _ = churn_frame(20, seed=5)
-    inputs = [
-        {
-            "name": c,
-            "shape": [20, 1],
-            "datatype": "BYTES" if frame[c].dtype.kind not in "fi" else "FP32",
-            "data": frame[c].tolist(),
-        }
-        for c in frame.columns
-    ]
-    response = _post(gateway, "/v2/models/churn/infer", json={"inputs": inputs})
-    assert response.status_code == 200, response.text
-    label = next(o for o in response.json()["outputs"] if o["name"] == "label")
-    original = gateway.originals["churn:1"]
-    cast = frame.astype({"age": np.float32, "monthly_spend": np.float32})
-    assert label["data"] == original.predict(cast).tolist()
+    assert_churn_answers_as_the_original(gateway)
 
 
 def test_a_thousand_rows_in_one_request(gateway: Gateway) -> None:
     rows = np.resize(X_BC, (1000, 30)).astype(np.float32)
-    doc = _post(gateway, "/v2/models/breast_cancer/versions/2/infer", json=_infer_body(rows)).json()
+    doc = post(gateway, "/v2/models/breast_cancer/versions/2/infer", json=infer_body(rows)).json()
     label = next(o for o in doc["outputs"] if o["name"] == "label")
     assert label["shape"] == [1000]
     expected = gateway.originals["breast_cancer:2"].predict(rows.astype(np.float64))
@@ -180,7 +149,7 @@ def test_a_thousand_rows_in_one_request(gateway: Gateway) -> None:
 def test_iris_nested_data(gateway: Gateway) -> None:
     x = load_iris(return_X_y=True)[0][:3].astype(np.float32)
     body = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32", "data": x.tolist()}]}
-    doc = _post(gateway, "/v2/models/iris/infer", json=body).json()
+    doc = post(gateway, "/v2/models/iris/infer", json=body).json()
     label = next(o for o in doc["outputs"] if o["name"] == "label")
     assert label["data"] == gateway.originals["iris:1"].predict(x.astype(np.float64)).tolist()
 
@@ -188,10 +157,10 @@ def test_iris_nested_data(gateway: Gateway) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("/v2/models/nope/infer", _infer_body(X_BC[:1]), 404, "unknown model 'nope'; models are: "),
+        ("/v2/models/nope/infer", infer_body(X_BC[:1]), 404, "unknown model 'nope'; models are: "),
         (
             "/v2/models/breast_cancer/versions/9/infer",
-            _infer_body(X_BC[:1]),
+            infer_body(X_BC[:1]),
             404,
             "no version or alias '9'",
         ),
@@ -223,13 +192,13 @@ def test_iris_nested_data(gateway: Gateway) -> None:
         ),
         (
             "/v2/models/breast_cancer/versions/1/infer",  # dedicated: the answer takes a Ray call
-            _infer_body(X_BC[:1], parameters={"timeout": 1}),  # one microsecond
+            infer_body(X_BC[:1], parameters={"timeout": 1}),  # one microsecond
             504,
             "deadline of 0.001 ms",
         ),
         (
             "/v2/models/breast_cancer/infer",
-            _infer_body(X_BC[:1], parameters={"timeout": "soon"}),
+            infer_body(X_BC[:1], parameters={"timeout": "soon"}),
             400,
             "parameter 'timeout' must be a positive number of microseconds",
         ),
@@ -238,37 +207,37 @@ def test_iris_nested_data(gateway: Gateway) -> None:
 def test_errors_over_http(
     gateway: Gateway, path: str, body: dict, status: int, message: str
 ) -> None:
-    response = _post(gateway, path, json=body)
+    response = post(gateway, path, json=body)
     assert response.status_code == status
     assert message in response.json()["error"]
 
 
 def test_malformed_bodies(gateway: Gateway) -> None:
-    bad_json = _post(gateway, "/v2/models/breast_cancer/infer", data=b"{oops")
+    bad_json = post(gateway, "/v2/models/breast_cancer/infer", data=b"{oops")
     assert bad_json.status_code == 400 and "malformed JSON" in bad_json.json()["error"]
-    framing = _post(
+    framing = post(
         gateway,
         "/v2/models/breast_cancer/infer",
         data=b"{}",
         headers={"Inference-Header-Content-Length": "500"},
     )
     assert framing.status_code == 400 and "outside the body" in framing.json()["error"]
-    huge = _post(gateway, "/v2/models/breast_cancer/infer", data=b" " * (2 << 20))
+    huge = post(gateway, "/v2/models/breast_cancer/infer", data=b" " * (2 << 20))
     assert huge.status_code == 413 and "over the limit" in huge.json()["error"]
     wrong_method = requests.get(gateway.base + "/v2/models/breast_cancer/infer", timeout=10)
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     for body in (b"", b"{oops", b'{"inputs": [{"name": "x", "shape": [1e99]}]}'):
-        unknown = _post(gateway, "/v2/models/nope/infer", data=body)  # looked up first
+        unknown = post(gateway, "/v2/models/nope/infer", data=body)  # looked up first
         assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["error"]
-    duplicated = _infer_body(X_BC[:1]) | {"outputs": [{"name": "label"}] * 1000}
-    refused = _post(gateway, "/v2/models/breast_cancer/infer", json=duplicated)
+    duplicated = infer_body(X_BC[:1]) | {"outputs": [{"name": "label"}] * 1000}
+    refused = post(gateway, "/v2/models/breast_cancer/infer", json=duplicated)
     assert refused.status_code == 400 and "asked for more than once" in refused.json()["error"]
-    nulls = _infer_body(X_BC[:1])
+    nulls = infer_body(X_BC[:1])
     nulls["inputs"][0]["data"][0][3] = None  # was read as NaN: a confident, wrong prediction
-    refused = _post(gateway, "/v2/models/breast_cancer/infer", json=nulls)
+    refused = post(gateway, "/v2/models/breast_cancer/infer", json=nulls)
     assert refused.status_code == 400 and "got null" in refused.json()["error"]
     # The gateway is still fine after all of that.
-    after = _post(gateway, "/v2/models/breast_cancer/infer", json=_infer_body(X_BC[:1]))
+    after = post(gateway, "/v2/models/breast_cancer/infer", json=infer_body(X_BC[:1]))
     assert after.ok, after.text
 
 
@@ -284,17 +253,17 @@ def test_oversized_headers_and_deep_nesting_are_refused_with_4xx(gateway: Gatewa
     """Limits in front of the decoder: HAProxy and the replica's HTTP server cap the request
     head (a header over ~16 KiB is refused), and JSON deeper than 1,024 levels is malformed."""
     path = "/v2/models/breast_cancer/infer"
-    body = _infer_body(X_BC[:1])
-    big_header = _post(gateway, path, json=body, headers={"x-junk": "a" * (64 << 10)})
+    body = infer_body(X_BC[:1])
+    big_header = post(gateway, path, json=body, headers={"x-junk": "a" * (64 << 10)})
     assert 400 <= big_header.status_code < 500
     many = {f"x-junk-{i}": "b" * 100 for i in range(400)}  # 40 KiB of head in small headers
-    assert 400 <= _post(gateway, path, json=body, headers=many).status_code < 500
+    assert 400 <= post(gateway, path, json=body, headers=many).status_code < 500
     deep = b'{"inputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    refused = _post(gateway, path, data=deep)
+    refused = post(gateway, path, data=deep)
     assert refused.status_code == 400 and "depth limit" in refused.json()["error"]
     data: object = X_BC[0].tolist()
     for _ in range(100):  # within the JSON limit, deeper than any tensor (numpy: 64 dims)
         data = [data]
-    wrong = _post(gateway, path, json={"inputs": [{**body["inputs"][0], "data": data}]})
+    wrong = post(gateway, path, json={"inputs": [{**body["inputs"][0], "data": data}]})
     assert wrong.status_code == 400 and "input 'input'" in wrong.json()["error"]
-    assert _post(gateway, path, json=body).ok  # and the gateway serves on
+    assert post(gateway, path, json=body).ok  # and the gateway serves on

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import requests
 
 from serve import haproxy
+from tests.integration.bodies import X_BC, infer_body
 from tests.integration.conftest import Gateway
-from tests.integration.test_http import X_BC, _infer_body
 
 SLOW_BODIES = 1_200  # > the router's old 1,024 slots
 SLOW_HEADS = 4_200  # > HAProxy's old 4,096 connections
@@ -61,7 +61,7 @@ def _normal_requests_are_served(gateway: Gateway) -> float:
     returns when the last was."""
     url = f"{gateway.base}/v2/models/breast_cancer/versions/1/infer"
     for i in range(NORMAL):
-        response = requests.post(url, json=_infer_body(X_BC[i : i + 1]), timeout=30)
+        response = requests.post(url, json=infer_body(X_BC[i : i + 1]), timeout=30)
         assert response.status_code == 200, response.text
     return time.monotonic()
 
