@@ -229,7 +229,10 @@ def restore(gateway: Gateway, timeout_s: float = 60) -> None:
                 time.sleep(0.25)
 
 
-@pytest.fixture(scope="session")
+# Stopped once the integration tests are done (package scope): an idle Ray left running takes
+# ~25% of a core, enough to make the load-test harness's tests that run after these see late
+# sends.
+@pytest.fixture(scope="package")
 def gateway(demo_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     from serve import launcher
 
