@@ -7,6 +7,7 @@ folder (``./models``, ``file:./models``) laid out as ``<name>/<version>/``.
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -103,9 +104,14 @@ class Registry(ABC):
     def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
 
+#: Where the registry is when neither the command line nor the config says (read only here).
+REGISTRY_ENV = "MODELGATE_REGISTRY"
+
+
 def open_registry(location: str | None = None) -> Registry:
-    """Open the registry at `location`: an MLflow URI, or a folder."""
-    location = location or DEFAULT_REGISTRY
+    """Open the registry at `location`: an MLflow URI, or a folder; by default the one
+    $MODELGATE_REGISTRY names, else DEFAULT_REGISTRY."""
+    location = location or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY
     if location.startswith(MLFLOW_SCHEMES):
         from converters.mlflow_registry import MlflowRegistry
 

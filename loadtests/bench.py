@@ -199,7 +199,7 @@ def _prepare() -> str:
     from converters.pipeline import convert_uri
     from converters.registry import open_registry
 
-    registry = open_registry(os.environ.get("MODELGATE_REGISTRY"))
+    registry = open_registry()
     register_demo_models(registry, log=lambda _: None)
     return str(convert_uri(registry, MODEL_URI).path.resolve())
 

@@ -44,8 +44,9 @@ from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.resolve import Resolved, resolve_versions
 from serve.rest_codec import Limits as CodecLimits
 from serve.routing import RoutingConfig
-from serve.runtime import ArtifactError, Feeds, VersionRuntime
+from serve.runtime import ArtifactError, VersionRuntime
 from serve.telemetry import ReplicaTelemetry
+from serve.types import Feeds
 
 logger = logging.getLogger("modelgate")
 

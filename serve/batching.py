@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve.errors import InferenceError, OverloadedError
+from serve.types import Feeds
 
-Feeds = dict[str, np.ndarray]
 RunBatch = Callable[[Feeds], Awaitable[Feeds]]
 RunNow = Callable[[Feeds], Feeds]
 #: The running batch's deadline: time.monotonic() past which every request in it has expired.
@@ -45,7 +45,7 @@ class BatchStats:
 
 
 @dataclass
-class _Pending:
+class _Queued:
     feeds: Feeds
     rows: int
     future: asyncio.Future[Feeds]
@@ -75,7 +75,7 @@ class MicroBatcher:
         self._max_queued = max_queued
         self._max_in_flight = max_in_flight
         self._in_flight = 0
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[_Queued] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -112,7 +112,7 @@ class MicroBatcher:
             self.stats.shed += 1
             raise OverloadedError(self.name, len(self._queue), self._max_queued)
         future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(feeds, rows, future, time.monotonic(), deadline))
+        self._queue.append(_Queued(feeds, rows, future, time.monotonic(), deadline))
         self._wakeup.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
@@ -171,12 +171,12 @@ class MicroBatcher:
             except TimeoutError:
                 return
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> list[_Queued]:
         """Up to max_batch_rows rows of live requests whose tensors can be concatenated."""
-        batch: list[_Pending] = []
+        batch: list[_Queued] = []
         rows = 0
         key = None
-        skipped: deque[_Pending] = deque()
+        skipped: deque[_Queued] = deque()
         while self._queue:
             pending = self._queue.popleft()
             if pending.future.done():  # cancelled by its caller: never computed
@@ -193,7 +193,7 @@ class MicroBatcher:
         self._queue.extendleft(reversed(skipped))
         return batch
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[_Queued]) -> None:
         started = time.monotonic()
         queue_s = sum(started - p.enqueued for p in batch) / len(batch)
         BATCH_DEADLINE.set(_latest(p.deadline for p in batch))
@@ -211,7 +211,7 @@ class MicroBatcher:
             else:
                 pending.future.set_result(result)
 
-    async def _run_split(self, batch: list[_Pending]) -> list[Feeds | Exception]:
+    async def _run_split(self, batch: list[_Queued]) -> list[Feeds | Exception]:
         if len(batch) == 1:
             return [await self._run(batch[0].feeds)]
         names = list(batch[0].feeds)
@@ -227,7 +227,7 @@ class MicroBatcher:
         split = {n: np.split(v, cuts) for n, v in outputs.items()}
         return [{n: split[n][i] for n in split} for i in range(len(batch))]
 
-    async def _one_by_one(self, batch: list[_Pending]) -> list[Feeds | Exception]:
+    async def _one_by_one(self, batch: list[_Queued]) -> list[Feeds | Exception]:
         results: list[Feeds | Exception] = []
         for pending in batch:
             try:

@@ -27,7 +27,7 @@ def _registry_arg(parser: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from converters.registry import open_registry
 
-    return open_registry(args.registry or os.environ.get("MODELGATE_REGISTRY"))
+    return open_registry(args.registry)
 
 
 def cmd_demo_models(args: argparse.Namespace) -> int:

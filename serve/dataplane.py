@@ -10,6 +10,7 @@ REST (serve/rest.py) and gRPC (serve/grpc_service.py) only convert to and from t
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 import uuid
 from collections.abc import Mapping
@@ -29,7 +30,18 @@ from serve.types import InferRequest, InferResponse, Tensor
 from serve.validation import validate
 
 SERVER_NAME = "modelgate"
-SERVER_VERSION = "0.1.0"
+
+
+def _installed_version() -> str:
+    """The package's version (pyproject.toml), as installed; a checkout run without installing
+    says so rather than naming a version it may not be."""
+    try:
+        return importlib.metadata.version(SERVER_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+SERVER_VERSION = _installed_version()
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
 PLATFORM = "onnx_onnxv1"
 

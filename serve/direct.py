@@ -46,10 +46,10 @@ import numpy as np
 import orjson
 
 from serve.errors import ErrorCode, InferenceError
+from serve.types import Feeds
 
 logger = logging.getLogger("modelgate.direct")
 
-Feeds = dict[str, np.ndarray]
 NAMESPACE = "modelgate"
 _LENGTH = struct.Struct("<I")
 MAX_FRAME = 1 << 31

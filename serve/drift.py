@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from converters.manifest import Manifest, TensorStats
+from serve.types import Feeds
 
 logger = logging.getLogger("modelgate")
 
@@ -32,7 +33,6 @@ FLOOR = 1e-4
 #: Rows binned per numpy call: bounds the (rows, features, edges) comparison to a few MB.
 BIN_CHUNK_ROWS = 2048
 
-Feeds = dict[str, np.ndarray]
 #: publish(scores per (input, feature index), rows in the window)
 Publish = Callable[[dict[tuple[str, int], float], int], None]
 

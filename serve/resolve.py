@@ -8,9 +8,9 @@ as it is. Anything that cannot be served fails here, before Ray Serve changes an
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from converters.artifacts import cached
 from converters.errors import ModelgateError
@@ -18,7 +18,15 @@ from converters.pipeline import ConvertOptions, convert_uri
 from converters.registry import Registry, open_registry
 from serve.config import GatewayConfig, ModelConfig, VersionConfig
 
-Resolved = tuple[ModelConfig, VersionConfig, str, str]  # model, its config, artifact dir, version
+
+class Resolved(NamedTuple):
+    """One configured version, resolved: its model, its config, its artifact folder and the
+    version number it serves as."""
+
+    model: ModelConfig
+    config: VersionConfig
+    artifact: str
+    version: str
 
 
 class ConfigError(ModelgateError, ValueError):
@@ -27,9 +35,7 @@ class ConfigError(ModelgateError, ValueError):
 
 def resolve_versions(config: GatewayConfig) -> list[Resolved]:
     # Opened once, and only if a version names a registry URI.
-    registry = functools.cache(
-        lambda: open_registry(config.registry or os.environ.get("MODELGATE_REGISTRY"))
-    )
+    registry = functools.cache(lambda: open_registry(config.registry))
     resolved: list[Resolved] = []
     for model in config.models:
         seen: set[str] = set()
@@ -39,7 +45,7 @@ def resolve_versions(config: GatewayConfig) -> list[Resolved]:
             if number in seen:
                 raise ConfigError(f"{where}: version {number} of '{model.name}' is listed twice")
             seen.add(number)
-            resolved.append((model, version, artifact, number))
+            resolved.append(Resolved(model, version, artifact, number))
     return resolved
 
 

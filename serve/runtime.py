@@ -10,8 +10,7 @@ import onnxruntime as ort
 from converters.artifacts import sha256_file
 from converters.manifest import ONNX_FILE, Manifest, read_manifest
 from serve.errors import ErrorCode, InferenceError
-
-Feeds = dict[str, np.ndarray]
+from serve.types import Feeds
 
 
 class ArtifactError(Exception):

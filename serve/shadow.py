@@ -21,10 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve.errors import OverloadedError
 from serve.metrics import GatewayMetrics
-from serve.types import InferRequest
+from serve.types import Feeds, InferRequest
 from serve.validation import validate
 
-Feeds = dict[str, np.ndarray]
 LABEL, SCORES = "label", ("probabilities", "variable")
 
 

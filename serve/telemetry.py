@@ -9,7 +9,8 @@ from serve import exporter
 from serve.config import DriftConfig, MetricsConfig
 from serve.drift import DriftMonitor, DriftTicker
 from serve.metrics import GatewayMetrics
-from serve.runtime import Feeds, VersionRuntime
+from serve.runtime import VersionRuntime
+from serve.types import Feeds
 
 
 class ReplicaTelemetry:

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 Parameters = dict[str, Any]
+#: ONNX Runtime's inputs or outputs: tensors by name (a batch's, or one request's).
+Feeds = dict[str, np.ndarray]
 
 
 @dataclass

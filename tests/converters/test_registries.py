@@ -121,3 +121,11 @@ def test_unknown_registry_entries_are_named(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match=r"models:/ghost/1 not found in the MLflow registry"):
         convert_uri(registry, "models:/ghost/1", ConvertOptions(out=tmp_path / "a"))
     assert not (tmp_path / "a").exists()
+
+
+def test_the_registry_comes_from_the_argument_else_modelgate_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELGATE_REGISTRY", str(tmp_path / "from-env"))
+    assert open_registry().location == str(tmp_path / "from-env")
+    assert open_registry(str(tmp_path / "given")).location == str(tmp_path / "given")

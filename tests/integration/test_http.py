@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ def test_health_and_server_metadata(gateway: Gateway) -> None:
     assert requests.get(gateway.base + "/v2/health/ready", timeout=10).json() == {"ready": True}
     meta = requests.get(gateway.base + "/v2", timeout=10).json()
     assert meta["name"] == "modelgate" and "binary_tensor_data" in meta["extensions"]
+    assert meta["version"] == importlib.metadata.version("modelgate")  # pyproject's, installed
 
 
 @pytest.mark.parametrize(
