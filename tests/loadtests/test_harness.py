@@ -67,7 +67,12 @@ def test_the_slo_search_finds_a_limited_servers_capacity() -> None:
         assert saturated.percentile_ms(50) > 0.5 * 16 / 200 * 1000
 
         def probe(rate: float):  # type: ignore[no-untyped-def]
-            return run(target, payloads, _open(rate, duration=2.0, arrival="constant"))
+            # A send counts as late past the SLO's own bound rather than the harness's 10 ms:
+            # on two shared cores the generator's loop stalls that long now and then (CI-like
+            # runs: 4-7 late sends at 50-78 req/s failed probes far below capacity), while an
+            # overload still fails on p99 and on falling behind its rate.
+            step = _open(rate, duration=2.0, arrival="constant", late_ms=100.0)
+            return run(target, payloads, step)
 
         found = search_max_rate(probe, Slo(p99_ms=100), start_rate=50, max_rate=1000, max_probes=10)
     assert found.max_rate == pytest.approx(capacity, rel=0.1), found.as_dict()
