@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from converters.signature import Signature
+from converters.spec import Signature
 
 EXAMPLE_ROWS = 256
 MANIFEST_FILE = "manifest.json"

@@ -1,34 +1,12 @@
-"""Tensor signatures in Open Inference Protocol terms, and the datatype tables between
-protocol names, numpy dtypes and ONNX element types."""
+"""Reading a tensor signature (converters/spec.py) from an ONNX graph, and the table from ONNX
+element types to protocol datatypes."""
 
 from __future__ import annotations
 
-from functools import cached_property
-
-import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field
 
 from converters.errors import UnsupportedModelError
-
-#: Protocol datatype -> numpy dtype. BYTES tensors are numpy object arrays of bytes/str.
-DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
-
-NUMPY_TO_DATATYPE: dict[np.dtype, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
+from converters.spec import Signature, TensorSpec
 
 ONNX_ELEM_TO_DATATYPE: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL",
@@ -46,46 +24,9 @@ ONNX_ELEM_TO_DATATYPE: dict[int, str] = {
     onnx.TensorProto.STRING: "BYTES",
 }
 
+#: The symbolic name of every tensor's first dimension: requests concatenate along it.
 BATCH_DIM = "batch"
 _SUPPORTED = set(ONNX_ELEM_TO_DATATYPE.values())
-
-
-class TensorSpec(BaseModel):
-    """One named tensor: protocol datatype and shape, -1 for a dimension of any size."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="Tensor name, as the ONNX graph and the protocol call it.")
-    datatype: str = Field(description="Open Inference Protocol datatype, e.g. FP32, INT64, BYTES.")
-    shape: list[int] = Field(description="Dimensions; -1 where any size is accepted.")
-
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        return DATATYPE_TO_NUMPY[self.datatype]
-
-
-class Signature(BaseModel):
-    """The inputs a model takes and the outputs it gives."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-    def input(self, name: str) -> TensorSpec | None:
-        return self._inputs.get(name)
-
-    def output(self, name: str) -> TensorSpec | None:
-        return self._outputs.get(name)
-
-    # Looked up at every request (validation, the response): by name, built once.
-    @cached_property
-    def _inputs(self) -> dict[str, TensorSpec]:
-        return {t.name: t for t in self.inputs}
-
-    @cached_property
-    def _outputs(self) -> dict[str, TensorSpec]:
-        return {t.name: t for t in self.outputs}
 
 
 def _spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:

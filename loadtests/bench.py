@@ -216,7 +216,7 @@ def chosen(names: list[str]) -> list[str]:
 def run_high_throughput(
     duration_s: float, rounds: int, target_rounds: int, scenarios: list[str] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
-    from serve import launcher
+    from serve.ray import launcher
 
     artifact = _prepare()
     config = launcher.load_config(BENCH_CONFIG)
@@ -244,7 +244,7 @@ def run_plain(duration_s: float) -> list[dict[str, Any]]:
     from converters.manifest import read_manifest
     from loadtests.clients import Target
     from loadtests.payload import from_manifest
-    from serve import launcher
+    from serve.ray import launcher
 
     artifact = _prepare()
     config = launcher.load_config(BENCH_CONFIG)
@@ -335,7 +335,7 @@ NOTES = """## What the numbers say (from profiling; re-check when they move)
   agent's 30-70 ms bursts every 5 s) is periodic, which is why each round's scenario order is
   shuffled.
 - **dedicated** sends each batch to the model replica over the direct transport
-  (serve/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
+  (serve/transport/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
   ~0.08 ms a round trip measured between two processes here) and tracks colocated. **handle**
   is the same version reached through a Ray Serve handle call per batch, as dedicated was
   before: at one connection that call is the whole gap (~4 ms here; DESIGN.md measured 2.3–2.8
@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plain_only:
         Path(args.plain_only).write_text(json.dumps(run_plain(args.duration)))
         return 0
-    from serve.launcher import set_high_throughput_env
+    from serve.ray.launcher import set_high_throughput_env
 
     set_high_throughput_env()
     started = time.monotonic()

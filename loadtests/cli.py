@@ -266,7 +266,7 @@ def _deployed_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any] | N
     """--config, and each application's versions resolved (launcher.preflight)."""
     if args.config is None:
         return None
-    from serve import launcher
+    from serve.ray import launcher
 
     config = launcher.load_config(args.config)
     return config, launcher.preflight(config)
@@ -292,7 +292,7 @@ def _search_per_replicas(
     """Redeploy the config at each replica count, search, and put the original config back."""
     from loadtests.clients import wait_ready
     from loadtests.plan import patch_config
-    from serve import launcher
+    from serve.ray import launcher
 
     config, resolved = deployed
     launcher.start_ray(args.address)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from loadtests.payload import Payload
-from serve.samples import infer_path, model_path
+from serve.client.samples import infer_path, model_path
 
 PROTOCOLS = ("http", "binary", "grpc")
 

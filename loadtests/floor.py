@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from loadtests.baseline import InProcess
-from serve.app import RouterDeployment, build_gateway
+from serve.ray.app import RouterDeployment, build_gateway
 
 
 class RouterFloor(RouterDeployment.func_or_class):  # type: ignore[misc,name-defined]

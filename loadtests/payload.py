@@ -1,7 +1,7 @@
 """Request payloads for a load test: from the version's manifest, or from a JSONL file.
 
 From a manifest, each numeric feature is drawn from its reference distribution
-(serve.samples.reference_rows), so the load looks like real inputs. A JSONL file holds one
+(serve.client.samples.reference_rows), so the load looks like real inputs. A JSONL file holds one
 Open Inference Protocol request per line (`{"inputs": [...]}`, JSON `data`), sent as is.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from converters.manifest import Manifest, TensorStats
-from converters.signature import TensorSpec
-from serve.samples import binary_request, grpc_request, json_request, reference_rows
+from converters.spec import TensorSpec
+from serve.client.samples import binary_request, grpc_request, json_request, reference_rows
 
 POOL = 64  # distinct payloads cycled through
 
@@ -64,7 +64,7 @@ def from_signature(
 
 
 def from_jsonl(path: Path, model: str, version: str | None) -> list[Payload]:
-    from serve.rest_codec import Limits, decode_request
+    from serve.protocol.rest_codec import Limits, decode_request
 
     payloads = []
     for number, line in enumerate(path.read_text().splitlines(), 1):

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from converters.manifest import Manifest
-from converters.signature import TensorSpec
+from converters.spec import TensorSpec
 from loadtests import payload as payloads_
 from loadtests.clients import Target, sender
 from loadtests.engine import Step, StepResult, run_step
 from loadtests.payload import Payload
-from serve.samples import model_path
+from serve.client.samples import model_path
 
 
 def load_payloads(

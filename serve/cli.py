@@ -247,12 +247,12 @@ def _descendants(root: int) -> list[int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serve import launcher
+    from serve.ray import launcher
 
     config = launcher.load_config(args.config)
     print(f"checking and converting the models in {args.config} ...")
     resolved = launcher.preflight(config)
-    from serve import tls
+    from serve.ingress import tls
 
     tls_config = tls.from_env_or_args(
         getattr(args, "tls_cert", None),
@@ -283,7 +283,7 @@ def _serve(args: argparse.Namespace) -> int:
                 f"  Ray's own metrics (ray_serve_*): http://127.0.0.1:{args.ray_metrics_port}/metrics"
             )
         if args.samples and resolved:
-            from serve.samples import print_samples
+            from serve.client.samples import print_samples
 
             first_gateway = next(iter(resolved.values()))
             print_samples(first_gateway, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
@@ -318,8 +318,8 @@ def _ports(config: dict) -> tuple[int, int]:  # type: ignore[type-arg]
 
 
 def _exporter_ports(config: dict) -> list[int]:  # type: ignore[type-arg]
-    from serve.config import GatewayConfig
-    from serve.launcher import GATEWAY_IMPORT_PATH
+    from serve.core.config import GatewayConfig
+    from serve.ray.launcher import GATEWAY_IMPORT_PATH
 
     ports = {
         GatewayConfig.model_validate(app.get("args") or {}).metrics.port
@@ -334,7 +334,7 @@ def _block(watch_ray: bool) -> int:
     import signal
     import time
 
-    from serve import launcher
+    from serve.ray import launcher
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -367,7 +367,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_api_key(args: argparse.Namespace) -> int:
     """A new API key, and the config entry that admits it (only its digest is stored)."""
-    from serve.auth import new_key
+    from serve.core.auth import new_key
 
     token, hashed = new_key()
     models = ", ".join(args.model) if args.model else '"*"'
@@ -519,7 +519,8 @@ def cmd_ingress_env(args: argparse.Namespace) -> int:
     node: Ray's HAProxy hardened in a private folder, gRPC messages capped at the body limit."""
     import shlex
 
-    from serve import haproxy, launcher
+    from serve.ingress import haproxy
+    from serve.ray import launcher
 
     folder = haproxy.own_folder(Path(args.folder))
     config = launcher.load_config(args.config) if args.config else {"applications": []}

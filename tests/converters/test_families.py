@@ -15,7 +15,7 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from converters.demo import churn_frame
 from converters.pipeline import ConvertOptions, convert_uri
 from converters.registry import Registry
-from serve.samples import reference_rows
+from serve.client.samples import reference_rows
 
 
 def _classification() -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ class Gateway:
 
 def deploy_beside(gateway: Gateway, app: dict[str, Any], preflight: bool = True) -> None:
     """Deploy `app` next to the session's gateway (same registry, artifacts and telemetry)."""
-    from serve import launcher
+    from serve.ray import launcher
 
     base = copy.deepcopy(gateway.config)
     args = base["applications"][0]["args"]
@@ -123,8 +123,8 @@ def rss_bytes(pid: int) -> int:
 
 def settle_metrics() -> None:
     """Waits until what was answered so far is in every replica's metrics: the per-request
-    series are written at most FLUSH_S after an update (serve/metrics.py)."""
-    from serve.metrics import FLUSH_S
+    series are written at most FLUSH_S after an update (serve/observe/metrics.py)."""
+    from serve.observe.metrics import FLUSH_S
 
     time.sleep(4 * FLUSH_S)
 
@@ -211,7 +211,7 @@ def restore(gateway: Gateway, timeout_s: float = 60) -> None:
     without `application` metadata work only while a single application exists."""
     from ray import serve
 
-    from serve import launcher
+    from serve.ray import launcher
 
     launcher.deploy(gateway.config)
     deadline = time.monotonic() + timeout_s
@@ -234,7 +234,7 @@ def restore(gateway: Gateway, timeout_s: float = 60) -> None:
 # sends.
 @pytest.fixture(scope="package")
 def gateway(demo_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    from serve import launcher
+    from serve.ray import launcher
 
     http, grpc, metrics = free_port(), free_port(), free_port()
     artifacts = tmp_path_factory.mktemp("artifacts")

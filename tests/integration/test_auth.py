@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import requests
 
-from serve.auth import new_key
+from serve.client.samples import grpc_request, json_request
+from serve.core.auth import new_key
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
-from serve.samples import grpc_request, json_request
 from tests.integration.conftest import Gateway, deploy_beside, restore
 
 PREFIX = "/secured"

@@ -1,4 +1,5 @@
-"""The direct transport (serve/direct.py): a fixed-size dedicated version's batches go over it
+"""The direct transport (serve/transport/direct.py): a fixed-size dedicated version's batches go
+over it
 and answer exactly as the original model; autoscaled versions and string tensors go through
 Ray Serve's handle; a replica's endpoint is published in Ray's KV while it runs."""
 
@@ -11,8 +12,8 @@ import numpy as np
 import requests
 from sklearn.datasets import load_breast_cancer
 
-from serve import direct
-from serve.direct import NAMESPACE, kv_prefix
+from serve.transport import direct
+from serve.transport.direct import NAMESPACE, kv_prefix
 from tests.integration.bodies import X_BC, assert_churn_answers_as_the_original, infer_body
 from tests.integration.conftest import APP, Gateway, listening_addresses, metric_value
 

@@ -30,9 +30,9 @@ from sklearn.datasets import load_breast_cancer
 from loadtests.clients import Target
 from loadtests.engine import Step
 from loadtests.runner import load_payloads, run
-from serve import launcher
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from serve.ray import launcher
 from tests.integration.conftest import (
     Gateway,
     deploy_beside,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from serve import tensors
+from serve.core import tensors
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.integration.conftest import APP, Gateway, replica_pids, rss_bytes

@@ -10,7 +10,7 @@ import pytest
 import requests
 from sklearn.datasets import load_iris
 
-from serve import tensors
+from serve.core import tensors
 from tests.integration.bodies import X_BC, assert_churn_answers_as_the_original, infer_body, post
 from tests.integration.conftest import Gateway
 

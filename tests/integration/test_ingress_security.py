@@ -1,4 +1,5 @@
-"""The gateway's HAProxy, as Ray runs it for a local Ray (serve/haproxy.py): its admin socket
+"""The gateway's HAProxy, as Ray runs it for a local Ray (serve/ingress/haproxy.py): its admin
+socket
 is its owner's alone, and its stats and metrics listen on loopback only. Tested as a user
 without privileges would try: a child process that drops to another uid."""
 
@@ -9,7 +10,7 @@ import socket
 import stat
 from pathlib import Path
 
-from serve import launcher
+from serve.ray import launcher
 from tests.integration.conftest import Gateway, listening_addresses
 
 NOBODY = 65534

@@ -10,8 +10,8 @@ from loadtests.clients import Target
 from loadtests.engine import Step
 from loadtests.plan import patch_config
 from loadtests.runner import load_payloads, run
-from serve import launcher
-from serve.config import GatewayConfig
+from serve.core.config import GatewayConfig
+from serve.ray import launcher
 from tests.integration.conftest import Gateway
 
 

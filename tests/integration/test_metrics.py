@@ -6,7 +6,7 @@ import numpy as np
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve.samples import grpc_infer
+from serve.client.samples import grpc_infer
 from tests.integration.conftest import Gateway, settle_metrics
 
 ROW = {"input": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}

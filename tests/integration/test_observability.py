@@ -11,7 +11,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
-from serve.drift import DRIFT_THRESHOLD
+from serve.observe.drift import DRIFT_THRESHOLD
 from tests.integration.conftest import Gateway, deploy_beside, restore, settle_metrics
 
 PREFIX = "/observe"

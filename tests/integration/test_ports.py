@@ -10,9 +10,9 @@ import os
 import re
 from pathlib import Path
 
-from serve import launcher
 from serve.cli import _descendants
-from serve.direct import NAMESPACE, kv_prefix
+from serve.ray import launcher
+from serve.transport.direct import NAMESPACE, kv_prefix
 from tests.integration.conftest import APP, Gateway, Listener, listeners
 
 EVERYWHERE = {"0.0.0.0", "::"}

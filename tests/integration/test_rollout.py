@@ -15,8 +15,8 @@ import pytest
 import requests
 from sklearn.datasets import load_breast_cancer
 
-from serve.launcher import DeployError
-from serve.resolve import ConfigError
+from serve.control.resolve import ConfigError
+from serve.ray.launcher import DeployError
 from tests.integration.conftest import Gateway, deploy_beside, restore
 
 PREFIX = "/rollout"

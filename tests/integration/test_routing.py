@@ -14,8 +14,8 @@ import pytest
 import requests
 from sklearn.datasets import load_breast_cancer
 
-from serve import launcher
-from serve.resolve import ConfigError
+from serve.control.resolve import ConfigError
+from serve.ray import launcher
 from tests.integration.conftest import ROUTING, Gateway, metric_value
 
 ROW = load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32)
@@ -78,8 +78,8 @@ def _weights(routing: dict) -> dict[str, float]:
 
 
 def _resolved(config: dict) -> list:
-    from serve.config import GatewayConfig
-    from serve.resolve import resolve_versions
+    from serve.control.resolve import resolve_versions
+    from serve.core.config import GatewayConfig
 
     return resolve_versions(GatewayConfig.model_validate(config["applications"][0]["args"]))
 

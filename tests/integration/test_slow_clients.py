@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from serve import haproxy
+from serve.ingress import haproxy
 from tests.integration.bodies import X_BC, infer_body
 from tests.integration.conftest import Gateway
 

@@ -12,10 +12,10 @@ import grpc
 import pytest
 import requests
 
-from serve import haproxy
+from serve.ingress import haproxy
+from serve.ingress.tls import TlsConfig, TlsError, TlsFront
 from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
-from serve.tls import TlsConfig, TlsError, TlsFront
 from tests.conftest import free_port
 from tests.integration.conftest import Gateway
 

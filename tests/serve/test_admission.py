@@ -1,9 +1,9 @@
-"""The router's own admission (serve/app.py), in front of Ray Serve's limits (no Ray)."""
+"""The router's own admission (serve/ray/app.py), in front of Ray Serve's limits (no Ray)."""
 
 from __future__ import annotations
 
-from serve.app import Admission, ray_limits
-from serve.errors import ErrorCode
+from serve.core.errors import ErrorCode
+from serve.ray.app import Admission, ray_limits
 
 
 def test_one_request_past_the_limit_is_refused_at_once_with_a_retry_hint() -> None:

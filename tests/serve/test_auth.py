@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serve.auth import Access, ApiKey, AuthConfig, Authenticator, digest, new_key
-from serve.errors import ErrorCode, InferenceError
-from serve.rest import ROUTES
+from serve.core.auth import Access, ApiKey, AuthConfig, Authenticator, digest, new_key
+from serve.core.errors import ErrorCode, InferenceError
+from serve.protocol.rest import ROUTES
 
 IRIS, ADMIN, ANY = new_key(), new_key(), new_key()
 AUTH = Authenticator(

@@ -5,8 +5,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve.batching import BATCH_DEADLINE, MicroBatcher
-from serve.errors import ErrorCode, InferenceError, OverloadedError
+from serve.core.batching import BATCH_DEADLINE, MicroBatcher
+from serve.core.errors import ErrorCode, InferenceError, OverloadedError
 
 Feeds = dict[str, np.ndarray]
 

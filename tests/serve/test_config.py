@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve.config import GatewayConfig
+from serve.core.config import GatewayConfig
 
 
 def _config(**model: object) -> dict[str, object]:

@@ -7,11 +7,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve.batching import MicroBatcher
-from serve.dataplane import DataPlane, VersionTarget
-from serve.errors import ErrorCode, InferenceError
-from serve.metrics import GatewayMetrics
-from serve.types import InferRequest, Tensor
+from serve.core.batching import MicroBatcher
+from serve.core.dataplane import DataPlane, VersionTarget
+from serve.core.errors import ErrorCode, InferenceError
+from serve.core.types import InferRequest, Tensor
+from serve.observe.metrics import GatewayMetrics
 from tests.serve.test_shadow import _manifest
 
 
@@ -53,7 +53,7 @@ def test_a_request_past_its_deadline_is_answered_504_and_counted() -> None:
         assert "50 ms" in caught.value.message
 
     asyncio.run(main())
-    metrics.flush()  # the request series are buffered (serve/metrics.py)
+    metrics.flush()  # the request series are buffered (serve/observe/metrics.py)
     labels = {"model": "m", "version": "1"}
     assert metrics.registry.get_sample_value("modelgate_timeouts_total", labels) == 1
     requests = {**labels, "protocol": "http", "code": "deadline_exceeded"}
@@ -102,7 +102,7 @@ def test_a_bad_timeout_parameter_is_invalid_argument(bad: object) -> None:
 
 
 def test_a_batch_refused_as_expired_answers_each_request_with_its_own_deadline() -> None:
-    """A remote run that finds its batch past its deadline (serve/app.py) raises for the whole
+    """A remote run that finds its batch past its deadline (serve/ray/app.py) raises for the whole
     batch; each request says what its own deadline was."""
 
     async def expired_run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve import grpc_service
-from serve.errors import InferenceError
+from serve.core.errors import InferenceError
+from serve.protocol import grpc_codec as grpc_service
+from serve.protocol.rest_codec import Limits, decode_request
 from serve.protos import grpc_predict_v2_pb2 as pb
-from serve.rest_codec import Limits, decode_request
 
 LIMITS = Limits(max_elements=1 << 16)
 KEYS = [

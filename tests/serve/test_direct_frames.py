@@ -1,4 +1,4 @@
-"""The direct transport's frames (serve/direct.py), without sockets or Ray."""
+"""The direct transport's frames (serve/transport/direct.py), without sockets or Ray."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve.direct import (
+from serve.core.errors import ErrorCode, InferenceError
+from serve.transport.direct import (
     HELLO,
     MAX_FRAME,
     MAX_HEADER,
@@ -21,7 +22,6 @@ from serve.direct import (
     read,
     read_frame,
 )
-from serve.errors import ErrorCode, InferenceError
 
 
 def _read(*frames: list[bytes]) -> list[dict[str, np.ndarray]]:
@@ -155,7 +155,7 @@ def test_a_replayed_handshake_is_refused() -> None:
 
 
 def test_a_silent_peer_is_dropped_after_the_handshake_time(monkeypatch: Any) -> None:
-    monkeypatch.setattr("serve.direct.HANDSHAKE_S", 0.2)
+    monkeypatch.setattr("serve.transport.direct.HANDSHAKE_S", 0.2)
 
     async def scenario(replica: Replica) -> None:
         reader, _ = await replica.connect()

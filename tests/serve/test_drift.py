@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from converters.stats import bin_index, reference_stats
-from serve.drift import DRIFT_THRESHOLD, DriftMonitor, _TensorBins
+from serve.observe.drift import DRIFT_THRESHOLD, DriftMonitor, _TensorBins
 from tests.serve.test_shadow import _manifest
 
 RNG = np.random.default_rng(0)

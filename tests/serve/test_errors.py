@@ -5,18 +5,20 @@ import pickle
 import grpc
 import pytest
 
-from serve.errors import STATUS, ErrorCode, InferenceError, OverloadedError
+from serve.core.errors import STATUS, ErrorCode, InferenceError, OverloadedError
+from serve.protocol.grpc_codec import grpc_status
 
 
 def test_every_code_is_mapped_to_http_and_grpc() -> None:
     assert set(STATUS) == set(ErrorCode)
-    for http, code in STATUS.values():
-        assert 400 <= http < 600 and isinstance(code, grpc.StatusCode)
-    assert STATUS[ErrorCode.INTERNAL] == (500, grpc.StatusCode.INTERNAL)
+    for code in ErrorCode:
+        error = InferenceError(code, "x")
+        assert 400 <= error.http_status < 600 and isinstance(grpc_status(error), grpc.StatusCode)
+    assert grpc_status(InferenceError(ErrorCode.INTERNAL, "x")) is grpc.StatusCode.INTERNAL
     # Only a real bug is INTERNAL: no client mistake maps there.
-    assert [c for c, (_, g) in STATUS.items() if g is grpc.StatusCode.INTERNAL] == [
-        ErrorCode.INTERNAL
-    ]
+    assert [
+        c for c in ErrorCode if grpc_status(InferenceError(c, "x")) is grpc.StatusCode.INTERNAL
+    ] == [ErrorCode.INTERNAL]
 
 
 @pytest.mark.parametrize(
@@ -39,5 +41,5 @@ def test_errors_survive_pickling_between_processes(error: InferenceError) -> Non
 
 def test_overload_carries_its_numbers() -> None:
     error = OverloadedError("breast_cancer:1", queued=1024, limit=1024)
-    assert error.http_status == 503 and error.grpc_status is grpc.StatusCode.UNAVAILABLE
+    assert error.http_status == 503 and grpc_status(error) is grpc.StatusCode.UNAVAILABLE
     assert "1024 requests queued, limit 1024" in error.message

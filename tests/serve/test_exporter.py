@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve import exporter
-from serve.metrics import GatewayMetrics
+from serve.observe import exporter
+from serve.observe.metrics import GatewayMetrics
 from tests.conftest import free_port
 
 #: A replica stand-in: counts `n` requests, holds one in flight, and waits until stdin closes.
 WORKER = """
 import sys
-from serve import exporter
-from serve.metrics import GatewayMetrics
+from serve.observe import exporter
+from serve.observe.metrics import GatewayMetrics
 exporter.prepare()
 m = GatewayMetrics()
 n = int(sys.argv[1])
@@ -128,8 +128,8 @@ def test_without_a_folder_a_scrape_is_the_process_own_registry(
 #: Counts getpid() calls while writing metrics, then forks: the child's writes go to its own file.
 FORKING = """
 import os, sys
-from serve import exporter
-from serve.metrics import GatewayMetrics
+from serve.observe import exporter
+from serve.observe.metrics import GatewayMetrics
 exporter.prepare()
 m = GatewayMetrics()
 calls = 0
@@ -176,8 +176,8 @@ def test_metric_writes_make_no_system_call_and_a_forked_child_writes_its_own_fil
 #: (Ray Serve calls `__del__` on a stopping replica; so does the garbage collector at exit).
 CLOSED_AT_EXIT = """
 import sys, time
-from serve import exporter
-from serve.metrics import GatewayMetrics
+from serve.observe import exporter
+from serve.observe.metrics import GatewayMetrics
 class Replica:
     def __init__(self, port):
         registry = exporter.node_registry(GatewayMetrics().registry)

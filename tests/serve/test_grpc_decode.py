@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from serve import grpc_service
-from serve.errors import InferenceError
+from serve.core.errors import InferenceError
+from serve.protocol import grpc_codec as grpc_service
+from serve.protocol.rest_codec import Limits
 from serve.protos import grpc_predict_v2_pb2 as pb
-from serve.rest_codec import Limits
 
 
 def _message(request: pb.ModelInferRequest) -> str:

@@ -1,4 +1,5 @@
-"""serve/haproxy.py against Ray 2.60's own generated HAProxy configuration, checked by the real
+"""serve/ingress/haproxy.py against Ray 2.60's own generated HAProxy configuration, checked by the
+real
 HAProxy binary Ray ships (no Ray cluster)."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serve import haproxy
+from serve.ingress import haproxy
 
 SAMPLE = Path(__file__).parent / "data" / "ray-2.60-haproxy.cfg"
 

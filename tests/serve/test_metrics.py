@@ -7,12 +7,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve.batching import MicroBatcher
-from serve.dataplane import DataPlane, VersionTarget
-from serve.errors import InferenceError
-from serve.metrics import FLUSH_S, GatewayMetrics
-from serve.routing import ModelRouting, RoutingConfig
-from serve.types import InferRequest, Tensor
+from serve.core.batching import MicroBatcher
+from serve.core.dataplane import DataPlane, VersionTarget
+from serve.core.errors import InferenceError
+from serve.core.routing import ModelRouting, RoutingConfig
+from serve.core.types import InferRequest, Tensor
+from serve.observe.metrics import FLUSH_S, GatewayMetrics
 from tests.serve.test_shadow import _manifest, _model
 
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from serve.rest_codec import encode_response
-from serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from serve.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from serve.protocol.rest_codec import encode_response
 from tests.serve.test_deadlines import _plane, _Slow
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from starlette.requests import ClientDisconnect, Request
 
-from serve import rest
-from serve.errors import ErrorCode, InferenceError
+from serve.core.errors import ErrorCode, InferenceError
+from serve.protocol import rest
 
 
 def _request(messages: list[dict[str, Any]]) -> tuple[Request, list[dict[str, Any]]]:

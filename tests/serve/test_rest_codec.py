@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from serve import tensors
-from serve.errors import InferenceError
-from serve.rest_codec import Limits, decode_request, encode_response
-from serve.types import InferResponse, Tensor
+from serve.core import tensors
+from serve.core.errors import InferenceError
+from serve.core.types import InferResponse, Tensor
+from serve.protocol.rest_codec import Limits, decode_request, encode_response
 
 LIMITS = Limits(max_elements=1000)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve.rest import AsgiHeaders
+from serve.protocol.rest import AsgiHeaders
 
 RAW = [
     (b"host", b"127.0.0.1:8000"),

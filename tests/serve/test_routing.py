@@ -6,11 +6,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from serve.batching import MicroBatcher
-from serve.dataplane import DataPlane, Health, VersionTarget
-from serve.errors import ErrorCode, InferenceError
-from serve.routing import DEFAULT_STICKY_HEADER as KEY
-from serve.routing import ModelRouting, RouteTable, RoutingConfig
+from serve.core.batching import MicroBatcher
+from serve.core.dataplane import DataPlane, Health, VersionTarget
+from serve.core.errors import ErrorCode, InferenceError
+from serve.core.routing import DEFAULT_STICKY_HEADER as KEY
+from serve.core.routing import ModelRouting, RouteTable, RoutingConfig
 from tests.serve.test_shadow import _manifest
 
 

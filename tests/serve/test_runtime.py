@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 
 from converters.pipeline import ConvertOptions, convert_uri
 from converters.registry import Registry
-from serve.runtime import ArtifactError, VersionRuntime
+from serve.core.runtime import ArtifactError, VersionRuntime
 
 
 @pytest.fixture
@@ -51,12 +51,12 @@ def test_a_colocated_version_that_cannot_load_is_unavailable_and_the_rest_serve(
 
     import numpy as np
 
-    from serve.app import TelemetrySpec, VersionSpec, _target
-    from serve.config import Batching, DriftConfig, MetricsConfig
-    from serve.dataplane import DataPlane
-    from serve.errors import ErrorCode, InferenceError
-    from serve.routing import ModelRouting, RoutingConfig
-    from serve.types import InferRequest, Tensor
+    from serve.core.config import Batching, DriftConfig, MetricsConfig
+    from serve.core.dataplane import DataPlane
+    from serve.core.errors import ErrorCode, InferenceError
+    from serve.core.routing import ModelRouting, RoutingConfig
+    from serve.core.types import InferRequest, Tensor
+    from serve.ray.app import TelemetrySpec, VersionSpec, _target
 
     broken = Path(shutil.copytree(artifact, tmp_path / "broken"))
     (broken / "model.onnx").write_bytes(b"garbage")

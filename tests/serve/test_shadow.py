@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from converters.manifest import Manifest
-from converters.signature import Signature, TensorSpec
-from serve.batching import MicroBatcher
-from serve.dataplane import DataPlane, VersionTarget
-from serve.errors import ErrorCode, InferenceError
-from serve.metrics import GatewayMetrics
-from serve.routing import ModelRouting, RoutingConfig
-from serve.shadow import ShadowConfig, compare
-from serve.types import InferRequest, Tensor
+from converters.spec import Signature, TensorSpec
+from serve.core.batching import MicroBatcher
+from serve.core.dataplane import DataPlane, VersionTarget
+from serve.core.errors import ErrorCode, InferenceError
+from serve.core.routing import ModelRouting, RoutingConfig
+from serve.core.shadow import ShadowConfig, compare
+from serve.core.types import InferRequest, Tensor
+from serve.observe.metrics import GatewayMetrics
 
 SIG = Signature(
     inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 2])],

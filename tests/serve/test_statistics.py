@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from serve import grpc_service, statistics
-from serve.errors import InferenceError
-from serve.metrics import GatewayMetrics
+from serve.core.errors import InferenceError
+from serve.observe import statistics
+from serve.observe.metrics import GatewayMetrics
+from serve.protocol import grpc_codec as grpc_service
 from serve.protos import grpc_predict_v2_pb2 as pb
 from tests.serve.test_metrics import _plane, _request
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters.signature import Signature, TensorSpec
-from serve.errors import InferenceError
-from serve.types import InferRequest, RequestedOutput, Tensor
-from serve.validation import validate
+from converters.spec import Signature, TensorSpec
+from serve.core.errors import InferenceError
+from serve.core.types import InferRequest, RequestedOutput, Tensor
+from serve.core.validation import validate
 
 SIG = Signature(
     inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 30])],

@@ -19,10 +19,10 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.errors import OverloadedError
-from serve.metrics import GatewayMetrics
-from serve.types import Feeds, InferRequest
-from serve.validation import validate
+from serve.core.errors import OverloadedError
+from serve.core.types import Feeds, InferRequest
+from serve.core.validation import validate
+from serve.observe.metrics import GatewayMetrics
 
 LABEL, SCORES = "label", ("probabilities", "variable")
 
@@ -99,7 +99,7 @@ class ShadowRunner:
         rand: Any = random.random,
     ) -> None:
         self.model = model
-        self.target = target  # serve.dataplane.VersionTarget
+        self.target = target  # serve.core.dataplane.VersionTarget
         self.config = config
         self.metrics = metrics
         self._rand = rand

@@ -1,5 +1,6 @@
 """Triton's statistics extension for the whole gateway: every router and model replica on the
-node, read from the node's summed metrics (serve/exporter.py) rather than from the one router
+node, read from the node's summed metrics (serve/observe/exporter.py) rather than from the one
+router
 replica that happens to answer.
 
 Per (model, version), in Triton's fields:
@@ -21,8 +22,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from serve import exporter
-from serve.dataplane import DataPlane, VersionTarget
+from serve.core.dataplane import DataPlane, VersionTarget
+from serve.observe import exporter
 
 Key = tuple[str, str]  # (model, version)
 

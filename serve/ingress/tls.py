@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from converters.errors import ModelgateError
-from serve import haproxy
+from serve.ingress import haproxy
 
 
 class TlsError(ModelgateError):
@@ -38,7 +38,8 @@ class TlsConfig:
 
 def render(config: TlsConfig, pem: Path, http_port: int, grpc_port: int) -> str:
     """The front's configuration, under the same client limits as the gateway's own HAProxy
-    (serve/haproxy.py): a request head within HEAD_TIMEOUT_S, an idle connection closed after
+    (serve/ingress/haproxy.py): a request head within HEAD_TIMEOUT_S, an idle connection closed
+    after
     IDLE_TIMEOUT_S, Ray's opt-out headers stripped."""
     verify = f" ca-file {config.client_ca} verify required" if config.client_ca else ""
     bind = f"ssl crt {pem}{verify}"

@@ -20,7 +20,7 @@ import secrets
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.errors import ErrorCode, InferenceError
+from serve.core.errors import ErrorCode, InferenceError
 
 
 class Access(enum.Enum):

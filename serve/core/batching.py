@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.errors import InferenceError, OverloadedError
-from serve.types import Feeds
+from serve.core.errors import InferenceError, OverloadedError
+from serve.core.types import Feeds
 
 RunBatch = Callable[[Feeds], Awaitable[Feeds]]
 RunNow = Callable[[Feeds], Feeds]

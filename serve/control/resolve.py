@@ -16,7 +16,7 @@ from converters.artifacts import cached
 from converters.errors import ModelgateError
 from converters.pipeline import ConvertOptions, convert_uri
 from converters.registry import Registry, open_registry
-from serve.config import GatewayConfig, ModelConfig, VersionConfig
+from serve.core.config import GatewayConfig, ModelConfig, VersionConfig
 
 
 class Resolved(NamedTuple):

@@ -4,7 +4,8 @@
     pick the version (pinned, alias, weighted/sticky default route) → validate against its
     signature → dispatch to the version's batcher → copy to the shadow (sampled, never awaited)
     → run → select and encode outputs.
-REST (serve/rest.py) and gRPC (serve/grpc_service.py) only convert to and from these calls.
+REST (serve/protocol/rest.py) and gRPC (serve/protocol/grpc_codec.py) only convert to and from
+these calls.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from converters.manifest import Manifest
-from serve.auth import Access, Authenticator
-from serve.batching import MicroBatcher
-from serve.errors import ErrorCode, InferenceError, invalid, not_found
-from serve.metrics import GatewayMetrics
-from serve.routing import ModelRouting, RouteTable, RoutingConfig, compile_routing
-from serve.shadow import ShadowRunner
-from serve.types import InferRequest, InferResponse, Tensor
-from serve.validation import validate
+from serve.core.auth import Access, Authenticator
+from serve.core.batching import MicroBatcher
+from serve.core.errors import ErrorCode, InferenceError, invalid, not_found
+from serve.core.routing import ModelRouting, RouteTable, RoutingConfig, compile_routing
+from serve.core.shadow import ShadowRunner
+from serve.core.types import InferRequest, InferResponse, Tensor
+from serve.core.validation import validate
+from serve.observe.metrics import GatewayMetrics
 
 SERVER_NAME = "modelgate"
 
@@ -49,7 +50,7 @@ PLATFORM = "onnx_onnxv1"
 @dataclass
 class Health:
     """Whether a version takes traffic now, and if not, why (kept current by its owner:
-    serve/app.py polls Ray Serve's status for dedicated versions)."""
+    serve/ray/app.py polls Ray Serve's status for dedicated versions)."""
 
     ready: bool = True
     reason: str = ""
@@ -239,7 +240,8 @@ class DataPlane:
                 raise
             raise _late(target, timeout_s) from None
         except InferenceError as exc:
-            # The batch found every request in it past its deadline (serve/app.py): this one too.
+            # The batch found every request in it past its deadline (serve/ray/app.py): this one
+            # too.
             if exc.code is ErrorCode.DEADLINE_EXCEEDED and timeout_s is not None:
                 raise _late(target, timeout_s) from None
             raise
@@ -359,7 +361,8 @@ class DataPlane:
         return index
 
     def statistics_targets(self, model: str | None, version: str | None) -> list[VersionTarget]:
-        """The versions Triton's statistics extension reports on (serve/statistics.py): every
+        """The versions Triton's statistics extension reports on (serve/observe/statistics.py):
+        every
         version, a model's, or one (404 for an unknown model or version)."""
         if not model:
             return [t for r in self.models.values() for t in r.versions.values()]

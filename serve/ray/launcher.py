@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from converters.errors import ModelgateError
-from serve.config import GatewayConfig, Limits
-from serve.resolve import ConfigError, Resolved, resolve_versions
+from serve.control.resolve import ConfigError, Resolved, resolve_versions
+from serve.core.config import GatewayConfig, Limits
 
 #: HAProxy ingress + throughput-optimized Serve (see ../shared/DESIGN.md, "Measured").
 HIGH_THROUGHPUT_ENV = {
@@ -67,7 +67,7 @@ def start_ray(
     exports its own metrics (ray_serve_*, for Prometheus), a free port if None; `env`: more of
     Ray's settings (`ingress_env`) for the processes a local Ray starts.
 
-    A local Ray's HAProxy lives in a private folder of its own, hardened (serve/haproxy.py),
+    A local Ray's HAProxy lives in a private folder of its own, hardened (serve/ingress/haproxy.py),
     removed by `stop_ray`; a cluster's is its operator's (`modelgate ingress-env`)."""
     import ray
 
@@ -109,7 +109,7 @@ _ingress_env: dict[str, str] = {}
 
 
 def _own_ingress_folder() -> None:
-    from serve import haproxy
+    from serve.ingress import haproxy
 
     global _ingress_folder, _ingress_env
     _ingress_folder = haproxy.private_folder()
@@ -126,7 +126,7 @@ def ingress_folder() -> Path | None:
 
 def _remove_ingress_folder() -> None:
     """Once Ray is down: nothing of its HAProxy (sockets, config, logs) is left behind."""
-    from serve import haproxy
+    from serve.ingress import haproxy
 
     global _ingress_folder
     if _ingress_folder is not None:
@@ -198,8 +198,8 @@ def preflight(config: dict[str, Any]) -> dict[str, list[Resolved]]:
 
 def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:
     """The Router's user_config must name only deployed versions and aliases."""
-    from serve.app import registry_aliases
-    from serve.routing import RoutingConfig, compile_routing
+    from serve.core.routing import RoutingConfig, compile_routing
+    from serve.ray.app import registry_aliases
 
     router: dict[str, Any] = next(
         (d for d in app.get("deployments") or [] if d.get("name") == "Router"), {}

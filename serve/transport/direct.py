@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from serve.errors import ErrorCode, InferenceError
-from serve.types import Feeds
+from serve.core.errors import ErrorCode, InferenceError
+from serve.core.types import Feeds
 
 logger = logging.getLogger("modelgate.direct")
 

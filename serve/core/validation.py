@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.signature import Signature, TensorSpec
-from serve.errors import invalid
-from serve.types import InferRequest, Tensor
+from converters.spec import Signature, TensorSpec
+from serve.core.errors import invalid
+from serve.core.types import InferRequest, Tensor
 
 
 def describe(spec: TensorSpec) -> str:

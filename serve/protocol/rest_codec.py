@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serve import tensors
-from serve.errors import ErrorCode, InferenceError, invalid
-from serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from serve.validation import FLOATS
+from serve.core import tensors
+from serve.core.errors import ErrorCode, InferenceError, invalid
+from serve.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from serve.core.validation import FLOATS
 
 HEADER_LENGTH = "inference-header-content-length"
 

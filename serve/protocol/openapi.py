@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve.dataplane import SERVER_VERSION
+from serve.core.dataplane import SERVER_VERSION
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _ERRORS = {

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve.auth import AuthConfig
+from serve.core.auth import AuthConfig
 
 
 class _Strict(BaseModel):
@@ -17,7 +17,7 @@ class _Strict(BaseModel):
 
 
 class Batching(_Strict):
-    """How requests for one version coalesce (see serve/batching.py)."""
+    """How requests for one version coalesce (see serve/core/batching.py)."""
 
     max_batch_rows: int = Field(256, ge=1, le=65536, description="Most rows in one run.")
     max_wait_ms: float = Field(
@@ -70,7 +70,8 @@ class VersionConfig(_Strict):
         "auto",
         description="How the router reaches dedicated replicas. handle: Ray Serve's handle "
         "call (~1-2.5 ms a call here); direct: a persistent TCP connection to each replica "
-        "(~0.1 ms; serve/direct.py), falling back to the handle on any transport failure; "
+        "(~0.1 ms; serve/transport/direct.py), falling back to the handle on any transport "
+        "failure; "
         "auto: direct unless the version autoscales (Ray Serve's autoscaler counts only "
         "requests that come through handles).",
     )
@@ -173,7 +174,7 @@ class MetricsConfig(_Strict):
 
 
 class DriftConfig(_Strict):
-    """Input drift scores per version and feature (serve/drift.py)."""
+    """Input drift scores per version and feature (serve/observe/drift.py)."""
 
     enabled: bool = True
     window_s: float = Field(300.0, gt=0, description="Live rows scored: those of this window.")
@@ -201,7 +202,7 @@ class GatewayConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     auth: AuthConfig | None = Field(
-        None, description="API keys (serve/auth.py); null: every endpoint is open."
+        None, description="API keys (serve/core/auth.py); null: every endpoint is open."
     )
 
     @model_validator(mode="after")

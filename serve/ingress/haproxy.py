@@ -80,7 +80,7 @@ class FolderError(ModelgateError):
     """A folder HAProxy's files cannot live in."""
 
 
-MARK = "# hardened by modelgate (serve/haproxy.py)\n"
+MARK = "# hardened by modelgate (serve/ingress/haproxy.py)\n"
 
 
 def harden(
@@ -221,7 +221,7 @@ def install_launcher(folder: Path) -> Path:
     script.write_text(
         f"#!{sys.executable}\n"
         "import sys\n"
-        "from serve.haproxy import main\n"
+        "from serve.ingress.haproxy import main\n"
         f"sys.exit(main(sys.argv, {real_binary()!r}))\n"
     )
     script.chmod(stat.S_IRWXU)

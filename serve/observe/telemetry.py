@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from serve import exporter
-from serve.config import DriftConfig, MetricsConfig
-from serve.drift import DriftMonitor, DriftTicker
-from serve.metrics import GatewayMetrics
-from serve.runtime import VersionRuntime
-from serve.types import Feeds
+from serve.core.config import DriftConfig, MetricsConfig
+from serve.core.runtime import VersionRuntime
+from serve.core.types import Feeds
+from serve.observe import exporter
+from serve.observe.drift import DriftMonitor, DriftTicker
+from serve.observe.metrics import GatewayMetrics
 
 
 class ReplicaTelemetry:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from converters.manifest import Manifest, TensorStats
-from serve.types import Feeds
+from serve.core.types import Feeds
 
 logger = logging.getLogger("modelgate")
 

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from converters.manifest import Manifest, TensorStats
-from converters.signature import TensorSpec
-from serve.resolve import Resolved
-from serve.runtime import typical_row
+from converters.spec import NUMPY_TO_DATATYPE, TensorSpec
+from serve.control.resolve import Resolved
+from serve.core.runtime import typical_row
 
 
 def json_request(rows: dict[str, np.ndarray], **extra: object) -> bytes:
@@ -35,7 +35,7 @@ def json_request(rows: dict[str, np.ndarray], **extra: object) -> bytes:
 
 def binary_request(rows: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
     """An infer request body in Triton's binary tensor extension, and its headers."""
-    from serve import tensors
+    from serve.core import tensors
 
     raws = [tensors.to_raw(_datatype(a), a) for a in rows.values()]
     doc = {
@@ -60,7 +60,7 @@ def binary_request(rows: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
 
 def grpc_request(model: str, rows: dict[str, np.ndarray], version: str | None = None) -> Any:
     """A ModelInferRequest with raw input contents."""
-    from serve import tensors
+    from serve.core import tensors
     from serve.protos import grpc_predict_v2_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=model, model_version=version or "")
@@ -101,7 +101,7 @@ def grpc_infer(
 ) -> tuple[str, dict[str, np.ndarray]]:
     import grpc
 
-    from serve import tensors
+    from serve.core import tensors
     from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 
     request = grpc_request(model, rows, version)
@@ -175,8 +175,6 @@ def model_path(model: str, version: str | None = None) -> str:
 
 
 def _datatype(array: np.ndarray) -> str:
-    from converters.signature import NUMPY_TO_DATATYPE
-
     if array.dtype.kind in "OSU":
         return "BYTES"
     return NUMPY_TO_DATATYPE[array.dtype]

@@ -10,8 +10,8 @@ import struct
 
 import numpy as np
 
-from converters.signature import DATATYPE_TO_NUMPY
-from serve.errors import ErrorCode, InferenceError, invalid
+from converters.spec import DATATYPE_TO_NUMPY
+from serve.core.errors import ErrorCode, InferenceError, invalid
 
 _LEN = struct.Struct("<I")
 #: Most dimensions a tensor may have (numpy's own limit is 64; no ONNX model here needs 8).

@@ -19,8 +19,8 @@ from collections.abc import Callable, Collection
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.errors import not_found
-from serve.shadow import ShadowConfig
+from serve.core.errors import not_found
+from serve.core.shadow import ShadowConfig
 
 DEFAULT_STICKY_HEADER = "x-routing-key"
 

@@ -1,7 +1,7 @@
 """REST adapter: Open Inference Protocol v2 over HTTP, on Starlette's Request/Response.
 
 It only converts: path and body in, `DataPlane` call, response out. Errors come back as
-`{"error": "..."}` with the status from serve/errors.py's table.
+`{"error": "..."}` with the status from serve/core/errors.py's table.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from serve import exporter, openapi, rest_codec, statistics
-from serve.auth import Access
-from serve.config import Limits
-from serve.dataplane import DataPlane
-from serve.errors import ErrorCode, InferenceError, MethodNotAllowedError, invalid
+from serve.core.auth import Access
+from serve.core.config import Limits
+from serve.core.dataplane import DataPlane
+from serve.core.errors import ErrorCode, InferenceError, MethodNotAllowedError, invalid
+from serve.observe import exporter, statistics
+from serve.protocol import openapi, rest_codec
 
 logger = logging.getLogger("modelgate.rest")
 
@@ -83,7 +84,8 @@ async def _routes(
 async def _metrics(
     plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
 ) -> Response:
-    """The metrics of every gateway replica on this router's node, summed (serve/exporter.py)."""
+    """The metrics of every gateway replica on this router's node, summed
+    (serve/observe/exporter.py)."""
     plane.metrics.flush()  # this process's buffered series
     content = exporter.exposition(exporter.node_registry(plane.metrics.registry))
     return Response(content, media_type=CONTENT_TYPE_LATEST)

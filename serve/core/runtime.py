@@ -9,8 +9,8 @@ import onnxruntime as ort
 
 from converters.artifacts import sha256_file
 from converters.manifest import ONNX_FILE, Manifest, read_manifest
-from serve.errors import ErrorCode, InferenceError
-from serve.types import Feeds
+from serve.core.errors import ErrorCode, InferenceError
+from serve.core.types import Feeds
 
 
 class ArtifactError(Exception):

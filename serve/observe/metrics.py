@@ -1,9 +1,10 @@
 """Prometheus metrics, defined once, on a registry the owner injects (never the global one).
 
 Every replica on a node (routers and model versions) runs prometheus-client in multiprocess
-mode: `PROMETHEUS_MULTIPROC_DIR` names one node-local folder (serve/app.py sets it in each
+mode: `PROMETHEUS_MULTIPROC_DIR` names one node-local folder (serve/ray/app.py sets it in each
 replica's runtime_env), each process writes its values there, and an exposition sums the
-folder, so a scrape sees the node's totals (serve/exporter.py). Without that variable (tests of
+folder, so a scrape sees the node's totals (serve/observe/exporter.py). Without that variable
+(tests of
 the core, no Ray), the exposition is the process's own registry.
 
 The per-request series (requests, durations, batches, compute, rows, in flight) are summed in
@@ -183,7 +184,7 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "modelgate_requests_total",
-            "Inference requests by outcome: code is 'ok' or the error code (serve/errors.py).",
+            "Inference requests by outcome: code is 'ok' or the error code (serve/core/errors.py).",
             ["model", "version", "protocol", "code"],
             registry=r,
         )
@@ -258,7 +259,8 @@ class GatewayMetrics:
         )
         self.transport_batches = Counter(
             "modelgate_transport_batches_total",
-            "Batches a router sent to dedicated replicas, by transport: direct (serve/direct.py) "
+            "Batches a router sent to dedicated replicas, by transport: direct "
+            "(serve/transport/direct.py) "
             "or handle (Ray Serve's handle: autoscaled versions, string tensors, fallbacks).",
             ["model", "version", "transport"],
             registry=r,

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import enum
 
-import grpc
-
 
 class ErrorCode(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
@@ -35,19 +33,21 @@ class ErrorCode(enum.Enum):
     INTERNAL = "internal"
 
 
-#: code -> (HTTP status, gRPC status). Every code must be here (a test checks).
-STATUS: dict[ErrorCode, tuple[int, grpc.StatusCode]] = {
-    ErrorCode.INVALID_ARGUMENT: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    ErrorCode.UNAUTHENTICATED: (401, grpc.StatusCode.UNAUTHENTICATED),
-    ErrorCode.PERMISSION_DENIED: (403, grpc.StatusCode.PERMISSION_DENIED),
-    ErrorCode.NOT_FOUND: (404, grpc.StatusCode.NOT_FOUND),
-    ErrorCode.METHOD_NOT_ALLOWED: (405, grpc.StatusCode.UNIMPLEMENTED),
-    ErrorCode.REQUEST_TIMEOUT: (408, grpc.StatusCode.DEADLINE_EXCEEDED),
-    ErrorCode.PAYLOAD_TOO_LARGE: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    ErrorCode.OVERLOADED: (503, grpc.StatusCode.UNAVAILABLE),
-    ErrorCode.DEADLINE_EXCEEDED: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
-    ErrorCode.UNAVAILABLE: (503, grpc.StatusCode.UNAVAILABLE),
-    ErrorCode.INTERNAL: (500, grpc.StatusCode.INTERNAL),
+#: code -> (HTTP status, gRPC status code's name). Every code must be here (a test checks). The gRPC
+#: adapter turns the name into grpc.StatusCode (serve/protocol/grpc_codec.py), so the core needs no
+#: grpc.
+STATUS: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.INVALID_ARGUMENT: (400, "INVALID_ARGUMENT"),
+    ErrorCode.UNAUTHENTICATED: (401, "UNAUTHENTICATED"),
+    ErrorCode.PERMISSION_DENIED: (403, "PERMISSION_DENIED"),
+    ErrorCode.NOT_FOUND: (404, "NOT_FOUND"),
+    ErrorCode.METHOD_NOT_ALLOWED: (405, "UNIMPLEMENTED"),
+    ErrorCode.REQUEST_TIMEOUT: (408, "DEADLINE_EXCEEDED"),
+    ErrorCode.PAYLOAD_TOO_LARGE: (413, "RESOURCE_EXHAUSTED"),
+    ErrorCode.OVERLOADED: (503, "UNAVAILABLE"),
+    ErrorCode.DEADLINE_EXCEEDED: (504, "DEADLINE_EXCEEDED"),
+    ErrorCode.UNAVAILABLE: (503, "UNAVAILABLE"),
+    ErrorCode.INTERNAL: (500, "INTERNAL"),
 }
 
 
@@ -80,7 +80,8 @@ class InferenceError(Exception):
         return STATUS[self.code][0]
 
     @property
-    def grpc_status(self) -> grpc.StatusCode:
+    def grpc_status_name(self) -> str:
+        """The gRPC status code's name (grpc.StatusCode[name] in the gRPC adapter)."""
         return STATUS[self.code][1]
 
 

@@ -1,0 +1,680 @@
+"""The one module that imports Ray Serve: it wraps the data plane into deployments.
+
+build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
+                              ├── colocated versions: ONNX Runtime inside the router replica
+                              └── handles ─► ModelVersion deployments (one per model version)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.serve.deployment import Deployment
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from converters.manifest import read_manifest
+from serve.control.resolve import Resolved, resolve_versions
+from serve.core.auth import Access, AuthConfig, Authenticator
+from serve.core.batching import BATCH_DEADLINE, MicroBatcher
+from serve.core.config import (
+    Autoscaling,
+    Batching,
+    DriftConfig,
+    GatewayConfig,
+    Limits,
+    MetricsConfig,
+    VersionConfig,
+)
+from serve.core.dataplane import DataPlane, Health, VersionTarget
+from serve.core.errors import ErrorCode, InferenceError, OverloadedError
+from serve.core.routing import RoutingConfig
+from serve.core.runtime import ArtifactError, VersionRuntime
+from serve.core.types import Feeds
+from serve.observe import statistics
+from serve.observe.exporter import MULTIPROC_ENV
+from serve.observe.telemetry import ReplicaTelemetry
+from serve.protocol import grpc_codec as grpc_service
+from serve.protocol import rest
+from serve.protocol.rest_codec import Limits as CodecLimits
+from serve.protos import grpc_predict_v2_pb2 as pb
+from serve.transport.direct import (
+    DirectPool,
+    DirectServer,
+    FrameLimits,
+    app_secret,
+    expired,
+    kv_prefix,
+)
+
+logger = logging.getLogger("modelgate")
+
+#: Tries of one batch on a dedicated version whose replica dies under it (the deadline bounds
+#: them too).
+REPLICA_ATTEMPTS = 2
+
+
+class VersionSpec(BaseModel):
+    """What the router needs to know of one resolved version (all plain data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    version: str
+    artifact: str
+    placement: str
+    batching: Batching
+    intra_op_threads: int
+    deployment: str | None
+    timeout_ms: float | None
+    allow_non_finite: bool = False
+    max_elements: int = 1 << 24  # the gateway's limit per tensor (bounds direct frames)
+    direct: bool = (
+        False  # dedicated: batches over serve/transport/direct.py, the handle as fallback
+    )
+
+
+class TelemetrySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: MetricsConfig
+    drift: DriftConfig
+
+    def start(self) -> ReplicaTelemetry:
+        return ReplicaTelemetry(self.metrics, self.drift)
+
+
+class RouterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_requests: int = 4096  # admitted at once; one more: 503 at once
+    versions: list[VersionSpec]
+    registry_aliases: dict[str, dict[str, str]]
+    limits: Limits
+    telemetry: TelemetrySpec
+    auth: AuthConfig | None = None
+
+
+@serve.deployment
+class ModelVersion:
+    """One (model, version): an ONNX Runtime session, warmed up before the replica is ready."""
+
+    async def __init__(self, spec: dict[str, Any], telemetry: dict[str, Any]) -> None:  # type: ignore[misc]
+        version = VersionSpec.model_validate(spec)
+        self.name = f"{version.model}:{version.version}"
+        self.telemetry = TelemetrySpec.model_validate(telemetry).start()
+        runtime = VersionRuntime(Path(version.artifact), version.intra_op_threads)
+        runtime.warm_up()
+        self._run = self.telemetry.instrument(runtime, version.model, version.version)
+        self.direct: DirectServer | None = None
+        if version.direct:
+            context = serve.get_replica_context()
+            key = kv_prefix(context.app_name, context.deployment) + context.replica_id.unique_id
+            refused = self.telemetry.metrics.direct_refused
+            self.direct = DirectServer(
+                self._run,
+                key,
+                app_secret(context.app_name),
+                _frame_limits(runtime, version),
+                lambda reason: refused.labels(version.model, version.version, reason).inc(),
+            )
+            await self.direct.start()
+
+    async def run(self, feeds: Feeds, remaining_s: float | None = None) -> Feeds:
+        """A batch from a router's handle call, with the time it had left when sent."""
+        if remaining_s is not None and remaining_s <= 0:
+            raise expired(self.name)
+        return self._run(feeds)
+
+    def __del__(self) -> None:  # Ray Serve calls it when the replica stops
+        _close_telemetry(self)
+        direct = getattr(self, "direct", None)
+        if direct is not None:
+            direct.close()
+
+
+@serve.deployment
+class Router:
+    """The ingress: decodes HTTP/gRPC, routes, batches per version, encodes."""
+
+    def __init__(self, spec: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
+        self.spec = RouterSpec.model_validate(spec)
+        self.limits = self.spec.limits
+        self.admission = Admission(self.spec.max_requests)
+        self.codec_limits = CodecLimits(max_elements=self.limits.max_elements)
+        self.telemetry = self.spec.telemetry.start()
+        self.pools: dict[str, DirectPool] = {}
+        if any(v.direct for v in self.spec.versions):
+            app = serve.get_replica_context().app_name
+            secret = app_secret(app)
+            for v in self.spec.versions:
+                if v.direct and v.deployment is not None:
+                    self.pools[v.deployment] = DirectPool(
+                        v.deployment, kv_prefix(app, v.deployment), secret
+                    )
+        targets = [
+            _target(version, handles, self.telemetry, self.pools) for version in self.spec.versions
+        ]
+        auth = Authenticator(self.spec.auth) if self.spec.auth is not None else None
+        self.plane = DataPlane.build(
+            targets, self.spec.registry_aliases, self.telemetry.metrics, auth
+        )
+        dedicated = {
+            v.deployment: t.health
+            for v, t in zip(self.spec.versions, targets, strict=True)
+            if v.deployment is not None
+        }
+        self.health = DeploymentHealth(dedicated, list(self.pools.values())) if dedicated else None
+
+    def __del__(self) -> None:
+        _close_telemetry(self)
+        health = getattr(self, "health", None)
+        if health is not None:
+            health.stop()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Routing from the deployment's user_config: applied in place, no restart.
+
+        Idempotent (Ray may call it again with the same config). A config naming versions that
+        are not deployed raises, and the routing in force stays as it was.
+        """
+        self.plane.apply_routing(RoutingConfig.model_validate(user_config or {}))
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    async def __call__(self, request: Request) -> Response:
+        if not self.admission.enter():
+            return rest.error_response(self.admission.refusal())
+        try:
+            return await rest.handle(self.plane, request, self.limits)
+        finally:
+            self.admission.leave()
+
+    # -- gRPC (method names are the service's RPC names) --------------------------------------
+    # A request comes as bytes (serve.grpc_service.add_servicer) or as a message (the
+    # generated registration); `_unary` decodes it and answers errors in gRPC's form.
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ServerLive", request, grpc_context, self._live)
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ServerReady", request, grpc_context, self._ready)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ServerMetadata", request, grpc_context, self._server_metadata)
+
+    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ModelReady", request, grpc_context, self._model_ready)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ModelMetadata", request, grpc_context, self._model_metadata)
+
+    async def ModelStatistics(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("ModelStatistics", request, grpc_context, self._statistics)
+
+    async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Message:
+        return await self._unary("RepositoryIndex", request, grpc_context, self._index)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Message:
+        if not self.admission.enter():
+            grpc_service.set_error(grpc_context, self.admission.refusal())
+            return pb.ModelInferResponse()
+        try:
+            return await self._unary("ModelInfer", request, grpc_context, self._model_infer)
+        finally:
+            self.admission.leave()
+
+    async def _unary(
+        self,
+        method: str,
+        request: Any,
+        grpc_context: Any,
+        answer: Callable[[Any, Any], Awaitable[Message]],
+    ) -> Message:
+        request_type, response_type = grpc_service.METHODS[method]
+        try:
+            return await answer(grpc_service.parse(request_type, request), grpc_context)
+        except InferenceError as exc:
+            grpc_service.set_error(grpc_context, exc)
+        except Exception:
+            logger.exception("internal error in %s", method)
+            grpc_service.set_error(
+                grpc_context, InferenceError(ErrorCode.INTERNAL, "internal error")
+            )
+        return response_type()
+
+    async def _live(self, request: pb.ServerLiveRequest, grpc_context: Any) -> Message:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _ready(self, request: pb.ServerReadyRequest, grpc_context: Any) -> Message:
+        return pb.ServerReadyResponse(ready=self.plane.server_ready())
+
+    async def _server_metadata(
+        self, request: pb.ServerMetadataRequest, grpc_context: Any
+    ) -> Message:
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+    async def _model_ready(self, request: pb.ModelReadyRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.MODEL, request.name)
+        ready = self.plane.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def _model_metadata(self, request: pb.ModelMetadataRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.MODEL, request.name)
+        meta = self.plane.model_metadata(request.name, request.version or None)
+        return grpc_service.metadata_message(meta)
+
+    async def _statistics(self, request: pb.ModelStatisticsRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.ADMIN, None)
+        stats = statistics.node_statistics(self.plane, request.name, request.version)
+        return grpc_service.statistics_message(stats)
+
+    async def _index(self, request: pb.RepositoryIndexRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.ADMIN, None)
+        return grpc_service.index_message(self.plane.repository_index(ready_only=request.ready))
+
+    async def _model_infer(self, request: pb.ModelInferRequest, grpc_context: Any) -> Message:
+        self._authorize(grpc_context, Access.MODEL, request.model_name)
+        self.plane.check_known(request.model_name, request.model_version or None, "grpc")
+        grpc_service.check_size(request, self.limits.max_body_bytes)
+        infer = grpc_service.decode_infer(request, self.codec_limits, _metadata(grpc_context))
+        response = await self.plane.infer(infer)
+        if grpc_context is not None:
+            grpc_context.set_trailing_metadata([(rest.VERSION_HEADER, response.version)])
+        return grpc_service.encode_infer(response)
+
+    def _authorize(self, grpc_context: Any, access: Access, model: str | None) -> None:
+        """API keys travel as gRPC metadata `authorization: Bearer <key>`."""
+        authorization = _metadata(grpc_context).get("authorization")
+        self.plane.authorize(access, authorization, model)
+
+
+def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:
+    """What a router's batch of this version can be (a BYTES input never travels direct)."""
+    inputs = {
+        spec.name: (spec.numpy_dtype, tuple(spec.shape))
+        for spec in runtime.manifest.signature.inputs
+        if spec.datatype != "BYTES"
+    }
+    return FrameLimits(inputs, version.batching.max_batch_rows, version.max_elements)
+
+
+class Admission:
+    """modelgate's own admission, in front of Ray Serve's: at most `limit` requests in a
+    router replica at once (being read, queued or computed); one more is refused at once with
+    503 + Retry-After, in the protocol's form. Ray Serve's limit on the replica is set above
+    this one (`ray_limits`), so that a full router answers rather than Ray queueing without
+    bound or refusing in plain text."""
+
+    __slots__ = ("admitted", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted = 0
+
+    def enter(self) -> bool:
+        if self.admitted >= self.limit:
+            return False
+        self.admitted += 1
+        return True
+
+    def leave(self) -> None:
+        self.admitted -= 1
+
+    def refusal(self) -> OverloadedError:
+        return OverloadedError("this router replica", self.admitted, self.limit)
+
+
+def ray_limits(max_requests: int) -> dict[str, int]:
+    """Ray Serve's own limits on a router replica, above modelgate's admission: what Ray
+    itself refuses (plain-text 503 / RESOURCE_EXHAUSTED) is only past these."""
+    return {
+        "max_ongoing_requests": max_requests + max_requests // 4 + 64,
+        "max_queued_requests": max_requests,
+    }
+
+
+# `@serve.deployment` turns each class into a Deployment; mypy sees only the class.
+RouterDeployment = cast(Deployment, Router)
+ModelVersionDeployment = cast(Deployment, ModelVersion)
+
+
+def _close_telemetry(replica: object) -> None:
+    telemetry = getattr(replica, "telemetry", None)  # absent if __init__ failed before it
+    if telemetry is not None:
+        telemetry.close()
+
+
+class DeploymentHealth(threading.Thread):
+    """Keeps each dedicated version's Health current from Ray Serve's own status: a version
+    that had a RUNNING replica and has none now, or whose replicas fail to start (a corrupt or
+    missing artifact, say), takes no traffic until one runs again. Polled every `interval_s`
+    in a thread, so the request path only reads a flag."""
+
+    def __init__(
+        self, versions: dict[str, Health], pools: list[DirectPool], interval_s: float = 1.0
+    ) -> None:
+        super().__init__(name="modelgate-health", daemon=True)
+        self.versions = versions
+        self.pools = pools
+        self.interval_s = interval_s
+        self._stopped = threading.Event()
+        self._seen_running: set[str] = set()
+        self.start()
+
+    def run(self) -> None:
+        app = serve.get_replica_context().app_name
+        while True:
+            try:
+                self.poll(app)
+            except Exception:  # the controller restarting, say: keep the last known state
+                logger.warning("could not read Ray Serve's status", exc_info=True)
+            for pool in self.pools:  # the direct transport's endpoints, from Ray's KV
+                try:
+                    pool.refresh()
+                except Exception:
+                    logger.warning("could not list %s's endpoints", pool.name, exc_info=True)
+            if self._stopped.wait(self.interval_s):
+                return
+
+    def poll(self, app: str) -> None:
+        from ray.serve._private.common import DeploymentStatus
+        from ray.serve.context import _get_global_client
+
+        # The controller's details as a plain dict: what `serve.status()` reads, without its
+        # rebuilding every deployment's pydantic config (~40 ms of this replica's CPU, holding
+        # the GIL, per call; this is ~1 ms).
+        client = _get_global_client()  # raises while no controller runs
+        assert client is not None
+        details = client.get_serve_details()
+        deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
+        for deployment, health in self.versions.items():
+            overview = deployments.get(deployment)
+            running = (
+                sum(_is(r.get("state"), "RUNNING") for r in overview["replicas"]) if overview else 0
+            )
+            if running > 0:
+                health.ready, health.reason = True, ""
+                self._seen_running.add(deployment)
+            elif overview is None:
+                # Not in the status (an application whose new config failed to build lists
+                # none, while the running deployments serve on): keep what was last known.
+                continue
+            elif deployment in self._seen_running or any(
+                _is(overview["status"], s)
+                for s in (DeploymentStatus.UNHEALTHY, DeploymentStatus.DEPLOY_FAILED)
+            ):
+                message = str(overview.get("message") or "").strip()[:500]
+                health.ready = False
+                health.reason = (
+                    f"deployment {deployment} has no running replica "
+                    f"({_value(overview['status'])}" + (f": {message}" if message else "") + ")"
+                )
+            # else: its first replicas are starting; requests wait for them (up to their
+            # deadline) rather than fail while the application comes up.
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _value(field: Any) -> str:
+    """An enum member's value (the details dict holds Ray's enums) or the string itself."""
+    return str(getattr(field, "value", field))
+
+
+def _is(field: Any, expected: Any) -> bool:
+    return _value(field) == _value(expected)
+
+
+def _metadata(context: Any) -> dict[str, str]:
+    if context is None:
+        return {}
+    return {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+
+
+def _target(
+    spec: VersionSpec,
+    handles: dict[str, DeploymentHandle],
+    telemetry: ReplicaTelemetry,
+    pools: dict[str, DirectPool] | None = None,
+) -> VersionTarget:
+    name = f"{spec.model}:{spec.version}"
+    health = Health()
+    manifest = read_manifest(Path(spec.artifact))
+    run_now = None
+    if spec.placement == "colocated":
+        try:
+            run_now = _local_run(spec, telemetry)
+            run = _as_async(run_now)
+        except ArtifactError as exc:
+            # This version is not served; the router and every other version are.
+            logger.error("%s is not served: %s", name, exc)
+            health = Health(False, f"its artifact cannot be loaded: {exc}")
+            run = _unavailable_run(name, health)
+    else:
+        assert spec.deployment is not None
+        m = telemetry.metrics
+        run = _remote_run(
+            name,
+            handles[spec.deployment],
+            (pools or {}).get(spec.deployment),
+            m.counter(m.transport_batches.labels(spec.model, spec.version, "direct")),
+            m.counter(m.transport_batches.labels(spec.model, spec.version, "handle")),
+        )
+    b = spec.batching
+    batcher = MicroBatcher(
+        name,
+        run,
+        max_batch_rows=b.max_batch_rows,
+        max_wait_s=b.max_wait_ms / 1000,
+        max_in_flight=b.max_in_flight,
+        max_queued=b.max_queued,
+        on_batch=telemetry.metrics.batch_observer(spec.model, spec.version),
+        run_now=run_now,
+    )
+    timeout_s = None if spec.timeout_ms is None else spec.timeout_ms / 1000
+    return VersionTarget(
+        spec.model,
+        spec.version,
+        manifest,
+        batcher,
+        spec.placement,
+        timeout_s,
+        health,
+        allow_non_finite=spec.allow_non_finite,
+    )
+
+
+def _local_run(spec: VersionSpec, telemetry: ReplicaTelemetry) -> Callable[[Feeds], Feeds]:
+    runtime = VersionRuntime(Path(spec.artifact), spec.intra_op_threads)
+    runtime.warm_up()
+    return telemetry.instrument(runtime, spec.model, spec.version)
+
+
+def _as_async(run_now: Callable[[Feeds], Feeds]):  # type: ignore[no-untyped-def]
+    async def run(feeds: Feeds) -> Feeds:
+        return run_now(feeds)
+
+    return run
+
+
+def _unavailable_run(name: str, health: Health):  # type: ignore[no-untyped-def]
+    async def run(feeds: Feeds) -> Feeds:
+        raise InferenceError(ErrorCode.UNAVAILABLE, f"{name} is not ready: {health.reason}")
+
+    return run
+
+
+def _time_left(name: str, deadline: float | None) -> float | None:
+    """Seconds until `deadline` (time.monotonic()); DEADLINE_EXCEEDED when none are left."""
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise expired(name)
+    return remaining
+
+
+def _remote_run(  # type: ignore[no-untyped-def]
+    name: str, handle: DeploymentHandle, pool: DirectPool | None, direct: Any, handled: Any
+):
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError
+
+    async def run(feeds: Feeds) -> Feeds:
+        """The batch on a replica, within its deadline: one whose requests have all expired
+        is not sent, and a handle call still unanswered at the deadline is cancelled (Ray
+        Serve drops it if the replica has not started it)."""
+        deadline = BATCH_DEADLINE.get()
+        if pool is not None:
+            outputs = await pool.run(feeds, _time_left(name, deadline))
+            if outputs is not None:
+                direct.inc()
+                return outputs
+        handled.inc()
+        for attempt in range(1, REPLICA_ATTEMPTS + 1):
+            remaining = _time_left(name, deadline)
+            timeout = asyncio.timeout(remaining)
+            try:
+                async with timeout:
+                    return await handle.run.remote(feeds, remaining)  # type: ignore[no-any-return]
+            except TimeoutError as exc:
+                if timeout.expired():
+                    raise expired(name) from None
+                raise InferenceError(
+                    ErrorCode.UNAVAILABLE, f"{name} is unavailable: {exc}"
+                ) from exc
+            except InferenceError:
+                raise
+            except RayActorError as exc:
+                # The replica died (or went unreachable) with the batch on it. Ray Serve stops
+                # routing to it at once, and a prediction is a pure function of its inputs:
+                # send the batch again, to another replica (or the restarted one).
+                if attempt == REPLICA_ATTEMPTS:
+                    raise InferenceError(
+                        ErrorCode.UNAVAILABLE,
+                        f"{name} is unavailable: its replicas stopped {attempt} times while "
+                        f"answering ({type(exc).__name__})",
+                        retry_after_s=1.0,
+                    ) from exc
+                logger.warning("%s: a replica stopped while answering; sending again", name)
+            except BackPressureError as exc:
+                raise InferenceError(
+                    ErrorCode.OVERLOADED, f"{name} is overloaded: {exc}", retry_after_s=1.0
+                ) from exc
+            except Exception as exc:
+                raise InferenceError(
+                    ErrorCode.UNAVAILABLE, f"{name} is unavailable: {exc}"
+                ) from exc
+        raise AssertionError("unreachable")
+
+    return run
+
+
+# -- the builder ------------------------------------------------------------------------------
+def build_app(args: dict[str, Any] | GatewayConfig) -> serve.Application:
+    """Ray Serve application builder: `import_path: serve.app:build_app`.
+
+    The args are validated here (a ValidationError names each bad field), then every version is
+    resolved to a verified artifact; a config that cannot be served fails the deploy.
+    """
+    return build_gateway(args, RouterDeployment)
+
+
+def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> serve.Application:
+    """`build_app` with another ingress deployment, one taking the Router's arguments (the
+    benchmark's floor, `loadtests.floor:floor_app`, is a Router answering like the baseline)."""
+    args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
+    resolved = resolve_versions(args)
+    telemetry = TelemetrySpec(metrics=args.metrics, drift=args.drift)
+    handles: dict[str, Any] = {}
+    specs: list[VersionSpec] = []
+    for model, version_config, artifact, version in resolved:
+        dedicated = version_config.placement == "dedicated"
+        spec = VersionSpec(
+            model=model.name,
+            version=version,
+            artifact=artifact,
+            placement=version_config.placement,
+            batching=version_config.batching,
+            intra_op_threads=version_config.intra_op_threads,
+            deployment=f"{model.name}-v{version}" if dedicated else None,
+            timeout_ms=model.timeout_ms,
+            allow_non_finite=model.allow_non_finite,
+            max_elements=args.limits.max_elements,
+            direct=version_config.direct,
+        )
+        if spec.deployment is not None:
+            handles[spec.deployment] = _model_deployment(
+                spec.deployment, version_config, args
+            ).bind(spec.model_dump(), telemetry.model_dump())
+        specs.append(spec)
+    router = args.router
+    router_spec = RouterSpec(
+        max_requests=router.max_ongoing_requests,
+        versions=specs,
+        registry_aliases=registry_aliases(resolved),
+        limits=args.limits,
+        telemetry=telemetry,
+        auth=args.auth,
+    )
+    options: dict[str, Any] = {
+        **ray_limits(router.max_ongoing_requests),
+        "ray_actor_options": _actor_options(router.num_cpus, args),
+        "max_surge_percent": router.max_surge_percent,
+        **_scaling(router.autoscaling, router.num_replicas),
+    }
+    return ingress.options(**options).bind(router_spec.model_dump(), handles)
+
+
+def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) -> Any:
+    router_replicas = (
+        args.router.autoscaling.max_replicas
+        if args.router.autoscaling
+        else args.router.num_replicas
+    )
+    options: dict[str, Any] = {
+        "name": name,
+        # Each router keeps at most max_in_flight batches on a version at once.
+        "max_ongoing_requests": version.batching.max_in_flight * router_replicas + 2,
+        "ray_actor_options": _actor_options(version.num_cpus, args),
+        "max_surge_percent": version.max_surge_percent,
+        **_scaling(version.autoscaling, version.num_replicas),
+    }
+    return ModelVersionDeployment.options(**options)
+
+
+def _actor_options(num_cpus: float, args: GatewayConfig) -> dict[str, Any]:
+    """Every replica writes its metrics to the node's folder (serve/observe/exporter.py); the
+    variable
+    must be set before the worker imports prometheus-client, hence the runtime_env."""
+    env = {MULTIPROC_ENV: args.metrics.directory}
+    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}}
+
+
+def _scaling(autoscaling: Autoscaling | None, num_replicas: int) -> dict[str, Any]:
+    """Ray Serve takes either an autoscaling_config or a fixed num_replicas."""
+    if autoscaling is not None:
+        return {"autoscaling_config": autoscaling.ray_config()}
+    return {"num_replicas": num_replicas}
+
+
+def registry_aliases(resolved: list[Resolved]) -> dict[str, dict[str, str]]:
+    """`uri: models:/m@champion` pins alias `champion` to the version it named at deploy time."""
+    from converters.registry import ModelRef
+
+    aliases: dict[str, dict[str, str]] = {}
+    for model, version_config, _, version in resolved:
+        if version_config.uri is not None:
+            alias = ModelRef.parse(version_config.uri).alias
+            if alias is not None:
+                aliases.setdefault(model.name, {})[alias] = version
+    return aliases

@@ -1,0 +1,77 @@
+"""The layers stay layers: the core imports no framework, only serve/ray imports Ray, and only one
+module of it reaches into Ray's private APIs."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SERVE = Path(__file__).resolve().parents[2] / "serve"
+
+#: What a layer must not load, transitive imports included.
+FORBIDDEN = {
+    "serve.core": ["ray", "starlette", "grpc", "onnx", "skl2onnx", "sklearn", "mlflow"],
+    "serve.protocol": ["ray", "onnx", "skl2onnx", "sklearn", "mlflow"],
+    "serve.observe": ["ray", "starlette", "grpc", "onnx", "skl2onnx", "sklearn", "mlflow"],
+    "serve.transport": ["ray", "starlette", "grpc", "onnx", "skl2onnx", "sklearn", "mlflow"],
+}
+
+
+def _loaded_after_import(package: str) -> set[str]:
+    """Every top-level module in sys.modules after importing the package and all its modules in
+    a fresh interpreter."""
+    modules = [f"{package}.{p.stem}" for p in (SERVE / package.split(".")[1]).glob("*.py")]
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_layer_loads_none_of_what_it_must_not(package: str) -> None:
+    loaded = _loaded_after_import(package)
+    assert "numpy" in loaded  # the check sees transitive imports (the core needs numpy)
+    assert sorted(loaded & set(FORBIDDEN[package])) == []
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module a file imports, at the top or inside a function."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def _sources() -> list[Path]:
+    return sorted(p for p in SERVE.rglob("*.py") if "protos" not in p.parts)
+
+
+def test_only_the_ray_package_imports_ray() -> None:
+    outside = {
+        str(p.relative_to(SERVE.parent)): [n for n in _imports(p) if n.split(".")[0] == "ray"]
+        for p in _sources()
+        if p.parent.name != "ray"
+    }
+    assert {k: v for k, v in outside.items() if v} == {}
+
+
+def test_only_one_module_reaches_into_rays_private_apis() -> None:
+    private = {
+        str(p.relative_to(SERVE.parent))
+        for p in _sources()
+        for name in _imports(p)
+        if name.split(".")[0] == "ray"
+        and ("_private" in name or "experimental" in name or name.endswith("context"))
+    }
+    assert private <= {"serve/ray/internals.py"}
