@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
+import ray
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict
 from ray import serve
@@ -48,14 +49,8 @@ from serve.protocol import grpc_codec as grpc_service
 from serve.protocol import rest
 from serve.protocol.rest_codec import Limits as CodecLimits
 from serve.protos import grpc_predict_v2_pb2 as pb
-from serve.transport.direct import (
-    DirectPool,
-    DirectServer,
-    FrameLimits,
-    app_secret,
-    expired,
-    kv_prefix,
-)
+from serve.ray.internals import KVDirectory, serve_details
+from serve.transport.direct import DirectPool, DirectServer, FrameLimits, expired, kv_prefix
 
 logger = logging.getLogger("modelgate")
 
@@ -121,14 +116,16 @@ class ModelVersion:
             context = serve.get_replica_context()
             key = kv_prefix(context.app_name, context.deployment) + context.replica_id.unique_id
             refused = self.telemetry.metrics.direct_refused
+            directory = KVDirectory()
             self.direct = DirectServer(
                 self._run,
+                directory,
                 key,
-                app_secret(context.app_name),
+                directory.shared_secret(context.app_name),
                 _frame_limits(runtime, version),
                 lambda reason: refused.labels(version.model, version.version, reason).inc(),
             )
-            await self.direct.start()
+            await self.direct.start(ray.util.get_node_ip_address())
 
     async def run(self, feeds: Feeds, remaining_s: float | None = None) -> Feeds:
         """A batch from a router's handle call, with the time it had left when sent."""
@@ -156,11 +153,12 @@ class Router:
         self.pools: dict[str, DirectPool] = {}
         if any(v.direct for v in self.spec.versions):
             app = serve.get_replica_context().app_name
-            secret = app_secret(app)
+            directory = KVDirectory()
+            secret = directory.shared_secret(app)
             for v in self.spec.versions:
                 if v.direct and v.deployment is not None:
                     self.pools[v.deployment] = DirectPool(
-                        v.deployment, kv_prefix(app, v.deployment), secret
+                        v.deployment, directory, kv_prefix(app, v.deployment), secret
                     )
         targets = [
             _target(version, handles, self.telemetry, self.pools) for version in self.spec.versions
@@ -386,15 +384,7 @@ class DeploymentHealth(threading.Thread):
                 return
 
     def poll(self, app: str) -> None:
-        from ray.serve._private.common import DeploymentStatus
-        from ray.serve.context import _get_global_client
-
-        # The controller's details as a plain dict: what `serve.status()` reads, without its
-        # rebuilding every deployment's pydantic config (~40 ms of this replica's CPU, holding
-        # the GIL, per call; this is ~1 ms).
-        client = _get_global_client()  # raises while no controller runs
-        assert client is not None
-        details = client.get_serve_details()
+        details = serve_details()  # raises while no controller runs
         deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
         for deployment, health in self.versions.items():
             overview = deployments.get(deployment)
@@ -409,8 +399,7 @@ class DeploymentHealth(threading.Thread):
                 # none, while the running deployments serve on): keep what was last known.
                 continue
             elif deployment in self._seen_running or any(
-                _is(overview["status"], s)
-                for s in (DeploymentStatus.UNHEALTHY, DeploymentStatus.DEPLOY_FAILED)
+                _is(overview["status"], s) for s in ("UNHEALTHY", "DEPLOY_FAILED")
             ):
                 message = str(overview.get("message") or "").strip()[:500]
                 health.ready = False

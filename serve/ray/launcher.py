@@ -153,13 +153,9 @@ def stop_ray() -> None:
 def dead_ray_processes() -> list[str]:
     """The core processes of the local Ray instance this process started that have exited
     (empty when there are none, or when this process joined a cluster)."""
-    from ray._private import worker
+    from serve.ray import internals
 
-    node = worker._global_node
-    if node is None or not node.head:
-        return []
-    core = {"raylet", "gcs_server"}
-    return sorted({name for name, _ in node.dead_processes() if name in core})
+    return internals.dead_core_processes()
 
 
 def forget_ray() -> None:
@@ -216,19 +212,9 @@ def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:
 
 def deploy(config: dict[str, Any], timeout_s: float = 180.0) -> None:
     """Apply a Ray Serve config (as `serve run config.yaml` does) and wait until it runs."""
-    from ray.serve._private import api as private_api
-    from ray.serve.config import gRPCOptions
-    from ray.serve.schema import ServeDeploySchema
+    from serve.ray import internals
 
-    schema = ServeDeploySchema.model_validate(config)
-    client = private_api.serve_start(
-        http_options=schema.http_options.model_dump(),
-        proxy_location=schema.proxy_location,
-        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
-        controller_options=schema.controller_options,
-    )
-    client.deploy_apps(schema)
-    wait_running([app.name for app in schema.applications], timeout_s)
+    wait_running(internals.start_serve_and_deploy(config), timeout_s)
 
 
 def wait_running(names: list[str], timeout_s: float) -> None:

@@ -2,8 +2,9 @@
 
 A Ray Serve handle call costs 1–2.5 ms here (../shared/DESIGN.md, "Measured"); one round trip on
 a persistent TCP connection with a length-prefixed frame costs ~0.1 ms. So each ModelVersion
-replica also listens on an ephemeral port and publishes `host:port` in Ray's internal KV; each
-router keeps connections to the endpoints it finds there and sends batches over them. Any
+replica also listens on an ephemeral port and publishes `host:port` in a Directory (Ray's internal
+KV in a gateway); each router keeps connections to the endpoints it finds there and sends batches
+over them. Any
 transport failure (a replica stopping in a rollout, killed, unreachable) makes the router send
 that batch through the handle instead, so Ray Serve's handle stays the path of record for
 rollouts, failures and retries, and a prediction being a pure function, sending it again is safe.
@@ -14,7 +15,7 @@ Numeric tensors only: a batch with strings (object arrays) goes through the hand
 
 Only the application's routers are answered. A replica listens on its node's address (not every
 interface) and computes nothing for a peer until it has proven it holds the application's
-secret (32 random bytes kept in Ray's internal KV, which only the cluster's members reach):
+secret (32 random bytes kept in the Directory, which only the cluster's members reach):
 
     replica → router   HELLO, nonce_r (32 random bytes)
     router  → replica  nonce_c, HMAC-SHA256(secret, "router" | nonce_r | nonce_c)
@@ -41,6 +42,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -50,7 +52,6 @@ from serve.core.types import Feeds
 
 logger = logging.getLogger("modelgate.direct")
 
-NAMESPACE = "modelgate"
 _LENGTH = struct.Struct("<I")
 MAX_FRAME = 1 << 31
 #: Longest frame header a replica reads (a batch's header is ~100 bytes a tensor).
@@ -65,16 +66,22 @@ def kv_prefix(app: str, deployment: str) -> str:
     return f"direct/{app}/{deployment}/"
 
 
-def app_secret(app: str) -> bytes:
-    """The application's direct-transport secret, made by whichever replica asks first
-    (an atomic put-if-absent in Ray's KV, then read back: every replica sees one value)."""
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+class Directory(Protocol):
+    """Where replicas publish their endpoints and routers find them, shared by every node of the
+    cluster (Ray's KV in a gateway: serve/ray/internals.py; a dict in the frame tests)."""
 
-    key = f"secret/{app}"
-    _internal_kv_put(key, secrets.token_bytes(32), overwrite=False, namespace=NAMESPACE)
-    secret = _internal_kv_get(key, namespace=NAMESPACE)
-    assert secret, f"no direct-transport secret for {app}"
-    return bytes(secret)
+    def shared_secret(self, name: str) -> bytes:
+        """One random secret per name, made by whichever caller asks first: every caller, on
+        every node, gets the same bytes."""
+        ...
+
+    def publish(self, key: str, address: str) -> None: ...
+
+    def listing(self, prefix: str) -> dict[str, str]:
+        """key -> address, for every key under `prefix`."""
+        ...
+
+    def remove(self, key: str) -> None: ...
 
 
 def _mac(secret: bytes, role: bytes, nonce_r: bytes, nonce_c: bytes) -> bytes:
@@ -211,12 +218,14 @@ class DirectServer:
     def __init__(
         self,
         run: Callable[[Feeds], Feeds],
+        directory: Directory,
         key: str,
         secret: bytes,
         limits: FrameLimits,
         on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._run = run
+        self._directory = directory
         self.key = key
         self._secret = secret
         self._limits = limits
@@ -225,11 +234,9 @@ class DirectServer:
         self._server: asyncio.Server | None = None
         self._republish: asyncio.Task[None] | None = None
 
-    async def start(self) -> str:
-        """Listen on the node's address (not every interface) and publish it."""
-        import ray
-
-        await self.listen(ray.util.get_node_ip_address())
+    async def start(self, host: str) -> str:
+        """Listen on `host`, the node's own address (not every interface), and publish it."""
+        await self.listen(host)
         self._publish()
         self._republish = asyncio.create_task(self._keep_published())
         return self.address
@@ -241,9 +248,7 @@ class DirectServer:
         return self.address
 
     def _publish(self) -> None:
-        from ray.experimental.internal_kv import _internal_kv_put
-
-        _internal_kv_put(self.key, self.address, overwrite=True, namespace=NAMESPACE)
+        self._directory.publish(self.key, self.address)
 
     async def _keep_published(self) -> None:
         """A router that could not reach this replica removes its key: put it back."""
@@ -294,14 +299,12 @@ class DirectServer:
         return False
 
     def close(self) -> None:
-        from ray.experimental.internal_kv import _internal_kv_del
-
         if self._republish is not None:
             self._republish.cancel()
         if self._server is not None:
             self._server.close()
         with contextlib.suppress(Exception):
-            _internal_kv_del(self.key, namespace=NAMESPACE)
+            self._directory.remove(self.key)
 
 
 @dataclass
@@ -314,13 +317,14 @@ class _Endpoint:
 class DirectPool:
     """The router side, for one deployment: connections to its replicas' endpoints.
 
-    `refresh()` takes the addresses listed in the KV (from the health thread: an atomic swap);
-    the event loop reconciles on the next call. `run()` returns None when no endpoint could take
-    the batch: the caller sends it through the handle.
+    `refresh()` takes the addresses listed in the directory (from the health thread: an atomic
+    swap); the event loop reconciles on the next call. `run()` returns None when no endpoint
+    could take the batch: the caller sends it through the handle.
     """
 
-    def __init__(self, name: str, prefix: str, secret: bytes) -> None:
+    def __init__(self, name: str, directory: Directory, prefix: str, secret: bytes) -> None:
         self.name = name
+        self._directory = directory
         self.prefix = prefix
         self._secret = secret
         self._listed: frozenset[str] = frozenset()
@@ -330,22 +334,13 @@ class DirectPool:
 
     def refresh(self) -> None:
         """Read the published addresses (blocking: call it from a thread)."""
-        from ray.experimental.internal_kv import (
-            _internal_kv_del,
-            _internal_kv_get,
-            _internal_kv_list,
-        )
-
         unreachable, self._unreachable = self._unreachable, set()
         addresses = set()
-        for key in _internal_kv_list(self.prefix, namespace=NAMESPACE):
-            value = _internal_kv_get(key, namespace=NAMESPACE)
-            if not value:
-                continue
-            if value.decode() in unreachable:  # the replica puts it back if it is alive
-                _internal_kv_del(key, namespace=NAMESPACE)
+        for key, address in self._directory.listing(self.prefix).items():
+            if address in unreachable:  # the replica puts it back if it is alive
+                self._directory.remove(key)
             else:
-                addresses.add(value.decode())
+                addresses.add(address)
         self._listed = frozenset(addresses)
 
     def _reconcile(self) -> None:

@@ -1,7 +1,6 @@
 """The direct transport (serve/transport/direct.py): a fixed-size dedicated version's batches go
-over it
-and answer exactly as the original model; autoscaled versions and string tensors go through
-Ray Serve's handle; a replica's endpoint is published in Ray's KV while it runs."""
+over it and answer exactly as the original model; autoscaled versions and string tensors go
+through Ray Serve's handle; a replica's endpoint is published in Ray's KV while it runs."""
 
 from __future__ import annotations
 
@@ -12,8 +11,9 @@ import numpy as np
 import requests
 from sklearn.datasets import load_breast_cancer
 
+from serve.ray.internals import KVDirectory
 from serve.transport import direct
-from serve.transport.direct import NAMESPACE, kv_prefix
+from serve.transport.direct import kv_prefix
 from tests.integration.bodies import X_BC, assert_churn_answers_as_the_original, infer_body
 from tests.integration.conftest import APP, Gateway, listening_addresses, metric_value
 
@@ -29,10 +29,8 @@ def _batches(gateway: Gateway, version: str, transport: str, model: str = "breas
 
 
 def test_fixed_size_versions_go_direct_and_answer_as_the_original(gateway: Gateway) -> None:
-    from ray.experimental.internal_kv import _internal_kv_list
-
-    keys = _internal_kv_list(kv_prefix(APP, "breast_cancer-v1"), namespace=NAMESPACE)
-    assert len(keys) == 1  # one replica, one endpoint
+    listed = KVDirectory().listing(kv_prefix(APP, "breast_cancer-v1"))
+    assert len(listed) == 1  # one replica, one endpoint
     before = {t: _batches(gateway, "1", t) for t in ("direct", "handle")}
     original = gateway.originals["breast_cancer:1"]
     x = load_breast_cancer(return_X_y=True)[0][:40].astype(np.float32)
@@ -65,18 +63,14 @@ def test_autoscaled_versions_and_strings_go_through_the_handle(gateway: Gateway)
 
 
 def _endpoint() -> tuple[str, int]:
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
-
-    (key,) = _internal_kv_list(kv_prefix(APP, "breast_cancer-v1"), namespace=NAMESPACE)
-    host, port = _internal_kv_get(key, namespace=NAMESPACE).decode().rsplit(":", 1)
+    (address,) = KVDirectory().listing(kv_prefix(APP, "breast_cancer-v1")).values()
+    host, port = address.rsplit(":", 1)
     return host, int(port)
 
 
 def test_a_stranger_gets_nothing_computed_and_is_counted(gateway: Gateway) -> None:
     """A well-formed frame without the handshake, then a replayed handshake: the replica
     computes neither (its row count stays), counts both, and keeps serving the router."""
-    from ray.experimental.internal_kv import _internal_kv_get
-
     host, port = _endpoint()
     assert listening_addresses(port) == {host} != {"0.0.0.0"}  # the node's address only
     rows = _rows(gateway)
@@ -86,7 +80,7 @@ def test_a_stranger_gets_nothing_computed_and_is_counted(gateway: Gateway) -> No
         assert _read_exactly(stranger, len(direct.HELLO) + direct.NONCE).startswith(direct.HELLO)
         stranger.sendall(frame)
         assert _closed_without_answer(stranger)
-    secret = bytes(_internal_kv_get(f"secret/{APP}", namespace=direct.NAMESPACE))
+    secret = KVDirectory().shared_secret(APP)  # the application's, made by its replicas
     proof = _handshake(host, port, secret)  # a router's, recorded
     with socket.create_connection((host, port), timeout=10) as replayer:
         _read_exactly(replayer, len(direct.HELLO) + direct.NONCE)  # a fresh nonce

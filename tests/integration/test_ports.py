@@ -12,7 +12,8 @@ from pathlib import Path
 
 from serve.cli import _descendants
 from serve.ray import launcher
-from serve.transport.direct import NAMESPACE, kv_prefix
+from serve.ray.internals import KVDirectory
+from serve.transport.direct import kv_prefix
 from tests.integration.conftest import APP, Gateway, Listener, listeners
 
 EVERYWHERE = {"0.0.0.0", "::"}
@@ -48,12 +49,10 @@ def _worker_port(pid: int) -> int | None:
 
 
 def _direct_addresses() -> set[tuple[str, int]]:
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
-
     addresses = set()
     for deployment in ("breast_cancer-v1", "churn-v1"):
-        for key in _internal_kv_list(kv_prefix(APP, deployment), namespace=NAMESPACE):
-            host, port = _internal_kv_get(key, namespace=NAMESPACE).decode().rsplit(":", 1)
+        for address in KVDirectory().listing(kv_prefix(APP, deployment)).values():
+            host, port = address.rsplit(":", 1)
             addresses.add((host, int(port)))
     return addresses
 

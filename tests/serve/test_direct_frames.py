@@ -66,8 +66,28 @@ def test_an_error_frame_raises_the_replica_error_and_a_huge_header_is_refused() 
 
 # -- the handshake and the limits, over real loopback sockets (no Ray) --------------------------
 SECRET = b"s" * 32
+PREFIX = "direct/app/m-v1/"
 LIMITS = FrameLimits({"x": (np.dtype(np.float32), (-1, 3))}, max_batch_rows=4, max_elements=30)
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+class MemoryDirectory:
+    """A Directory in a dict: what Ray's KV is to a gateway (serve/ray/internals.py)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, str] = {}
+
+    def shared_secret(self, name: str) -> bytes:
+        return SECRET
+
+    def publish(self, key: str, address: str) -> None:
+        self.entries[key] = address
+
+    def listing(self, prefix: str) -> dict[str, str]:
+        return {k: v for k, v in self.entries.items() if k.startswith(prefix)}
+
+    def remove(self, key: str) -> None:
+        self.entries.pop(key, None)
 
 
 class Replica:
@@ -76,7 +96,10 @@ class Replica:
     def __init__(self) -> None:
         self.computed: list[int] = []
         self.refused: list[str] = []
-        self.server = DirectServer(self._run, "unused", SECRET, LIMITS, self.refused.append)
+        self.directory = MemoryDirectory()
+        self.server = DirectServer(
+            self._run, self.directory, PREFIX + "r1", SECRET, LIMITS, self.refused.append
+        )
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.computed.append(len(feeds["x"]))
@@ -90,7 +113,7 @@ class Replica:
 def _with_replica(scenario: Any) -> Any:
     async def main() -> Any:
         replica = Replica()
-        await replica.server.listen("127.0.0.1")
+        await replica.server.start("127.0.0.1")
         try:
             return await scenario(replica)
         finally:
@@ -100,8 +123,8 @@ def _with_replica(scenario: Any) -> Any:
 
 
 def _pool(replica: Replica, secret: bytes = SECRET) -> DirectPool:
-    pool = DirectPool("m-v1", "unused", secret)
-    pool._listed = frozenset({replica.server.address})  # what refresh() reads from Ray's KV
+    pool = DirectPool("m-v1", replica.directory, PREFIX, secret)
+    pool.refresh()  # what the router's health thread does every second
     return pool
 
 
@@ -120,6 +143,15 @@ def test_a_router_with_the_secret_is_answered_and_one_without_falls_back() -> No
         assert answer is not None and answer["y"].tolist() == [3.0, 12.0]
         assert await _pool(replica, b"t" * 32).run({"x": X}) is None  # the handle takes it
         assert replica.computed == [2] and replica.refused == ["proof"]
+
+    _with_replica(scenario)
+
+
+def test_a_replica_publishes_its_endpoint_while_it_runs_and_removes_it_when_it_stops() -> None:
+    async def scenario(replica: Replica) -> None:
+        assert replica.directory.entries == {PREFIX + "r1": replica.server.address}
+        replica.server.close()
+        assert replica.directory.entries == {}
 
     _with_replica(scenario)
 
