@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,8 +25,10 @@ from starlette.responses import Response
 
 from converters.manifest import read_manifest
 from serve.control.resolve import Resolved, resolve_versions
-from serve.core.auth import Access, AuthConfig, Authenticator
-from serve.core.batching import BATCH_DEADLINE, MicroBatcher
+from serve.core import runners
+from serve.core.admission import Admission
+from serve.core.auth import AuthConfig, Authenticator
+from serve.core.batching import MicroBatcher
 from serve.core.config import (
     Autoscaling,
     Batching,
@@ -38,19 +39,18 @@ from serve.core.config import (
     VersionConfig,
 )
 from serve.core.dataplane import DataPlane, Health, VersionTarget
-from serve.core.errors import ErrorCode, InferenceError, OverloadedError
+from serve.core.errors import ErrorCode, InferenceError
 from serve.core.routing import RoutingConfig
+from serve.core.runners import expired, time_left
 from serve.core.runtime import ArtifactError, VersionRuntime
 from serve.core.types import Feeds
-from serve.observe import statistics
 from serve.observe.exporter import MULTIPROC_ENV
 from serve.observe.telemetry import ReplicaTelemetry
-from serve.protocol import grpc_codec as grpc_service
 from serve.protocol import rest
+from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
-from serve.protos import grpc_predict_v2_pb2 as pb
 from serve.ray.internals import KVDirectory, serve_details
-from serve.transport.direct import DirectPool, DirectServer, FrameLimits, expired, kv_prefix
+from serve.transport.direct import DirectPool, DirectServer, FrameLimits, kv_prefix
 
 logger = logging.getLogger("modelgate")
 
@@ -173,6 +173,9 @@ class Router:
             if v.deployment is not None
         }
         self.health = DeploymentHealth(dedicated, list(self.pools.values())) if dedicated else None
+        self.grpc = InferenceServicer(
+            self.plane, self.admission, self.limits.max_body_bytes, self.codec_limits
+        )
 
     def __del__(self) -> None:
         _close_telemetry(self)
@@ -197,102 +200,30 @@ class Router:
         finally:
             self.admission.leave()
 
-    # -- gRPC (method names are the service's RPC names) --------------------------------------
-    # A request comes as bytes (serve.grpc_service.add_servicer) or as a message (the
-    # generated registration); `_unary` decodes it and answers errors in gRPC's form.
+    # -- gRPC: the service's RPCs, answered by the servicer (serve/protocol/grpc_servicer.py) --
     async def ServerLive(self, request: Any, grpc_context: Any = None) -> Message:
-        return await self._unary("ServerLive", request, grpc_context, self._live)
+        return await self.grpc.ServerLive(request, grpc_context)
 
     async def ServerReady(self, request: Any, grpc_context: Any = None) -> Message:
-        return await self._unary("ServerReady", request, grpc_context, self._ready)
+        return await self.grpc.ServerReady(request, grpc_context)
 
     async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Message:
-        return await self._unary("ServerMetadata", request, grpc_context, self._server_metadata)
+        return await self.grpc.ServerMetadata(request, grpc_context)
 
     async def ModelReady(self, request: Any, grpc_context: Any = None) -> Message:
-        return await self._unary("ModelReady", request, grpc_context, self._model_ready)
+        return await self.grpc.ModelReady(request, grpc_context)
 
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Message:
-        return await self._unary("ModelMetadata", request, grpc_context, self._model_metadata)
+        return await self.grpc.ModelMetadata(request, grpc_context)
 
     async def ModelStatistics(self, request: Any, grpc_context: Any = None) -> Message:
-        return await self._unary("ModelStatistics", request, grpc_context, self._statistics)
+        return await self.grpc.ModelStatistics(request, grpc_context)
 
     async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Message:
-        return await self._unary("RepositoryIndex", request, grpc_context, self._index)
+        return await self.grpc.RepositoryIndex(request, grpc_context)
 
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Message:
-        if not self.admission.enter():
-            grpc_service.set_error(grpc_context, self.admission.refusal())
-            return pb.ModelInferResponse()
-        try:
-            return await self._unary("ModelInfer", request, grpc_context, self._model_infer)
-        finally:
-            self.admission.leave()
-
-    async def _unary(
-        self,
-        method: str,
-        request: Any,
-        grpc_context: Any,
-        answer: Callable[[Any, Any], Awaitable[Message]],
-    ) -> Message:
-        request_type, response_type = grpc_service.METHODS[method]
-        try:
-            return await answer(grpc_service.parse(request_type, request), grpc_context)
-        except InferenceError as exc:
-            grpc_service.set_error(grpc_context, exc)
-        except Exception:
-            logger.exception("internal error in %s", method)
-            grpc_service.set_error(
-                grpc_context, InferenceError(ErrorCode.INTERNAL, "internal error")
-            )
-        return response_type()
-
-    async def _live(self, request: pb.ServerLiveRequest, grpc_context: Any) -> Message:
-        return pb.ServerLiveResponse(live=True)
-
-    async def _ready(self, request: pb.ServerReadyRequest, grpc_context: Any) -> Message:
-        return pb.ServerReadyResponse(ready=self.plane.server_ready())
-
-    async def _server_metadata(
-        self, request: pb.ServerMetadataRequest, grpc_context: Any
-    ) -> Message:
-        return pb.ServerMetadataResponse(**self.plane.server_metadata())
-
-    async def _model_ready(self, request: pb.ModelReadyRequest, grpc_context: Any) -> Message:
-        self._authorize(grpc_context, Access.MODEL, request.name)
-        ready = self.plane.model_ready(request.name, request.version or None)
-        return pb.ModelReadyResponse(ready=ready)
-
-    async def _model_metadata(self, request: pb.ModelMetadataRequest, grpc_context: Any) -> Message:
-        self._authorize(grpc_context, Access.MODEL, request.name)
-        meta = self.plane.model_metadata(request.name, request.version or None)
-        return grpc_service.metadata_message(meta)
-
-    async def _statistics(self, request: pb.ModelStatisticsRequest, grpc_context: Any) -> Message:
-        self._authorize(grpc_context, Access.ADMIN, None)
-        stats = statistics.node_statistics(self.plane, request.name, request.version)
-        return grpc_service.statistics_message(stats)
-
-    async def _index(self, request: pb.RepositoryIndexRequest, grpc_context: Any) -> Message:
-        self._authorize(grpc_context, Access.ADMIN, None)
-        return grpc_service.index_message(self.plane.repository_index(ready_only=request.ready))
-
-    async def _model_infer(self, request: pb.ModelInferRequest, grpc_context: Any) -> Message:
-        self._authorize(grpc_context, Access.MODEL, request.model_name)
-        self.plane.check_known(request.model_name, request.model_version or None, "grpc")
-        grpc_service.check_size(request, self.limits.max_body_bytes)
-        infer = grpc_service.decode_infer(request, self.codec_limits, _metadata(grpc_context))
-        response = await self.plane.infer(infer)
-        if grpc_context is not None:
-            grpc_context.set_trailing_metadata([(rest.VERSION_HEADER, response.version)])
-        return grpc_service.encode_infer(response)
-
-    def _authorize(self, grpc_context: Any, access: Access, model: str | None) -> None:
-        """API keys travel as gRPC metadata `authorization: Bearer <key>`."""
-        authorization = _metadata(grpc_context).get("authorization")
-        self.plane.authorize(access, authorization, model)
+        return await self.grpc.ModelInfer(request, grpc_context)
 
 
 def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:
@@ -303,32 +234,6 @@ def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:
         if spec.datatype != "BYTES"
     }
     return FrameLimits(inputs, version.batching.max_batch_rows, version.max_elements)
-
-
-class Admission:
-    """modelgate's own admission, in front of Ray Serve's: at most `limit` requests in a
-    router replica at once (being read, queued or computed); one more is refused at once with
-    503 + Retry-After, in the protocol's form. Ray Serve's limit on the replica is set above
-    this one (`ray_limits`), so that a full router answers rather than Ray queueing without
-    bound or refusing in plain text."""
-
-    __slots__ = ("admitted", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.admitted = 0
-
-    def enter(self) -> bool:
-        if self.admitted >= self.limit:
-            return False
-        self.admitted += 1
-        return True
-
-    def leave(self) -> None:
-        self.admitted -= 1
-
-    def refusal(self) -> OverloadedError:
-        return OverloadedError("this router replica", self.admitted, self.limit)
 
 
 def ray_limits(max_requests: int) -> dict[str, int]:
@@ -423,12 +328,6 @@ def _is(field: Any, expected: Any) -> bool:
     return _value(field) == _value(expected)
 
 
-def _metadata(context: Any) -> dict[str, str]:
-    if context is None:
-        return {}
-    return {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
-
-
 def _target(
     spec: VersionSpec,
     handles: dict[str, DeploymentHandle],
@@ -442,22 +341,23 @@ def _target(
     if spec.placement == "colocated":
         try:
             run_now = _local_run(spec, telemetry)
-            run = _as_async(run_now)
+            run = runners.local(run_now)
         except ArtifactError as exc:
             # This version is not served; the router and every other version are.
             logger.error("%s is not served: %s", name, exc)
             health = Health(False, f"its artifact cannot be loaded: {exc}")
-            run = _unavailable_run(name, health)
+            run = runners.unavailable(name, health.reason)
     else:
         assert spec.deployment is not None
         m = telemetry.metrics
-        run = _remote_run(
-            name,
-            handles[spec.deployment],
-            (pools or {}).get(spec.deployment),
-            m.counter(m.transport_batches.labels(spec.model, spec.version, "direct")),
-            m.counter(m.transport_batches.labels(spec.model, spec.version, "handle")),
-        )
+        transports: list[tuple[runners.Transport, runners.Counter]] = []
+        pool = (pools or {}).get(spec.deployment)
+        if pool is not None:
+            taken = m.transport_batches.labels(spec.model, spec.version, "direct")
+            transports.append((pool, m.counter(taken)))
+        taken = m.transport_batches.labels(spec.model, spec.version, "handle")
+        transports.append((HandleTransport(name, handles[spec.deployment]), m.counter(taken)))
+        run = runners.dedicated(name, transports)
     b = spec.batching
     batcher = MicroBatcher(
         name,
@@ -488,53 +388,27 @@ def _local_run(spec: VersionSpec, telemetry: ReplicaTelemetry) -> Callable[[Feed
     return telemetry.instrument(runtime, spec.model, spec.version)
 
 
-def _as_async(run_now: Callable[[Feeds], Feeds]):  # type: ignore[no-untyped-def]
-    async def run(feeds: Feeds) -> Feeds:
-        return run_now(feeds)
+class HandleTransport:
+    """Ray Serve's handle to a dedicated version, as a runners.Transport: it always takes the
+    batch. A handle call still unanswered at the deadline is cancelled (Ray Serve drops it if the
+    replica has not started it); a replica that died with the batch on it is tried again, once;
+    Ray's back-pressure is OVERLOADED, and any other failure UNAVAILABLE."""
 
-    return run
+    def __init__(self, name: str, handle: DeploymentHandle) -> None:
+        self.name = name
+        self.handle = handle
 
+    async def run(self, feeds: Feeds, deadline: float | None) -> Feeds:
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError
 
-def _unavailable_run(name: str, health: Health):  # type: ignore[no-untyped-def]
-    async def run(feeds: Feeds) -> Feeds:
-        raise InferenceError(ErrorCode.UNAVAILABLE, f"{name} is not ready: {health.reason}")
-
-    return run
-
-
-def _time_left(name: str, deadline: float | None) -> float | None:
-    """Seconds until `deadline` (time.monotonic()); DEADLINE_EXCEEDED when none are left."""
-    if deadline is None:
-        return None
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise expired(name)
-    return remaining
-
-
-def _remote_run(  # type: ignore[no-untyped-def]
-    name: str, handle: DeploymentHandle, pool: DirectPool | None, direct: Any, handled: Any
-):
-    from ray.exceptions import RayActorError
-    from ray.serve.exceptions import BackPressureError
-
-    async def run(feeds: Feeds) -> Feeds:
-        """The batch on a replica, within its deadline: one whose requests have all expired
-        is not sent, and a handle call still unanswered at the deadline is cancelled (Ray
-        Serve drops it if the replica has not started it)."""
-        deadline = BATCH_DEADLINE.get()
-        if pool is not None:
-            outputs = await pool.run(feeds, _time_left(name, deadline))
-            if outputs is not None:
-                direct.inc()
-                return outputs
-        handled.inc()
+        name = self.name
         for attempt in range(1, REPLICA_ATTEMPTS + 1):
-            remaining = _time_left(name, deadline)
+            remaining = time_left(name, deadline)
             timeout = asyncio.timeout(remaining)
             try:
                 async with timeout:
-                    return await handle.run.remote(feeds, remaining)  # type: ignore[no-any-return]
+                    return await self.handle.run.remote(feeds, remaining)  # type: ignore[no-any-return]
             except TimeoutError as exc:
                 if timeout.expired():
                     raise expired(name) from None
@@ -564,8 +438,6 @@ def _remote_run(  # type: ignore[no-untyped-def]
                     ErrorCode.UNAVAILABLE, f"{name} is unavailable: {exc}"
                 ) from exc
         raise AssertionError("unreachable")
-
-    return run
 
 
 # -- the builder ------------------------------------------------------------------------------

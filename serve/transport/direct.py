@@ -48,6 +48,7 @@ import numpy as np
 import orjson
 
 from serve.core.errors import ErrorCode, InferenceError
+from serve.core.runners import expired, time_left
 from serve.core.types import Feeds
 
 logger = logging.getLogger("modelgate.direct")
@@ -113,13 +114,6 @@ async def challenge(
         return False
     writer.write(_mac(secret, b"replica", nonce_r, nonce_c))
     return True
-
-
-def expired(where: str) -> InferenceError:
-    """A batch with no time left: none of its requests is waiting for it any more."""
-    return InferenceError(
-        ErrorCode.DEADLINE_EXCEEDED, f"{where}: every request of the batch is past its deadline"
-    )
 
 
 class FrameError(ConnectionError):
@@ -356,12 +350,15 @@ class DirectPool:
             if address not in self._endpoints:
                 self._endpoints[address] = _Endpoint(address)
 
-    async def run(self, feeds: Feeds, remaining_s: float | None = None) -> Feeds | None:
+    async def run(self, feeds: Feeds, deadline: float | None = None) -> Feeds | None:
+        """The batch on one of the replicas (the least busy), with the time it has left; None
+        when none can take it (no endpoint, a string tensor, a connection that failed)."""
         if not encodable(feeds):
             return None
         self._reconcile()
         if not self._endpoints:
             return None
+        remaining_s = time_left(self.name, deadline)
         least = min(e.in_flight for e in self._endpoints.values())
         endpoint = random.choice([e for e in self._endpoints.values() if e.in_flight == least])
         endpoint.in_flight += 1

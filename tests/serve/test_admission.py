@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from serve.core.admission import Admission
 from serve.core.errors import ErrorCode
-from serve.ray.app import Admission, ray_limits
+from serve.ray.app import ray_limits
 
 
 def test_one_request_past_the_limit_is_refused_at_once_with_a_retry_hint() -> None:

@@ -12,28 +12,7 @@ from serve.core.dataplane import DataPlane, VersionTarget
 from serve.core.errors import ErrorCode, InferenceError
 from serve.core.types import InferRequest, Tensor
 from serve.observe.metrics import GatewayMetrics
-from tests.serve.test_shadow import _manifest
-
-
-class _Slow:
-    """A stand-in model that takes `delay` seconds per batch and records what it ran."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.batches: list[int] = []
-
-    async def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.batches.append(len(feeds["input"]))
-        await asyncio.sleep(self.delay)
-        n = len(feeds["input"])
-        return {"label": np.zeros(n, np.int64), "probabilities": np.zeros((n, 2), np.float32)}
-
-
-def _plane(model: _Slow, default_s: float | None) -> tuple[DataPlane, GatewayMetrics]:
-    metrics = GatewayMetrics()
-    batcher = MicroBatcher("m:1", model, max_in_flight=1)
-    target = VersionTarget("m", "1", _manifest("1"), batcher, "c", default_s)
-    return DataPlane.build([target], {}, metrics), metrics
+from tests.serve import factories
 
 
 def _request(timeout_us: object = None) -> InferRequest:
@@ -43,7 +22,7 @@ def _request(timeout_us: object = None) -> InferRequest:
 
 
 def test_a_request_past_its_deadline_is_answered_504_and_counted() -> None:
-    plane, metrics = _plane(_Slow(0.3), default_s=None)
+    plane, metrics = factories.slow_plane(factories.Slow(0.3), default_s=None)
 
     async def main() -> None:
         with pytest.raises(InferenceError) as caught:
@@ -61,8 +40,8 @@ def test_a_request_past_its_deadline_is_answered_504_and_counted() -> None:
 
 
 def test_a_queued_request_past_its_deadline_is_dropped_before_compute() -> None:
-    model = _Slow(0.2)
-    plane, _ = _plane(model, default_s=None)
+    model = factories.Slow(0.2)
+    plane, _ = factories.slow_plane(model, default_s=None)
 
     async def main() -> list[object]:
         first = asyncio.create_task(plane.infer(_request()))
@@ -77,7 +56,7 @@ def test_a_queued_request_past_its_deadline_is_dropped_before_compute() -> None:
 
 
 def test_the_model_default_caps_the_request_and_applies_without_one() -> None:
-    plane, _ = _plane(_Slow(0.2), default_s=0.05)
+    plane, _ = factories.slow_plane(factories.Slow(0.2), default_s=0.05)
 
     async def main() -> None:
         for request in (_request(), _request(timeout_us=10_000_000)):
@@ -90,7 +69,7 @@ def test_the_model_default_caps_the_request_and_applies_without_one() -> None:
 
 @pytest.mark.parametrize("bad", [0, -5, "soon", True])
 def test_a_bad_timeout_parameter_is_invalid_argument(bad: object) -> None:
-    plane, _ = _plane(_Slow(0.0), default_s=None)
+    plane, _ = factories.slow_plane(factories.Slow(0.0), default_s=None)
 
     async def main() -> None:
         with pytest.raises(InferenceError) as caught:
@@ -109,7 +88,7 @@ def test_a_batch_refused_as_expired_answers_each_request_with_its_own_deadline()
         raise InferenceError(ErrorCode.DEADLINE_EXCEEDED, "m:1: every request of the batch ...")
 
     batcher = MicroBatcher("m:1", expired_run, max_in_flight=1)
-    target = VersionTarget("m", "1", _manifest("1"), batcher, "c", 5.0)
+    target = VersionTarget("m", "1", factories.manifest("1"), batcher, "c", 5.0)
     plane = DataPlane.build([target], {}, GatewayMetrics())
     with pytest.raises(InferenceError) as info:
         asyncio.run(plane.infer(_request(timeout_us=2_000)))

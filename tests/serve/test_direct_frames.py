@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -248,7 +249,7 @@ class _Spy:
 def test_a_frame_carries_its_time_left_and_one_with_none_left_is_not_computed() -> None:
     async def scenario(replica: Replica) -> None:
         pool = _pool(replica)
-        answer = await pool.run({"x": X}, remaining_s=0.5)
+        answer = await pool.run({"x": X}, deadline=time.monotonic() + 0.5)
         assert answer is not None and replica.computed == [2]
         with pytest.raises(InferenceError) as info:
             reader, writer = await replica.connect()

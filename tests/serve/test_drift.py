@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from converters.stats import bin_index, reference_stats
 from serve.observe.drift import DRIFT_THRESHOLD, DriftMonitor, _TensorBins
-from tests.serve.test_shadow import _manifest
+from tests.serve import factories
 
 RNG = np.random.default_rng(0)
 
@@ -28,7 +28,7 @@ class _Sink:
 
 
 def _monitor(sink: _Sink, **options: float) -> DriftMonitor:
-    manifest = _manifest("1")
+    manifest = factories.manifest("1")
     manifest.reference_stats = reference_stats({"input": _reference()})
     settings_ = {"window_s": 30, "interval_s": 10, "min_rows": 100, "max_rows_per_interval": 10**6}
     return DriftMonitor(manifest, sink, **{**settings_, **options})  # type: ignore[arg-type]
@@ -103,7 +103,7 @@ def test_rows_past_the_interval_bound_are_not_kept() -> None:
 
 
 def test_a_manifest_without_reference_bins_is_not_monitored() -> None:
-    manifest = _manifest("1")
+    manifest = factories.manifest("1")
     stats = reference_stats({"input": _reference()})
     for feature in stats["input"].features:
         feature.bin_fractions = []

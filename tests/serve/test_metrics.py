@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 
 from serve.core.batching import MicroBatcher
 from serve.core.dataplane import DataPlane, VersionTarget
 from serve.core.errors import InferenceError
 from serve.core.routing import ModelRouting, RoutingConfig
-from serve.core.types import InferRequest, Tensor
 from serve.observe.metrics import FLUSH_S, GatewayMetrics
-from tests.serve.test_shadow import _manifest, _model
-
-
-def _plane(metrics: GatewayMetrics, delay: float = 0.0, max_queued: int = 1024) -> DataPlane:
-    batcher = MicroBatcher(
-        "m:1",
-        _model(0.0, delay=delay),
-        max_in_flight=1,
-        max_queued=max_queued,
-        on_batch=metrics.batch_observer("m", "1"),
-    )
-    return DataPlane.build([VersionTarget("m", "1", _manifest("1"), batcher, "c")], {}, metrics)
-
-
-def _request(
-    model: str = "m", shape: tuple[int, int] = (1, 2), protocol: str = "http"
-) -> InferRequest:
-    x = np.zeros(shape, np.float32)
-    return InferRequest(model, None, [Tensor("input", "FP32", x)], protocol=protocol)
+from tests.serve import factories
 
 
 def _value(metrics: GatewayMetrics, name: str, **labels: str) -> float:
@@ -41,13 +21,13 @@ def _value(metrics: GatewayMetrics, name: str, **labels: str) -> float:
 
 def test_requests_are_counted_by_outcome_and_protocol() -> None:
     metrics = GatewayMetrics()
-    plane = _plane(metrics)
+    plane = factories.metered_plane(metrics)
 
     async def main() -> None:
         for _ in range(3):
-            await plane.infer(_request())
-        await plane.infer(_request(protocol="grpc"))
-        for bad in (_request(shape=(1, 3)), _request(model="nope")):
+            await plane.infer(factories.request())
+        await plane.infer(factories.request(protocol="grpc"))
+        for bad in (factories.request(shape=(1, 3)), factories.request(model="nope")):
             with pytest.raises(InferenceError):
                 await plane.infer(bad)
 
@@ -78,11 +58,11 @@ def test_requests_are_counted_by_outcome_and_protocol() -> None:
 
 def test_batches_and_shedding_are_measured() -> None:
     metrics = GatewayMetrics()
-    plane = _plane(metrics, delay=0.05, max_queued=4)
+    plane = factories.metered_plane(metrics, delay=0.05, max_queued=4)
 
     async def main() -> list[object]:
         return await asyncio.gather(
-            *(plane.infer(_request()) for _ in range(12)), return_exceptions=True
+            *(plane.infer(factories.request()) for _ in range(12)), return_exceptions=True
         )
 
     results = asyncio.run(main())
@@ -108,7 +88,9 @@ def test_batches_and_shedding_are_measured() -> None:
 def test_weights_and_aliases_are_published_and_follow_reconfiguration() -> None:
     metrics = GatewayMetrics()
     targets = [
-        VersionTarget("m", v, _manifest(v), MicroBatcher(f"m:{v}", _model(0.0)), "c")
+        VersionTarget(
+            "m", v, factories.manifest(v), MicroBatcher(f"m:{v}", factories.model(0.0)), "c"
+        )
         for v in ("1", "2")
     ]
     plane = DataPlane.build(targets, {"m": {"champion": "1"}}, metrics)

@@ -10,11 +10,11 @@ import pytest
 
 from serve.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from serve.protocol.rest_codec import encode_response
-from tests.serve.test_deadlines import _plane, _Slow
+from tests.serve import factories
 
 
 def _answer(outputs: list[RequestedOutput] | None, binary_output: bool = False) -> InferResponse:
-    plane, _ = _plane(_Slow(0.0), default_s=None)
+    plane, _ = factories.slow_plane(factories.Slow(0.0), default_s=None)
     x = np.zeros((2, 2), np.float32)
     request = InferRequest(
         "m", None, [Tensor("input", "FP32", x)], outputs=outputs, binary_output=binary_output

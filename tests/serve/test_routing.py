@@ -11,7 +11,7 @@ from serve.core.dataplane import DataPlane, Health, VersionTarget
 from serve.core.errors import ErrorCode, InferenceError
 from serve.core.routing import DEFAULT_STICKY_HEADER as KEY
 from serve.core.routing import ModelRouting, RouteTable, RoutingConfig
-from tests.serve.test_shadow import _manifest
+from tests.serve import factories
 
 
 def _table(weights: dict[str, float], **kw: object) -> RouteTable:
@@ -95,7 +95,7 @@ def test_a_version_not_ready_gets_no_traffic_and_its_share_spreads_by_weight() -
 
 def _plane(versions: list[str], routing: ModelRouting) -> DataPlane:
     targets = [
-        VersionTarget("m", v, _manifest(v), MicroBatcher(f"m:{v}", _never), "colocated")
+        VersionTarget("m", v, factories.manifest(v), MicroBatcher(f"m:{v}", _never), "colocated")
         for v in versions
     ]
     plane = DataPlane.build(targets, {})

@@ -9,58 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.manifest import Manifest
-from converters.spec import Signature, TensorSpec
 from serve.core.batching import MicroBatcher
 from serve.core.dataplane import DataPlane, VersionTarget
-from serve.core.errors import ErrorCode, InferenceError
 from serve.core.routing import ModelRouting, RoutingConfig
 from serve.core.shadow import ShadowConfig, compare
 from serve.core.types import InferRequest, Tensor
 from serve.observe.metrics import GatewayMetrics
-
-SIG = Signature(
-    inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 2])],
-    outputs=[
-        TensorSpec(name="label", datatype="INT64", shape=[-1]),
-        TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2]),
-    ],
-)
-
-
-def _manifest(version: str) -> Manifest:
-    return Manifest(
-        name="m",
-        version=version,
-        source_uri=f"models:/m/{version}",
-        registry="-",
-        flavor="sklearn",
-        source_sha256="-",
-        sha256="-",
-        signature=SIG,
-        task="classification",
-        opset={},
-        converter={},
-        created_at="-",
-    )
-
-
-def _model(shift: float, fail: bool = False, delay: float = 0.0):  # type: ignore[no-untyped-def]
-    async def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        await asyncio.sleep(delay)
-        if fail:
-            raise InferenceError(ErrorCode.INTERNAL, "shadow broke")
-        p1 = np.clip(feeds["input"][:, 0] + shift, 0, 1).astype(np.float32)
-        probs = np.stack([1 - p1, p1], axis=1)
-        return {"label": (p1 > 0.5).astype(np.int64), "probabilities": probs}
-
-    return run
+from tests.serve import factories
 
 
 def _plane(shadow_model, metrics: GatewayMetrics, shadow: ShadowConfig) -> DataPlane:  # type: ignore[no-untyped-def]
     targets = [
-        VersionTarget("m", "1", _manifest("1"), MicroBatcher("m:1", _model(0.0)), "c"),
-        VersionTarget("m", "2", _manifest("2"), MicroBatcher("m:2", shadow_model), "c"),
+        VersionTarget(
+            "m", "1", factories.manifest("1"), MicroBatcher("m:1", factories.model(0.0)), "c"
+        ),
+        VersionTarget("m", "2", factories.manifest("2"), MicroBatcher("m:2", shadow_model), "c"),
     ]
     plane = DataPlane.build(targets, {}, metrics)
     plane.apply_routing(RoutingConfig(models={"m": ModelRouting(weights={"1": 1}, shadow=shadow)}))
@@ -97,7 +60,9 @@ def test_compare_labels_and_scores() -> None:
 def test_every_request_is_compared_at_ratio_one(tmp_path: Path) -> None:
     metrics = GatewayMetrics()
     log = tmp_path / "shadow.jsonl"
-    plane = _plane(_model(0.3), metrics, ShadowConfig(version="2", ratio=1.0, log_path=str(log)))
+    plane = _plane(
+        factories.model(0.3), metrics, ShadowConfig(version="2", ratio=1.0, log_path=str(log))
+    )
 
     async def main() -> list[str]:
         rows = [[0.1, 0], [0.4, 0], [0.9, 0], [0.35, 0]]
@@ -119,7 +84,7 @@ def test_every_request_is_compared_at_ratio_one(tmp_path: Path) -> None:
 
 def test_a_failing_shadow_never_fails_the_primary() -> None:
     metrics = GatewayMetrics()
-    plane = _plane(_model(0, fail=True), metrics, ShadowConfig(version="2", ratio=1.0))
+    plane = _plane(factories.model(0, fail=True), metrics, ShadowConfig(version="2", ratio=1.0))
 
     async def main() -> None:
         answer = await plane.infer(_request([0.9, 0]))
@@ -133,7 +98,9 @@ def test_a_failing_shadow_never_fails_the_primary() -> None:
 def test_a_slow_shadow_never_slows_the_primary_and_the_cap_drops_copies() -> None:
     metrics = GatewayMetrics()
     plane = _plane(
-        _model(0, delay=0.5), metrics, ShadowConfig(version="2", ratio=1.0, max_in_flight=2)
+        factories.model(0, delay=0.5),
+        metrics,
+        ShadowConfig(version="2", ratio=1.0, max_in_flight=2),
     )
 
     async def main() -> float:
@@ -152,7 +119,7 @@ def test_a_slow_shadow_never_slows_the_primary_and_the_cap_drops_copies() -> Non
 
 def test_ratio_samples_requests() -> None:
     metrics = GatewayMetrics()
-    plane = _plane(_model(0), metrics, ShadowConfig(version="2", ratio=0.25))
+    plane = _plane(factories.model(0), metrics, ShadowConfig(version="2", ratio=0.25))
 
     async def main() -> None:
         for _ in range(800):
@@ -165,7 +132,7 @@ def test_ratio_samples_requests() -> None:
 
 
 def test_shadow_version_must_be_deployed() -> None:
-    plane = _plane(_model(0), GatewayMetrics(), ShadowConfig(version="2", ratio=1.0))
+    plane = _plane(factories.model(0), GatewayMetrics(), ShadowConfig(version="2", ratio=1.0))
     with pytest.raises(ValueError, match="shadow version '7'"):
         plane.apply_routing(
             RoutingConfig(models={"m": ModelRouting(shadow=ShadowConfig(version="7", ratio=1.0))})
@@ -178,7 +145,7 @@ def test_disagreement_log_rotates(tmp_path: Path) -> None:
     config = ShadowConfig(
         version="2", ratio=1.0, log_path=str(log), log_max_bytes=2048, log_backups=2
     )
-    plane = _plane(_model(0.3), GatewayMetrics(), config)
+    plane = _plane(factories.model(0.3), GatewayMetrics(), config)
 
     async def main() -> None:
         for i in range(60):
@@ -197,7 +164,7 @@ def test_disagreement_log_rotates(tmp_path: Path) -> None:
 def test_reapplying_the_same_routing_keeps_the_log_working(tmp_path: Path) -> None:
     log = tmp_path / "shadow.jsonl"
     config = ShadowConfig(version="2", ratio=1.0, log_path=str(log))
-    plane = _plane(_model(0.3), GatewayMetrics(), config)
+    plane = _plane(factories.model(0.3), GatewayMetrics(), config)
     routing = RoutingConfig(models={"m": ModelRouting(weights={"1": 1}, shadow=config)})
 
     async def main() -> None:

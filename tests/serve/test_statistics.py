@@ -13,18 +13,18 @@ from serve.observe import statistics
 from serve.observe.metrics import GatewayMetrics
 from serve.protocol import grpc_codec as grpc_service
 from serve.protos import grpc_predict_v2_pb2 as pb
-from tests.serve.test_metrics import _plane, _request
+from tests.serve import factories
 
 
 def test_statistics_count_requests_rows_batches_and_failures_from_the_metrics() -> None:
     metrics = GatewayMetrics()
-    plane = _plane(metrics)
+    plane = factories.metered_plane(metrics)
     started = time.time()
 
     async def main() -> None:
-        await asyncio.gather(*(plane.infer(_request(shape=(2, 2))) for _ in range(5)))
+        await asyncio.gather(*(plane.infer(factories.request(shape=(2, 2))) for _ in range(5)))
         with pytest.raises(InferenceError):
-            await plane.infer(_request(shape=(1, 3)))  # not the signature's shape
+            await plane.infer(factories.request(shape=(1, 3)))  # not the signature's shape
 
     asyncio.run(main())
     (stats,) = statistics.node_statistics(plane, "m", None)["model_stats"]
@@ -41,7 +41,7 @@ def test_statistics_count_requests_rows_batches_and_failures_from_the_metrics() 
 
 
 def test_statistics_of_an_unknown_model_or_version_are_not_found() -> None:
-    plane = _plane(GatewayMetrics())
+    plane = factories.metered_plane(GatewayMetrics())
     for model, version in (("nope", None), ("m", "9")):
         with pytest.raises(InferenceError) as info:
             statistics.node_statistics(plane, model, version)
@@ -49,7 +49,7 @@ def test_statistics_of_an_unknown_model_or_version_are_not_found() -> None:
 
 
 def test_the_index_lists_ready_versions_only_when_asked() -> None:
-    plane = _plane(GatewayMetrics())
+    plane = factories.metered_plane(GatewayMetrics())
     plane.models["m"].versions["1"].health.ready = False
     assert plane.repository_index(ready_only=True) == []
     (row,) = grpc_service.index_message(plane.repository_index()).models

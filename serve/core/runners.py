@@ -1,0 +1,92 @@
+"""What "run this batch" means for each placement: the batcher's `run` for one version.
+
+- colocated: the version's ONNX session in this process (`local`);
+- dedicated: its own replicas, through each transport in turn until one takes the batch: the
+  direct transport first (serve/transport/direct.py) when the version has it, then the
+  platform's handle (Ray Serve's, adapted in serve/ray/app.py), which always takes it;
+- a version whose artifact cannot be loaded answers UNAVAILABLE (`unavailable`).
+
+A batch runs within its deadline (BATCH_DEADLINE, the latest of its requests'): one whose
+requests have all expired is not sent at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from serve.core.batching import BATCH_DEADLINE
+from serve.core.errors import ErrorCode, InferenceError
+from serve.core.types import Feeds
+
+#: A version's batch runner, as the batcher calls it.
+Runner = Callable[[Feeds], Awaitable[Feeds]]
+
+
+class Transport(Protocol):
+    """One way to a dedicated version's replicas. `run` answers the batch, raises the replica's
+    InferenceError, or returns None when this transport cannot take it now (the next is tried).
+    `deadline` is time.monotonic() past which no request of the batch waits any more."""
+
+    async def run(self, feeds: Feeds, deadline: float | None) -> Feeds | None: ...
+
+
+class Counter(Protocol):
+    def inc(self) -> None: ...
+
+
+def expired(where: str) -> InferenceError:
+    """A batch with no time left: none of its requests is waiting for it any more."""
+    return InferenceError(
+        ErrorCode.DEADLINE_EXCEEDED, f"{where}: every request of the batch is past its deadline"
+    )
+
+
+def time_left(where: str, deadline: float | None) -> float | None:
+    """Seconds until `deadline` (time.monotonic()); DEADLINE_EXCEEDED when none are left."""
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise expired(where)
+    return remaining
+
+
+def local(run_now: Callable[[Feeds], Feeds]) -> Runner:
+    """A colocated version: its session, in this process."""
+
+    async def run(feeds: Feeds) -> Feeds:
+        return run_now(feeds)
+
+    return run
+
+
+def unavailable(name: str, reason: str) -> Runner:
+    """A version that cannot run here (its artifact would not load): every batch is refused."""
+
+    async def run(feeds: Feeds) -> Feeds:
+        raise InferenceError(ErrorCode.UNAVAILABLE, f"{name} is not ready: {reason}")
+
+    return run
+
+
+def dedicated(name: str, transports: Sequence[tuple[Transport, Counter]]) -> Runner:
+    """A dedicated version: each transport in turn, until one takes the batch; the one that
+    took it (answered or raised) counts it."""
+
+    async def run(feeds: Feeds) -> Feeds:
+        deadline = BATCH_DEADLINE.get()
+        for transport, taken in transports:
+            time_left(name, deadline)  # an expired batch is not sent
+            try:
+                outputs = await transport.run(feeds, deadline)
+            except InferenceError:
+                taken.inc()
+                raise
+            if outputs is not None:
+                taken.inc()
+                return outputs
+        raise InferenceError(ErrorCode.UNAVAILABLE, f"{name}: no transport took the batch")
+
+    return run
