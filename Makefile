@@ -10,14 +10,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# Editable install with what the quickstart needs (the MLflow registry).
+# Editable install with what the quickstart needs (the MLflow registry, the load-test harness).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e ".[mlflow]"
+	$(PIP) install --quiet -e ".[mlflow,loadtest]"
 	touch $@
 
-# Everything the tests need: MLflow, LightGBM/XGBoost converters, pytest, linters.
+# Everything the tests need: MLflow, LightGBM/XGBoost converters, the harness, pytest, linters.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e ".[mlflow,boost,test,lint]"
+	$(PIP) install --quiet -e ".[mlflow,boost,loadtest,test,lint]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from converters.local_registry import LocalRegistry
 from converters.pipeline import ConvertOptions, convert_uri
-from serve.cli import _descendants
+from serve.cli.supervisor import descendants
 from tests.conftest import free_port
 
 ROW = {
@@ -142,7 +142,7 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, P
     try:
         yield proc, f"http://127.0.0.1:{http}/v2/models/iris/infer", log, folders
     finally:
-        everything = [proc.pid, *_descendants(proc.pid)]
+        everything = [proc.pid, *descendants(proc.pid)]
         groups = set()
         for pid in everything:  # the supervised child runs Ray in a session of its own
             with contextlib.suppress(ProcessLookupError):
@@ -168,7 +168,7 @@ def test_a_killed_ray_instance_is_started_again_with_the_same_config(
     proc, url, log, before = supervised
     _wait_log(log, "serving; Ctrl-C to stop", count=1, timeout_s=180)
     first = _answer(url, timeout_s=30)
-    tree = _descendants(proc.pid)
+    tree = descendants(proc.pid)
     core = [p for p in tree if "raylet" in _cmdline(p) or "gcs_server" in _cmdline(p)]
     assert len(core) >= 2, [_cmdline(p)[:80] for p in tree]
     for pid in core:
@@ -185,7 +185,7 @@ def test_a_killed_ray_instance_is_started_again_with_the_same_config(
     text = log.read_text(errors="replace")
     assert "Ray stopped" in text and "starting a fresh one" in text, text[-3000:]
     assert proc.poll() is None  # the supervisor is still running
-    assert not set(tree) & set(_descendants(proc.pid))  # a new instance, not the old one
+    assert not set(tree) & set(descendants(proc.pid))  # a new instance, not the old one
     ours = set(Path("/tmp").glob("mg-*")) - before
     assert len(ours) == 1  # the live instance's private HAProxy folder; the dead one's is gone
     (folder,) = ours
@@ -204,7 +204,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_behind(
     _wait_log(log, "serving; Ctrl-C to stop", count=1, timeout_s=180)
     _answer(url, timeout_s=30)
     (folder,) = set(Path("/tmp").glob("mg-*")) - before
-    tree = _descendants(proc.pid)
+    tree = descendants(proc.pid)
     proc.send_signal(signal.SIGINT)
     _wait_log(log, "stopping Ray Serve", count=1, timeout_s=30)
     proc.send_signal(signal.SIGINT)

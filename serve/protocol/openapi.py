@@ -1,7 +1,9 @@
 """The gateway's HTTP API as an OpenAPI 3.0 document, served at `GET /v2/openapi.json`.
 
-Written from the Open Inference Protocol's REST spec (KServe's `open_inference_rest.yaml`) plus
-Triton's binary-data, statistics and repository extensions and modelgate's own endpoints. The
+The operations come from the route table (serve/protocol/rest.py: ROUTES), the error statuses
+from the error table (serve/core/errors.py: STATUS), the datatypes from the signature's
+(converters/spec.py); the schemas follow the Open Inference Protocol's REST spec (KServe's
+`open_inference_rest.yaml`) plus Triton's binary-data, statistics and repository extensions. The
 `model` path parameter lists the models this router serves, so that tools generating requests
 from the document (schemathesis in tests/integration/test_openapi.py) reach real models as well
 as unknown ones. Every status an endpoint can answer is declared, with `{"error": "..."}` bodies.
@@ -9,35 +11,54 @@ as unknown ones. Every status an endpoint can answer is declared, with `{"error"
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from converters.spec import DATATYPE_TO_NUMPY
 from serve.core.dataplane import SERVER_VERSION
+from serve.core.errors import STATUS
+
+if TYPE_CHECKING:
+    from serve.protocol.routes import Route
 
 _ERROR = {"$ref": "#/components/responses/Error"}
-_ERRORS = {
-    "400": _ERROR,
-    "401": _ERROR,
-    "403": _ERROR,
-    "404": _ERROR,
-    "405": _ERROR,
-    "413": _ERROR,
-    "500": _ERROR,
-    "503": _ERROR,
-    "504": _ERROR,
-}
-_READY = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
+#: Every status an error can have, each answered as `{"error": "..."}`.
+_ERRORS = {str(status): _ERROR for status in sorted({http for http, _ in STATUS.values()})}
+READY = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
 
 
 def _array_of(schema: str) -> dict[str, Any]:
     return {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}}
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+def ok_json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _op(summary: str, ok: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": {"200": ok, **_ERRORS}, **extra}
+OK_OBJECT = ok_json({"type": "object"})
+OK_TEXT = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+INFER_OK = {
+    "description": "The outputs (binary outputs follow the JSON header).",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+INFER_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+HEADER_LENGTH_PARAMETER = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": "Binary extension: length of the JSON header before the raw tensors.",
+    "schema": {"type": "integer", "minimum": 0},
+}
 
 
 def _schemas() -> dict[str, Any]:
@@ -55,24 +76,7 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "name": {"type": "string"},
                 "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                "datatype": {
-                    "type": "string",
-                    "enum": [
-                        "BOOL",
-                        "UINT8",
-                        "UINT16",
-                        "UINT32",
-                        "UINT64",
-                        "INT8",
-                        "INT16",
-                        "INT32",
-                        "INT64",
-                        "FP16",
-                        "FP32",
-                        "FP64",
-                        "BYTES",
-                    ],
-                },
+                "datatype": {"type": "string", "enum": list(DATATYPE_TO_NUMPY)},
                 "parameters": parameters,
                 "data": tensor_data,
             },
@@ -146,80 +150,30 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def document(models: list[str]) -> dict[str, Any]:
-    """The OpenAPI document for a router serving `models`."""
+def document(routes: Sequence[Route], models: list[str]) -> dict[str, Any]:
+    """The OpenAPI document of `routes`, for a router serving `models`."""
     model = {
         "name": "model",
         "in": "path",
         "required": True,
         "schema": {"type": "string", "enum": sorted(models)} if models else {"type": "string"},
     }
-    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-    infer = _op(
-        "Run an inference (JSON, or Triton's binary tensor data extension).",
-        {
-            "description": "The outputs (binary outputs follow the JSON header).",
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
-        requestBody={
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
-    )
-    infer["parameters"] = [
-        {
-            "name": "Inference-Header-Content-Length",
-            "in": "header",
-            "required": False,
-            "description": "Binary extension: length of the JSON header before the raw tensors.",
-            "schema": {"type": "integer", "minimum": 0},
+    paths: dict[str, Any] = {}
+    for route in routes:
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "responses": {"200": route.ok, **_ERRORS, **route.also},
         }
-    ]
-    metadata = _op("Model metadata.", _json({"$ref": "#/components/schemas/ModelMetadata"}))
-    ready = _op("Model readiness.", _json(_READY))
-    ready["responses"]["503"] = _json(_READY, "Not ready.")
-    server_ready = _op("Server readiness.", _json(_READY))
-    server_ready["responses"]["503"] = _json(_READY, "Not ready.")
-    stats = _op("Triton's statistics extension.", _json({"type": "object"}))
-    paths: dict[str, Any] = {
-        "/v2/health/live": {"get": _op("Server liveness.", _json({"type": "object"}))},
-        "/v2/health/ready": {"get": server_ready},
-        "/v2": {"get": _op("Server metadata.", _json({"type": "object"}))},
-        "/v2/openapi.json": {"get": _op("This document.", _json({"type": "object"}))},
-        "/v2/models/stats": {"get": stats},
-        "/v2/repository/index": {
-            "post": _op(
-                "Triton's repository index: every version with state READY or UNAVAILABLE.",
-                _json({"type": "array", "items": {"type": "object"}}),
-            )
-        },
-        "/modelgate/routes": {"get": _op("Routing in force.", _json({"type": "object"}))},
-        "/metrics": {
-            "get": _op(
-                "Prometheus metrics of every gateway replica on this node.",
-                {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            )
-        },
-    }
-    for prefix, params in (
-        ("/v2/models/{model}", [model]),
-        ("/v2/models/{model}/versions/{version}", [model, version]),
-    ):
-        paths[prefix] = {"get": metadata, "parameters": params}
-        paths[prefix + "/ready"] = {"get": ready, "parameters": params}
-        paths[prefix + "/stats"] = {"get": stats, "parameters": params}
-        paths[prefix + "/infer"] = {"post": infer, "parameters": params}
-        manifest = _op("The version's manifest.", _json({"type": "object"}))
-        paths[prefix.replace("/v2/models", "/modelgate/models") + "/manifest"] = {
-            "get": manifest,
-            "parameters": params,
-        }
+        if route.request_body is not None:
+            operation["requestBody"] = route.request_body
+        if route.headers:
+            operation["parameters"] = list(route.headers)
+        for path in route.documented_paths():
+            entry = paths.setdefault(path, {})
+            entry[route.method.lower()] = operation
+            names = re.findall(r"\{(\w+)\}", path)
+            if names:
+                entry["parameters"] = [model if n == "model" else _path_parameter(n) for n in names]
     return {
         "openapi": "3.0.3",
         "info": {
@@ -232,8 +186,12 @@ def document(models: list[str]) -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "responses": {
-                "Error": _json({"$ref": "#/components/schemas/Error"}, "An error, named.")
+                "Error": ok_json({"$ref": "#/components/schemas/Error"}, "An error, named.")
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _path_parameter(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}

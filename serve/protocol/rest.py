@@ -10,7 +10,6 @@ import asyncio
 import functools
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any, cast
 
@@ -24,14 +23,13 @@ from serve.core.dataplane import DataPlane
 from serve.core.errors import ErrorCode, InferenceError, MethodNotAllowedError, invalid
 from serve.observe import exporter, statistics
 from serve.protocol import openapi, rest_codec
+from serve.protocol.routes import Route
 
 logger = logging.getLogger("modelgate.rest")
 
 VERSION_HEADER = "x-model-version"
 
 Handler = Callable[[DataPlane, Request, dict[str, str], Limits], Awaitable[Response]]
-
-_MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
 
 async def _live(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
@@ -97,7 +95,7 @@ async def _openapi(
     """The API with the models the caller may see: with API keys on, those of its key (the
     model-metadata rule), so a stranger learns no model's name."""
     models = plane.visible_models(request.headers.get("authorization"))
-    return JSONResponse(openapi.document(models))
+    return JSONResponse(openapi.document(ROUTES, models))
 
 
 async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
@@ -196,21 +194,93 @@ _VERSION_HEADER = VERSION_HEADER.encode()
 _HEADER_LENGTH = rest_codec.HEADER_LENGTH.encode()
 
 
+_MODEL = "/v2/models/{model}[/versions/{version}]"
+_READY_OK = openapi.ok_json(openapi.READY)
+
 # Inference first: the hot path; no other route's path ends in /infer.
-ROUTES: list[tuple[str, re.Pattern[str], Handler, Access]] = [
-    ("POST", re.compile(_MODEL + r"/infer"), _infer, Access.MODEL),
-    ("GET", re.compile(r"/v2/health/live"), _live, Access.OPEN),
-    ("GET", re.compile(r"/v2/health/ready"), _ready, Access.OPEN),
-    ("GET", re.compile(r"/v2/?"), _server_metadata, Access.OPEN),
-    ("GET", re.compile(r"/v2/openapi\.json"), _openapi, Access.ANY_KEY),
-    ("GET", re.compile(r"/v2/models/stats"), _stats, Access.ADMIN),
-    ("GET", re.compile(r"/modelgate/routes"), _routes, Access.ADMIN),
-    ("GET", re.compile(r"/modelgate" + _MODEL[3:] + r"/manifest"), _manifest, Access.ADMIN),
-    ("GET", re.compile(r"/metrics"), _metrics, Access.OPEN),
-    ("POST", re.compile(r"/v2/repository/index"), _index, Access.ADMIN),
-    ("GET", re.compile(_MODEL + r"/ready"), _model_ready, Access.MODEL),
-    ("GET", re.compile(_MODEL + r"/stats"), _stats, Access.ADMIN),
-    ("GET", re.compile(_MODEL + r"/?"), _model_metadata, Access.MODEL),
+ROUTES: list[Route] = [
+    Route(
+        "POST",
+        _MODEL + "/infer",
+        _infer,
+        Access.MODEL,
+        "Run an inference (JSON, or Triton's binary tensor data extension).",
+        openapi.INFER_OK,
+        request_body=openapi.INFER_BODY,
+        headers=(openapi.HEADER_LENGTH_PARAMETER,),
+    ),
+    Route("GET", "/v2/health/live", _live, Access.OPEN, "Server liveness.", openapi.OK_OBJECT),
+    Route(
+        "GET",
+        "/v2/health/ready",
+        _ready,
+        Access.OPEN,
+        "Server readiness.",
+        _READY_OK,
+        also={"503": openapi.ok_json(openapi.READY, "Not ready.")},
+    ),
+    Route("GET", "/v2[/]", _server_metadata, Access.OPEN, "Server metadata.", openapi.OK_OBJECT),
+    Route("GET", "/v2/openapi.json", _openapi, Access.ANY_KEY, "This document.", openapi.OK_OBJECT),
+    Route(
+        "GET",
+        "/v2/models/stats",
+        _stats,
+        Access.ADMIN,
+        "Triton's statistics extension.",
+        openapi.OK_OBJECT,
+    ),
+    Route(
+        "GET", "/modelgate/routes", _routes, Access.ADMIN, "Routing in force.", openapi.OK_OBJECT
+    ),
+    Route(
+        "GET",
+        "/modelgate/models/{model}[/versions/{version}]/manifest",
+        _manifest,
+        Access.ADMIN,
+        "The version's manifest.",
+        openapi.OK_OBJECT,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        _metrics,
+        Access.OPEN,
+        "Prometheus metrics of every gateway replica on this node.",
+        openapi.OK_TEXT,
+    ),
+    Route(
+        "POST",
+        "/v2/repository/index",
+        _index,
+        Access.ADMIN,
+        "Triton's repository index: every version with state READY or UNAVAILABLE.",
+        openapi.ok_json({"type": "array", "items": {"type": "object"}}),
+    ),
+    Route(
+        "GET",
+        _MODEL + "/ready",
+        _model_ready,
+        Access.MODEL,
+        "Model readiness.",
+        _READY_OK,
+        also={"503": openapi.ok_json(openapi.READY, "Not ready.")},
+    ),
+    Route(
+        "GET",
+        _MODEL + "/stats",
+        _stats,
+        Access.ADMIN,
+        "Triton's statistics extension.",
+        openapi.OK_OBJECT,
+    ),
+    Route(
+        "GET",
+        _MODEL + "[/]",
+        _model_metadata,
+        Access.MODEL,
+        "Model metadata.",
+        openapi.ok_json({"$ref": "#/components/schemas/ModelMetadata"}),
+    ),
 ]
 
 
@@ -244,14 +314,14 @@ def _match(method: str, path: str) -> tuple[Handler, dict[str, str], Access]:
     path takes, for its `Allow` header."""
     wanted = "GET" if method == "HEAD" else method
     allowed = []
-    for route_method, pattern, handler, access in ROUTES:
-        match = pattern.fullmatch(path)
+    for route in ROUTES:
+        match = route.pattern.fullmatch(path)
         if match is None:
             continue
-        if route_method == wanted:
+        if route.method == wanted:
             params = {k: v for k, v in match.groupdict().items() if v is not None}
-            return handler, params, access
-        allowed += [route_method, "HEAD"] if route_method == "GET" else [route_method]
+            return route.handler, params, route.access
+        allowed += [route.method, "HEAD"] if route.method == "GET" else [route.method]
     if allowed:
         raise MethodNotAllowedError(
             f"{method} not allowed on {path}; use {', '.join(allowed)}", allowed

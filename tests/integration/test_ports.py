@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from serve.cli import _descendants
+from serve.cli.supervisor import descendants
 from serve.ray import launcher
 from serve.ray.internals import KVDirectory
 from serve.transport.direct import kv_prefix
@@ -33,7 +33,7 @@ def _cmdline(pid: int) -> bytes:
 
 def _tree(root: int) -> set[int]:
     """`root` and its descendants, leaving out the test's MLflow server and its children."""
-    return {root} | {pid for pid in _descendants(root) if b"mlflow" not in _cmdline(pid)}
+    return {root} | {pid for pid in descendants(root) if b"mlflow" not in _cmdline(pid)}
 
 
 def _worker_port(pid: int) -> int | None:

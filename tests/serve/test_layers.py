@@ -75,3 +75,28 @@ def test_only_one_module_reaches_into_rays_private_apis() -> None:
         and ("_private" in name or "experimental" in name or name.endswith("context"))
     }
     assert private <= {"serve/ray/internals.py"}
+
+
+#: The load-test harness's extra (pyproject's `loadtest`): never needed to serve.
+HARNESS = ["aiohttp", "hdrh", "rich", "matplotlib"]
+
+
+def test_the_serving_path_and_the_cli_need_none_of_the_harness_libraries() -> None:
+    """In an interpreter where the harness's libraries cannot be imported (as after a plain
+    `pip install modelgate`): what a replica imports loads, and the CLI serves its commands and
+    says which extra the load-test commands need."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {HARNESS!r}: raise ImportError(name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import serve.app, serve.grpc_service\n"
+        "from serve.cli import main\n"
+        "assert main(['api-key', '--name', 'x']) == 0\n"
+        "sys.exit(main(['loadtest']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'modelgate[loadtest]'" in out.stderr
+    assert "sha256:" in out.stdout
