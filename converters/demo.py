@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.errors import ModelgateError
 from converters.registry import Registry
 
 SAMPLE_ROWS = 200
@@ -61,7 +62,12 @@ def _diabetes() -> tuple[Any, Any]:
 
 def churn_frame(rows: int, seed: int = 0) -> tuple[Any, np.ndarray]:
     """A synthetic customer table with numeric and string columns, and a churn label."""
-    import pandas as pd
+    try:
+        import pandas as pd
+    except ImportError as exc:  # a serving install: pandas comes with the mlflow extra
+        raise ModelgateError(
+            "the churn demo model is a pandas table: pip install 'modelgate[mlflow]' (or pandas)"
+        ) from exc
 
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(

@@ -295,92 +295,8 @@ def _plain_subprocess(duration_s: float) -> list[dict[str, Any]]:
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
-NOTES = """## What the numbers say (from profiling; re-check when they move)
-
-- **colocated** runs ONNX Runtime inside the router replica. Ray Serve's own per-request
-  machinery (uvicorn, direct-ingress ASGI, request metrics, access log) is most of the serving
-  replica's CPU for it and for the baseline alike; what differs is the gateway's own work:
-  signature validation, routing, the protocol's full response, metrics. Costs found with
-  py-spy and in-process timing and removed, in order: the router's readiness poll called
-  `serve.status()` once a second (40 ms of CPU holding the GIL per call; the controller's
-  details dict costs 1.3 ms); prometheus-client's multiprocess values made a getpid() system
-  call at every write (now cached, renewed after fork); the drift monitor binned each batch
-  with its own numpy calls (64 ms holding the GIL every 5 s; now 13 ms); a colocated request
-  with nothing queued went through an awaited batcher call wrapped in a deadline timer (now
-  `MicroBatcher.try_now`, run in the request's own call); sixteen locked mmap metric writes a
-  request (now summed in memory, written at most every 50 ms); starlette's header scans (now
-  one lazy view); per-request generator lookups of a signature's tensors (now dicts built
-  once); starlette's body `stream()` (an async generator a request; now the ASGI messages
-  read directly), route matching by regex (now cached per path), starlette's `init_headers`
-  re-encoding a dict (the infer route now sends encoded headers) and per-name lookups of the
-  outputs (every output, the common case, is taken in signature order). In process (no Ray,
-  same request, warm loop) the gateway's HTTP request went from ~79 µs to **~37 µs, where the
-  baseline's handler takes ~38** (decoding with its checks ~7 µs, against the baseline's
-  stdlib `json.loads` ~15; validation ~2; ONNX Runtime ~6; response ~3.5; metrics ~3).
-- **Why those µs mattered** (the **floor** scenario: the baseline's own handler served by a copy
-  of the gateway's Router; /proc; experiments of 2026-11-23). With the gateway at ~45-49 µs in
-  process, colocated ran at 0.83-0.90x the baseline and ~0.88-0.93x the floor, while the floor
-  itself ran at 0.88-1.00x: the router's process costs 0-6% and the gateway's request work
-  the rest. An A/A check, two identical baseline apps over 12 rounds, came out 1.035x: one
-  run's ratio carries about ±4%. A µs in the router counts 2-5 times its share at 32 clients:
-  making the floor's handler spin 20 µs more a request cost it 3-9% req/s, where its share of
-  the machine's ~1,200 µs a request would be 1.6%; that fits the router's one event loop
-  thread being what the load queues on. After the last four removals above, a 12-round
-  experiment (32 clients, 4 s points) gave colocated 0.976x the baseline (paired median; mean
-  0.984x) and the floor 1.011x; the two `make bench` runs that followed, 1.05x and 1.00x, at
-  0.94x and 1.02x the baseline's CPU a request (single rounds of either scenario spanned
-  1,372-2,400 req/s across the two runs).
-  At 1 client the two cost the same in one process. Single rounds of one scenario move by
-  ±20%; Ray's own background work (the controller ~5% of a core at all times, the dashboard
-  agent's 30-70 ms bursts every 5 s) is periodic, which is why each round's scenario order is
-  shuffled.
-- **dedicated** sends each batch to the model replica over the direct transport
-  (serve/transport/direct.py: a persistent TCP connection per router and replica, raw-tensor frames;
-  ~0.08 ms a round trip measured between two processes here) and tracks colocated. **handle**
-  is the same version reached through a Ray Serve handle call per batch, as dedicated was
-  before: at one connection that call is the whole gap (~4 ms here; DESIGN.md measured 2.3–2.8
-  ms p50 for the same hop), and under load the router coalesces queued requests into one call
-  per version (at most `max_in_flight` at once), which lifts it from the plain design's
-  0.00–0.04× to the figure above. Autoscaled versions keep the handle (Ray Serve's autoscaler
-  counts only handle requests). The dedicated router does what the colocated one does, with
-  a socket round trip in place of the ONNX run: at one client that round trip (and the model
-  replica's wake-up) is the p50 gap.
-- **shadowed** copies every request to a second version. Copies queue and one worker per shadow
-  runs all queued copies as one batch, then compares each with its primary's answer; the caller
-  only draws a sample and appends. An earlier design with one task per copy cost ~20% req/s.
-- The load generator is Python (aiohttp / grpc.aio) on the same two cores: at 32+ clients it
-  takes CPU the gateway would use, which compresses every figure above 8 clients. wrk (C) on
-  the same scenarios measured colocated at 0.83×–1.07× and dedicated at 0.62×–0.72× of the
-  baseline at 32 connections (previous RESULTS.md); compare ratios within one run and one tool.
-- **unbatched** (max_batch_rows 1) vs **colocated**: coalescing buys little at one row per
-  request in the router's own process (the run is ~10 µs either way); it is the dedicated
-  placement, where one Ray call carries a whole batch, that batching exists for.
-- **binary** costs the same as JSON for 30 floats. **gRPC** comes out slower than JSON
-  (0.6–0.8×), on both sides of the wire: at 32 clients the router replica spends ~730-850 µs
-  of CPU a request against ~390-550 for JSON, and the grpc.aio load generator ~360-430
-  against ~220-270 for aiohttp (/proc, same run). py-spy puts most of the router's share in
-  the native code under Ray's direct-ingress gRPC server (grpc.aio's HTTP/2 and completion
-  queue). So gRPC compares with **baseline-grpc**, the baseline deployment answering
-  ModelInfer over the same ingress (raw FP32 in, raw out, nothing checked): the gateway's
-  ModelInfer (decode with its checks, NaN refusal, routing, metrics, drift, the full
-  response) costs ~45-50 µs in process against the baseline's ~14 (2026-11-28), which
-  against the machine's ~1,450 µs a request makes the ~0.85-0.92x req/s of the first runs.
-- **gRPC beside HTTP** (100 gRPC and 200 HTTP clients on one router): gRPC falls to ~50-120
-  req/s with a p99 of seconds while HTTP runs at ~1,500. The same happens to the bare
-  baseline deployment (53 req/s, p99 8.8 s beside 1,481 HTTP req/s), so it is Ray Serve's
-  ingress, not the gateway's work: grpc.aio's server takes new calls one at a time
-  (`_server_main_loop` awaits `_request_call`, one call per pass of the event loop), while
-  uvicorn reads every ready HTTP connection in each pass, and a pass of a loaded replica
-  lasts tens of ms (a batch's answers all resume together). Running the user code on its
-  own thread (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1) did not help (103 req/s), nor
-  did a shorter GIL switch interval; a gRPC server on a thread of its own starved on the
-  GIL instead in a stand-alone test. Fair sharing needs the gRPC listener off the HTTP
-  event loop: the lean data path's own listeners. Meanwhile, gRPC served by an application
-  of its own (its own router replicas) shares fairly: 675 gRPC req/s beside 1,029 HTTP.
-- **100 rows**: colocated serves 2.3× the baseline's rows per second because the baseline
-  parses and builds JSON with the standard library, and modelgate with orjson and numpy.
-- **plain** (Ray Serve defaults, one handle call per request, `max_ongoing_requests` 5) collapses
-  under concurrency and times out requests, as DESIGN.md warns."""
+#: The prose under the numbers in RESULTS.md: what they say, from profiling.
+NOTES = Path(__file__).with_name("NOTES.md")
 
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
@@ -435,7 +351,7 @@ def write_results(
         "",
         table(results),
     ]
-    lines += ["", "## Summary", "", *summary(by), "", NOTES]
+    lines += ["", "## Summary", "", *summary(by), "", NOTES.read_text().rstrip()]
     text = "\n".join(lines) + "\n"
     RESULTS.write_text(text)
     return text

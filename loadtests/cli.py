@@ -7,12 +7,15 @@ import asyncio
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadtests import report
 from loadtests.clients import PROTOCOLS, Target
 from loadtests.engine import Step, StepResult
 from loadtests.payload import Payload
+
+if TYPE_CHECKING:
+    from loadtests.plan import Plan
 
 SELFTEST_FILE = Path(".modelgate/loadtest-selftest.json")
 #: One generator process is asked for at most this share of its measured ceiling.
@@ -214,7 +217,7 @@ def parse_duration_ms(text: str) -> float:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from loadtests.plan import Scaling, Slo, probe_duration, search_max_rate
+    from loadtests.plan import Plan, Scaling, Slo, probe_duration, search_max_rate
     from loadtests.runner import load_payloads
 
     if not args.model:
@@ -254,11 +257,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     measured = {n: s.max_rate for n, s in searches.items() if n > 0}
     scaling = Scaling(measured or {1: searches[0].max_rate})
     best = max(s.max_rate for s in searches.values())
-    target_rate = args.target_rate or best
-    needed = scaling.replicas_for(target_rate, args.headroom)
-    replicas = needed if needed is not None else scaling.best
-    doc = _plan_doc(args, target, version, slo, searches, scaling, target_rate, needed, sweep)
-    _write_plan(out, doc, searches, sweep, slo, args, version, needed, replicas, deployed)
+    plan = Plan(
+        model=args.model,
+        version=version,
+        target=vars(target),
+        slo=slo,
+        searches=searches,
+        scaling=scaling,
+        sweep=sweep,
+        target_rate=args.target_rate or best,
+        headroom=args.headroom,
+        deployed=deployed,
+    )
+    _write_plan(out, plan)
     return 0
 
 
@@ -325,103 +336,38 @@ def _closed_step(
     return _run(target, payloads, step, args)
 
 
-def _plan_doc(
-    args: argparse.Namespace,
-    target: Target,
-    version: str,
-    slo: Any,
-    searches: dict[int, Any],
-    scaling: Any,
-    target_rate: float,
-    needed: int | None,
-    sweep: list[dict[str, Any]],
-) -> dict[str, Any]:
-    return {
-        "schema": report.PLAN_SCHEMA,
-        "machine": report.machine(),
-        "target": {**vars(target), "served_version": version},
-        "slo": {"p99_ms": slo.p99_ms, "max_error_ratio": slo.max_error_ratio},
-        "searches": {
-            ("as deployed" if n == 0 else f"{n} replicas"): s.as_dict() for n, s in searches.items()
-        },
-        "capacity_rps": scaling.capacity,
-        "scaling_efficiency": scaling.efficiency,
-        "target_rate": target_rate,
-        "headroom": args.headroom,
-        "replicas_needed": needed,
-        "assumptions": [
-            "capacity at n replicas = capacity(1) * (1 + (n - 1) * efficiency), efficiency "
-            "measured from 1 to 2 replicas (1.0 if only one count was measured)",
-            f"the target is met with {args.headroom:.0%} spare capacity",
-            "the load looks like this run's: same protocol, rows per request and input values",
-            "the load generator shared this machine's CPUs with the gateway unless it ran on "
-            "other nodes (--ray-address); the capacities are lower bounds then",
-        ],
-        "closed_loop_sweep": sweep,
-    }
-
-
-def _write_plan(
-    out: Path,
-    doc: dict[str, Any],
-    searches: dict[int, Any],
-    sweep: list[dict[str, Any]],
-    slo: Any,
-    args: argparse.Namespace,
-    version: str,
-    needed: int | None,
-    replicas: int,
-    deployed: tuple[dict[str, Any], Any] | None,
-) -> None:
-    import yaml
-
-    from loadtests.plan import patch_config
-
+def _write_plan(out: Path, plan: Plan) -> None:
+    doc = plan.as_doc(report.machine(), report.PLAN_SCHEMA)
     report.write_json(out / "plan.json", doc)
-    verdict = _verdict(doc, needed, args.headroom, slo.p99_ms)
     series = {
         ("as deployed" if n == 0 else f"{n} replica(s)"): [
             {"achieved_rps": p["achieved_rps"], "latency_ms": p["latency_ms"]}
             for p in s.as_dict()["probes"]
             if p["measured"]
         ]
-        for n, s in searches.items()
+        for n, s in plan.searches.items()
     }
-    report.plot_latency_vs_throughput(out / "latency_vs_throughput.png", series, slo.p99_ms)
+    report.plot_latency_vs_throughput(out / "latency_vs_throughput.png", series, plan.slo.p99_ms)
     report.plot_throughput_vs_concurrency(
-        out / "throughput_vs_concurrency.png", {args.model: sweep}
+        out / "throughput_vs_concurrency.png", {plan.model: plan.sweep}
     )
-    config_path = out / "config.yaml"
-    if deployed is not None:
-        patched = patch_config(*deployed, args.model, version, replicas)
-        config_path.write_text(
-            f"# modelgate plan: {args.model} v{version} on {replicas} replica(s). "
-            + verdict.replace("**", "")
-            + "\n"
-            + yaml.safe_dump(patched, sort_keys=False)
-        )
-    else:
-        patch = {"model": args.model, "version": version, "num_replicas": replicas}
-        config_path.write_text(
-            "# modelgate plan: set this version's num_replicas (or the router's, if colocated)\n"
-            + yaml.safe_dump(patch, sort_keys=False)
-        )
+    (out / "config.yaml").write_text(plan.sized_config())
     lines = [
-        f"# Capacity plan: {args.model} v{version}",
+        f"# Capacity plan: {plan.model} v{plan.version}",
         "",
-        f"SLO: p99 <= {slo.p99_ms:g} ms, errors <= {slo.max_error_ratio:.2%}.",
+        f"SLO: p99 <= {plan.slo.p99_ms:g} ms, errors <= {plan.slo.max_error_ratio:.2%}.",
         "",
         "| replicas | max req/s within the SLO |",
         "|---|---:|",
         *[f"| {k} | {v['max_rate']:.0f} |" for k, v in doc["searches"].items()],
         "",
-        f"Scaling efficiency (1 -> 2 replicas): {doc['scaling_efficiency']:.2f}. {verdict}.",
+        f"Scaling efficiency (1 -> 2 replicas): {doc['scaling_efficiency']:.2f}. {plan.verdict()}.",
         "",
         "Assumptions: " + "; ".join(doc["assumptions"]) + ".",
         "",
         "Closed-loop sweep:",
         "",
-        report.table(sweep),
+        report.table(plan.sweep),
         "",
     ]
     (out / "plan.md").write_text("\n".join(lines))
@@ -433,21 +379,6 @@ def plan_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelgate plan")
     add_plan_args(parser)
     return parser
-
-
-def _verdict(doc: dict[str, Any], needed: int | None, headroom: float, p99_ms: float) -> str:
-    rate = doc["target_rate"]
-    if needed is not None:
-        return (
-            f"For {rate:.0f} req/s with p99 <= {p99_ms:g} ms and {headroom:.0%} headroom: "
-            f"**{needed} replica(s)**"
-        )
-    return (
-        f"{rate:.0f} req/s with {headroom:.0%} headroom is **not reachable by adding replicas**: "
-        f"the second replica added {doc['scaling_efficiency']:.0%} of the first's capacity, so "
-        "the limit is elsewhere (router replicas, CPUs, the load generator); the config keeps "
-        "the best measured replica count"
-    )
 
 
 def loadtest_parser() -> argparse.ArgumentParser:

@@ -180,3 +180,89 @@ def patch_config(
 def _nth_version(args: dict[str, Any], position: int) -> dict[str, Any]:
     entries = [v for m in args["models"] for v in m["versions"]]
     return entries[position]  # type: ignore[no-any-return]
+
+
+@dataclass
+class Plan:
+    """A capacity plan, as measured: what `modelgate plan` writes (plan.json, plan.md, plots, and
+    a config sized by it)."""
+
+    model: str
+    version: str  # the registry version served (an alias resolved)
+    target: dict[str, Any]  # where the load went
+    slo: Slo
+    searches: dict[int, Search]  # by replica count; 0: as deployed
+    scaling: Scaling
+    sweep: list[dict[str, Any]]  # the closed-loop steps
+    target_rate: float
+    headroom: float
+    deployed: tuple[dict[str, Any], Any] | None = None  # --config and its resolved versions
+
+    @property
+    def needed(self) -> int | None:
+        """Replicas for the target rate with the headroom; None if adding them cannot reach it."""
+        return self.scaling.replicas_for(self.target_rate, self.headroom)
+
+    @property
+    def replicas(self) -> int:
+        """What the written config deploys: the replicas needed, or the best measured."""
+        needed = self.needed
+        return needed if needed is not None else self.scaling.best
+
+    def verdict(self) -> str:
+        rate, p99_ms = self.target_rate, self.slo.p99_ms
+        if self.needed is not None:
+            return (
+                f"For {rate:.0f} req/s with p99 <= {p99_ms:g} ms and {self.headroom:.0%} "
+                f"headroom: **{self.needed} replica(s)**"
+            )
+        return (
+            f"{rate:.0f} req/s with {self.headroom:.0%} headroom is **not reachable by adding "
+            f"replicas**: the second replica added {self.scaling.efficiency:.0%} of the first's "
+            "capacity, so the limit is elsewhere (router replicas, CPUs, the load generator); the "
+            "config keeps the best measured replica count"
+        )
+
+    def as_doc(self, machine: dict[str, Any], schema: str) -> dict[str, Any]:
+        return {
+            "schema": schema,
+            "machine": machine,
+            "target": {**self.target, "served_version": self.version},
+            "slo": {"p99_ms": self.slo.p99_ms, "max_error_ratio": self.slo.max_error_ratio},
+            "searches": {
+                ("as deployed" if n == 0 else f"{n} replicas"): s.as_dict()
+                for n, s in self.searches.items()
+            },
+            "capacity_rps": self.scaling.capacity,
+            "scaling_efficiency": self.scaling.efficiency,
+            "target_rate": self.target_rate,
+            "headroom": self.headroom,
+            "replicas_needed": self.needed,
+            "assumptions": [
+                "capacity at n replicas = capacity(1) * (1 + (n - 1) * efficiency), efficiency "
+                "measured from 1 to 2 replicas (1.0 if only one count was measured)",
+                f"the target is met with {self.headroom:.0%} spare capacity",
+                "the load looks like this run's: same protocol, rows per request and input values",
+                "the load generator shared this machine's CPUs with the gateway unless it ran on "
+                "other nodes (--ray-address); the capacities are lower bounds then",
+            ],
+            "closed_loop_sweep": self.sweep,
+        }
+
+    def sized_config(self) -> str:
+        """The config to deploy: --config with this version's replicas set, or the patch."""
+        import yaml
+
+        if self.deployed is not None:
+            patched = patch_config(*self.deployed, self.model, self.version, self.replicas)
+            return (
+                f"# modelgate plan: {self.model} v{self.version} on {self.replicas} replica(s). "
+                + self.verdict().replace("**", "")
+                + "\n"
+                + yaml.safe_dump(patched, sort_keys=False)
+            )
+        patch = {"model": self.model, "version": self.version, "num_replicas": self.replicas}
+        return (
+            "# modelgate plan: set this version's num_replicas (or the router's, if colocated)\n"
+            + yaml.safe_dump(patch, sort_keys=False)
+        )

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from serve.cli import supervisor
+
+if TYPE_CHECKING:
+    from converters.registry import Registry
 
 QUICKSTART_CONFIG = "configs/quickstart.yaml"
 
 
-def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open(args: argparse.Namespace) -> Registry:
     from converters.registry import open_registry
 
     return open_registry(args.registry)
@@ -162,13 +166,13 @@ def _serve(args: argparse.Namespace) -> int:
     return code
 
 
-def _ports(config: dict) -> tuple[int, int]:  # type: ignore[type-arg]
+def _ports(config: dict[str, Any]) -> tuple[int, int]:
     http = int((config.get("http_options") or {}).get("port", 8000))
     grpc_port = int((config.get("grpc_options") or {}).get("port", 9000))
     return http, grpc_port
 
 
-def _exporter_ports(config: dict) -> list[int]:  # type: ignore[type-arg]
+def _exporter_ports(config: dict[str, Any]) -> list[int]:
     from serve.core.config import GatewayConfig
     from serve.ray.launcher import GATEWAY_IMPORT_PATH
 

@@ -227,7 +227,7 @@ def print_samples(resolved: list[Resolved], base: str, grpc_target: str) -> None
     )
 
 
-def _summary(doc: dict) -> str:  # type: ignore[type-arg]
+def _summary(doc: dict[str, Any]) -> str:
     if "outputs" not in doc:
         return json.dumps(doc)
     return ", ".join(f"{o['name']}={o['data'][:3]}" for o in doc["outputs"])

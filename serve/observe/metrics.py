@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -371,7 +372,7 @@ class GatewayMetrics:
             gauge = self._in_flight[model] = self.counter(self.in_flight.labels(model))
         return gauge
 
-    def batch_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
+    def batch_observer(self, model: str, version: str) -> Callable[[int, int, float, float], None]:
         """The micro-batcher's `on_batch` hook for one version."""
         queue = self.histogram(self.queue_wait.labels(model, version))
         duration = self.histogram(self.batch_duration.labels(model, version))
@@ -388,7 +389,7 @@ class GatewayMetrics:
 
         return observe
 
-    def run_observer(self, model: str, version: str):  # type: ignore[no-untyped-def]
+    def run_observer(self, model: str, version: str) -> Callable[[int, float], None]:
         """Called where ONNX Runtime runs a batch: its rows and its time."""
         compute = self.histogram(self.compute.labels(model, version))
         rows_c = self.counter(self.model_rows.labels(model, version))
