@@ -45,8 +45,15 @@ def demo_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     return registry
 
 
+class MlflowServer(str):
+    """The URL of a running `mlflow server`, which also knows the folder its artifact proxy
+    stores into (to check what the server holds, or tamper with it)."""
+
+    artifacts: Path
+
+
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """A real `mlflow server` on 127.0.0.1 at a free port; stopped at teardown."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
@@ -72,7 +79,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = MlflowServer(f"http://127.0.0.1:{port}")
+    url.artifacts = root / "artifacts"
     try:
         _wait_http(f"{url}/health", proc, root / "server.log")
         yield url

@@ -5,6 +5,7 @@ fails `serve deploy` / `serve run` with the field and the problem named, before 
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -52,6 +53,60 @@ class Autoscaling(_Strict):
         return self.model_dump()
 
 
+#: A Ray node label key (Kubernetes' syntax: an optional DNS prefix and '/', then a name).
+_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+#: A selector's value: `v`, `!v`, `in(a,b)` or `!in(a,b)` (Ray 2.60's label selectors).
+_LABEL_VALUE = r"^!?(in\([-A-Za-z0-9_., ]*\)|[-A-Za-z0-9_.]{0,63})$"
+
+
+def _check_selector(selector: dict[str, str], where: str) -> None:
+    for key, value in selector.items():
+        if not re.match(_LABEL_KEY, key):
+            raise ValueError(f"{where}: {key!r} is not a node label key")
+        if not re.match(_LABEL_VALUE, value):
+            raise ValueError(
+                f"{where}[{key}]: {value!r} is not a label selector value "
+                "(value, !value, in(a,b) or !in(a,b))"
+            )
+
+
+def _anywhere() -> list[dict[str, str]]:
+    return [{}]
+
+
+class Nodes(_Strict):
+    """Which nodes a replica may run on, by the labels each node was started with
+    (`ray start --labels role=model`; KubeRay sets them from the group's `rayStartParams`)."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="The labels a node must have (Ray's label_selector): `key: value`, "
+        "`key: '!value'`, `key: in(a,b)`; {} any node.",
+    )
+    fallback: list[dict[str, str]] = Field(
+        default_factory=_anywhere,
+        description="Selectors tried in order when no node with `labels` can take the "
+        "replica (Ray's fallback_strategy). The default, [{}], falls back to any node, so a "
+        "replica lost with its node comes back on another; [] keeps it to `labels` only.",
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> Nodes:
+        _check_selector(self.labels, "labels")
+        for i, selector in enumerate(self.fallback):
+            _check_selector(selector, f"fallback[{i}]")
+        return self
+
+    def ray_options(self) -> dict[str, object]:
+        """The replica's ray_actor_options that say so."""
+        if not self.labels:
+            return {}
+        return {
+            "label_selector": dict(self.labels),
+            "fallback_strategy": [{"label_selector": dict(s)} for s in self.fallback],
+        }
+
+
 class VersionConfig(_Strict):
     """One deployed version of a model."""
 
@@ -88,6 +143,7 @@ class VersionConfig(_Strict):
         description="Logical CPUs each replica reserves in Ray's scheduler. Small by "
         "default so many versions fit a small node; raise it to spread replicas across nodes.",
     )
+    nodes: Nodes | None = Field(None, description="The nodes its replicas run on (dedicated).")
 
     @property
     def direct(self) -> bool:
@@ -133,6 +189,7 @@ class RouterConfig(_Strict):
         "Ray itself refuses (plain-text 503, gRPC RESOURCE_EXHAUSTED) only past that.",
     )
     num_cpus: float = Field(0.1, ge=0, description="Logical CPUs each router replica reserves.")
+    nodes: Nodes | None = Field(None, description="The nodes router replicas run on.")
     max_surge_percent: int = Field(
         100,
         ge=0,
@@ -197,6 +254,20 @@ class GatewayConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     registry: str | None = Field(None, description="Registry for 'uri' versions.")
     artifacts: str = Field(".modelgate/artifacts", description="Artifact store folder.")
+    distribute: Literal["auto", "registry", "local"] = Field(
+        "auto",
+        description="How replicas on every node get the artifacts (serve/control/distribute.py). "
+        "registry: each verified artifact is published to the registry's MLflow server "
+        "(modelgate/artifacts/<model>/<version>-<key>/ in its artifact store) and fetched once "
+        "per node into a local cache, checked against the sha256 pinned at deploy; local: "
+        "replicas read `artifacts` in place; auto: registry when the registry is an MLflow "
+        "server (http://…), else local.",
+    )
+    shared_artifacts: bool = Field(
+        False,
+        description="`artifacts` is on storage every node mounts at the same path: deploy local "
+        "artifacts on a cluster of several nodes (refused otherwise).",
+    )
     router: RouterConfig = Field(default_factory=RouterConfig)
     limits: Limits = Field(default_factory=Limits)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import ray
@@ -23,10 +22,13 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from converters.manifest import read_manifest
+from converters.manifest import Manifest
+from converters.spec import Signature
+from serve.control import distribute
 from serve.control.resolve import Resolved, resolve_versions
 from serve.core import runners
 from serve.core.admission import Admission
+from serve.core.artifact_cache import ArtifactRef, local_artifact, local_manifest
 from serve.core.auth import AuthConfig, Authenticator
 from serve.core.batching import MicroBatcher
 from serve.core.config import (
@@ -36,6 +38,7 @@ from serve.core.config import (
     GatewayConfig,
     Limits,
     MetricsConfig,
+    Nodes,
     VersionConfig,
 )
 from serve.core.dataplane import DataPlane, Health, VersionTarget
@@ -66,7 +69,7 @@ class VersionSpec(BaseModel):
 
     model: str
     version: str
-    artifact: str
+    artifact: ArtifactRef
     placement: str
     batching: Batching
     intra_op_threads: int
@@ -108,7 +111,7 @@ class ModelVersion:
         version = VersionSpec.model_validate(spec)
         self.name = f"{version.model}:{version.version}"
         self.telemetry = TelemetrySpec.model_validate(telemetry).start()
-        runtime = VersionRuntime(Path(version.artifact), version.intra_op_threads)
+        runtime = VersionRuntime(local_artifact(version.artifact), version.intra_op_threads)
         runtime.warm_up()
         self._run = self.telemetry.instrument(runtime, version.model, version.version)
         self.direct: DirectServer | None = None
@@ -336,7 +339,17 @@ def _target(
 ) -> VersionTarget:
     name = f"{spec.model}:{spec.version}"
     health = Health()
-    manifest = read_manifest(Path(spec.artifact))
+    try:
+        manifest = local_manifest(spec.artifact)
+    except ArtifactError as exc:
+        # Nothing to validate requests against: this version answers 503, the others serve.
+        logger.error("%s is not served: %s", name, exc)
+        reason = f"its manifest cannot be had: {exc}"
+        unknown = _unknown_manifest(spec)
+        batcher = MicroBatcher(name, runners.unavailable(name, reason))
+        return VersionTarget(
+            spec.model, spec.version, unknown, batcher, spec.placement, None, Health(False, reason)
+        )
     run_now = None
     if spec.placement == "colocated":
         try:
@@ -382,8 +395,26 @@ def _target(
     )
 
 
+def _unknown_manifest(spec: VersionSpec) -> Manifest:
+    """What stands for a manifest that could not be had: no inputs, no outputs."""
+    return Manifest(
+        name=spec.model,
+        version=spec.version,
+        source_uri="",
+        registry="",
+        flavor="",
+        source_sha256="",
+        sha256=spec.artifact.sha256,
+        signature=Signature(inputs=[], outputs=[]),
+        task="",
+        opset={},
+        converter={},
+        created_at="",
+    )
+
+
 def _local_run(spec: VersionSpec, telemetry: ReplicaTelemetry) -> Callable[[Feeds], Feeds]:
-    runtime = VersionRuntime(Path(spec.artifact), spec.intra_op_threads)
+    runtime = VersionRuntime(local_artifact(spec.artifact), spec.intra_op_threads)
     runtime.warm_up()
     return telemetry.instrument(runtime, spec.model, spec.version)
 
@@ -455,10 +486,12 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
     benchmark's floor, `loadtests.floor:floor_app`, is a Router answering like the baseline)."""
     args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
     resolved = resolve_versions(args)
+    refs = distribute.pin(args, resolved)
+    distribute.check_reachable(args, refs, nodes=sum(1 for n in ray.nodes() if n["Alive"]))
     telemetry = TelemetrySpec(metrics=args.metrics, drift=args.drift)
     handles: dict[str, Any] = {}
     specs: list[VersionSpec] = []
-    for model, version_config, artifact, version in resolved:
+    for (model, version_config, _, version), artifact in zip(resolved, refs, strict=True):
         dedicated = version_config.placement == "dedicated"
         spec = VersionSpec(
             model=model.name,
@@ -489,7 +522,7 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
     )
     options: dict[str, Any] = {
         **ray_limits(router.max_ongoing_requests),
-        "ray_actor_options": _actor_options(router.num_cpus, args),
+        "ray_actor_options": _actor_options(router.num_cpus, args, router.nodes),
         "max_surge_percent": router.max_surge_percent,
         **_scaling(router.autoscaling, router.num_replicas),
     }
@@ -506,19 +539,20 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
         "name": name,
         # Each router keeps at most max_in_flight batches on a version at once.
         "max_ongoing_requests": version.batching.max_in_flight * router_replicas + 2,
-        "ray_actor_options": _actor_options(version.num_cpus, args),
+        "ray_actor_options": _actor_options(version.num_cpus, args, version.nodes),
         "max_surge_percent": version.max_surge_percent,
         **_scaling(version.autoscaling, version.num_replicas),
     }
     return ModelVersionDeployment.options(**options)
 
 
-def _actor_options(num_cpus: float, args: GatewayConfig) -> dict[str, Any]:
+def _actor_options(num_cpus: float, args: GatewayConfig, nodes: Nodes | None) -> dict[str, Any]:
     """Every replica writes its metrics to the node's folder (serve/observe/exporter.py); the
-    variable
-    must be set before the worker imports prometheus-client, hence the runtime_env."""
+    variable must be set before the worker imports prometheus-client, hence the runtime_env.
+    `nodes` becomes Ray's label selector and its fallbacks."""
     env = {MULTIPROC_ENV: args.metrics.directory}
-    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}}
+    options = {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}}
+    return options | (nodes.ray_options() if nodes is not None else {})
 
 
 def _scaling(autoscaling: Autoscaling | None, num_replicas: int) -> dict[str, Any]:

@@ -56,3 +56,30 @@ def test_bad_configs_name_the_field_and_the_problem(doc: dict, field: str, probl
         GatewayConfig.model_validate(doc)
     text = str(info.value)
     assert field in text and problem in text
+
+
+def test_node_labels_become_rays_selector_with_a_fallback_anywhere_by_default() -> None:
+    doc = _config(versions=[{"artifact": "/x", "nodes": {"labels": {"role": "in(model,gpu)"}}}])
+    nodes = GatewayConfig.model_validate(doc).models[0].versions[0].nodes
+    assert nodes is not None
+    assert nodes.ray_options() == {
+        "label_selector": {"role": "in(model,gpu)"},
+        "fallback_strategy": [{"label_selector": {}}],
+    }
+    strict = {"labels": {"ray.io/node-group": "!head"}, "fallback": []}
+    router = GatewayConfig.model_validate({**doc, "router": {"nodes": strict}}).router.nodes
+    assert router is not None and router.ray_options()["fallback_strategy"] == []
+
+
+@pytest.mark.parametrize(
+    ("nodes", "problem"),
+    [
+        ({"labels": {"bad key!": "x"}}, "'bad key!' is not a node label key"),
+        ({"labels": {"role": "a b"}}, "labels[role]: 'a b' is not a label selector value"),
+        ({"labels": {"role": "x"}, "fallback": [{"zone": "in(a"}]}, "fallback[0][zone]"),
+    ],
+)
+def test_a_bad_node_selector_is_refused_naming_it(nodes: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        GatewayConfig.model_validate(_config(versions=[{"artifact": "/x", "nodes": nodes}]))
+    assert problem in str(raised.value) and "models.0.versions.0.nodes" in str(raised.value)

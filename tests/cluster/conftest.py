@@ -1,0 +1,195 @@
+"""One multi-node Ray cluster for every multi-node test (tests/cluster/netns.py): a head node
+(with the dashboard, which `serve deploy` and Prometheus' service discovery need) and two worker
+nodes, each started with `ray start` as an operator would, in the environment
+`modelgate ingress-env` prints; an `mlflow server` on the bridge is the registry and the artifact
+store. Drivers run inside the head node. Start-up is bounded (START_BUDGET_S); teardown removes
+every node, link and namespace even when a test fails."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_iris
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+
+from converters.registry import open_registry
+from tests.cluster.netns import BIN, REPO, Cluster, Node, wait_for
+from tests.conftest import _stop, _wait_http
+
+#: Seconds the cluster (three Ray nodes, the mlflow server, the models) may take to come up.
+START_BUDGET_S = 240
+RAY_PORT = 6379
+DASHBOARD_PORT = 8265
+#: Where each node keeps HAProxy's files (inside its private /tmp).
+INGRESS_FOLDER = "/tmp/modelgate-ingress"
+#: Test settings every node starts with, beside what `modelgate ingress-env` prints.
+NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}
+
+
+@dataclass
+class RayCluster:
+    cluster: Cluster
+    mlflow: str  # the registry's URL, on the bridge
+    mlflow_store: Path  # what its artifact proxy stores into
+    mlflow_log: Path
+    workdir: Path  # configs the drivers read (outside every node's private /tmp)
+    originals: dict[str, Any]  # model name -> the registered scikit-learn model
+    logs: Path
+
+    @property
+    def head(self) -> Node:
+        return self.cluster.nodes["head"]
+
+    @property
+    def workers(self) -> list[Node]:
+        return [n for name, n in self.cluster.nodes.items() if name != "head"]
+
+    @property
+    def address(self) -> str:
+        return f"{self.head.address}:{RAY_PORT}"
+
+    def driver(self, code: str, timeout: float = 180) -> str:
+        """Python run as a Ray driver inside the head node; its stdout."""
+        done = self.head.run(str(BIN / "python"), "-c", code, timeout=timeout)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    def ray_nodes(self) -> list[dict[str, Any]]:
+        out = self.driver(
+            "import json, ray\n"
+            f"ray.init(address={self.address!r}, logging_level='ERROR')\n"
+            "print(json.dumps([n for n in ray.nodes() if n['Alive']], default=str))"
+        )
+        return list(json.loads(out.strip().splitlines()[-1]))
+
+
+def _ingress_env(node: Node) -> dict[str, str]:
+    done = node.run(str(BIN / "modelgate"), "ingress-env", INGRESS_FOLDER)
+    assert done.returncode == 0, done.stderr
+    env = {}
+    for line in done.stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def _start_ray(node: Node, head: Node, logs: Path) -> None:
+    env = {**_ingress_env(node), **NODE_ENV}
+    common = [
+        f"--node-ip-address={node.address}",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        "--block",
+    ]
+    if node is head:
+        args = [
+            "--head",
+            f"--port={RAY_PORT}",
+            "--include-dashboard=true",
+            f"--dashboard-host={node.address}",
+            f"--dashboard-port={DASHBOARD_PORT}",
+            "--labels=role=head",
+        ]
+    else:
+        args = [f"--address={head.address}:{RAY_PORT}", "--labels=role=worker"]
+    node.popen(str(BIN / "ray"), "start", *args, *common, env=env, log=logs / f"{node.name}.log")
+
+
+def _mlflow_server(host: str, root: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    from tests.conftest import free_port
+
+    port = free_port()
+    log = root / "mlflow.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", host, "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "store"),
+            "--workers", "1",
+            "--allowed-hosts", f"{host}:{port},{host}",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://{host}:{port}"
+    _wait_http(f"{url}/health", proc, log)
+    return proc, url, log
+
+
+def _register(registry_url: str) -> dict[str, Any]:
+    registry = open_registry(registry_url)
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32).astype(np.float64)
+    boost = GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0).fit(x, y)
+    registry.publish_sklearn("breast_cancer", boost, x[:64])
+    xi, yi = load_iris(return_X_y=True)
+    iris = LogisticRegression(max_iter=500).fit(xi, yi)
+    registry.publish_sklearn("iris", iris, xi[:50])
+    return {"breast_cancer": boost, "iris": iris}
+
+
+@pytest.fixture(scope="package")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    logs = root / "logs"
+    logs.mkdir()
+    workdir = Path("/var/tmp") / f"modelgate-cluster-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir(mode=0o700)
+    cluster = Cluster(["head", "worker1", "worker2"], workdir)
+    mlflow: subprocess.Popen[bytes] | None = None
+    started = time.monotonic()
+    # Ray's token authentication, as a production cluster runs it: one token for the cluster,
+    # given to every node and driver (not the machine's ~/.ray/auth_token).
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    for node in cluster.nodes.values():
+        node.env.update(token)
+    try:
+        cluster.start()
+        mlflow, url, mlflow_log = _mlflow_server(cluster.gateway, root)
+        originals = _register(url)
+        head = cluster.nodes["head"]
+        _start_ray(head, head, logs)
+        ray = RayCluster(cluster, url, root / "store", mlflow_log, workdir, originals, logs)
+        wait_for(
+            lambda: (
+                head.run(str(BIN / "ray"), "status", f"--address={ray.address}").returncode == 0
+            ),
+            "the head node's Ray",
+            timeout_s=START_BUDGET_S - (time.monotonic() - started),
+            interval_s=2,
+        )
+        for worker in ray.workers:
+            _start_ray(worker, head, logs)
+        wait_for(
+            lambda: len(ray.ray_nodes()) == 3,
+            "three Ray nodes alive",
+            timeout_s=START_BUDGET_S - (time.monotonic() - started),
+            interval_s=2,
+        )
+        yield ray
+    finally:
+        cluster.stop()
+        if mlflow is not None:
+            _stop(mlflow)
+        shutil.rmtree(workdir, ignore_errors=True)
+        for log in sorted(logs.glob("*.log")):  # for a failure's report
+            print(f"--- {log.name} (last lines)\n{log.read_text(errors='replace')[-1500:]}")
+
+
+__all__ = ["REPO", "RayCluster"]

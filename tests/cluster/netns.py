@@ -1,0 +1,171 @@
+"""A Ray cluster of real nodes on one machine: each node a Linux network namespace with its own
+address on a private bridge, its own mount namespace (a private /tmp, where Ray keeps its session
+and modelgate its metrics and artifact cache, and the repository's .modelgate/ hidden) and its own
+PID namespace, whose first process holds the node: killing it kills every process of the node at
+once, as losing a host would.
+
+Everything made here is named after the cluster's id and removed by `stop()`, even after a
+failure: the nodes' processes (by killing each node's first process), the veth links, the
+namespaces and the bridge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+#: The first process of a node: mounts its private folders, then reaps orphans until killed.
+HOLDER = """
+import os, subprocess, sys, time
+for target in sys.argv[1:]:
+    os.makedirs(target, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", target], check=True)
+print("ready", flush=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.5)
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Node:
+    name: str
+    netns: str
+    address: str
+    holder: subprocess.Popen[str] | None = None
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # every command of the node gets it
+
+    @property
+    def pid(self) -> int:
+        """The node's first process, as this machine sees it."""
+        assert self.holder is not None
+        children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children").read_text()
+        return int(children.split()[0])
+
+    def argv(self, *command: str) -> list[str]:
+        """`command` run inside the node (its network, mounts and processes)."""
+        return ["nsenter", "-t", str(self.pid), "-m", "-n", "-p", "--", *command]
+
+    def popen(
+        self, *command: str, env: dict[str, str] | None = None, log: Path
+    ) -> subprocess.Popen[bytes]:
+        out = log.open("ab")
+        proc = subprocess.Popen(
+            self.argv(*command),
+            env={**os.environ, **self.env, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def run(
+        self, *command: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*command),
+            env={**os.environ, **self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=timeout,
+        )
+
+    def kill(self) -> None:
+        """Lose the node: its first process killed, the kernel kills the rest of it."""
+        if self.holder is not None and self.holder.poll() is None:
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError, IndexError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.holder.wait(timeout=30)
+        for proc in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+
+class Cluster:
+    """A bridge and `names` nodes on it; `start()` makes them, `stop()` removes everything."""
+
+    def __init__(self, names: list[str], workdir: Path) -> None:
+        self.id = uuid.uuid4().hex[:6]
+        self.bridge = f"mgbr{self.id}"
+        subnet = 200 + int(self.id, 16) % 50
+        self.gateway = f"10.{subnet}.0.1"
+        self.workdir = workdir
+        self.nodes = {
+            name: Node(name, f"mg{self.id}{name}", f"10.{subnet}.0.{11 + i}")
+            for i, name in enumerate(names)
+        }
+        self._links: list[str] = []
+
+    def start(self) -> None:
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for i, node in enumerate(self.nodes.values()):
+            _ip("netns", "add", node.netns)
+            link = f"mgv{self.id}{i}"
+            _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
+            self._links.append(link)
+            _ip("link", "set", link, "master", self.bridge, "up")
+            _ip("-n", node.netns, "addr", "add", f"{node.address}/24", "dev", "eth0")
+            _ip("-n", node.netns, "link", "set", "eth0", "up")
+            _ip("-n", node.netns, "link", "set", "lo", "up")
+            node.holder = subprocess.Popen(
+                [
+                    "ip", "netns", "exec", node.netns,
+                    "unshare", "--mount", "--pid", "--fork", "--mount-proc",
+                    "--propagation", "private",
+                    sys.executable, "-c", HOLDER, "/tmp", str(REPO / ".modelgate"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )  # fmt: skip
+            assert node.holder.stdout is not None
+            line = node.holder.stdout.readline().strip()
+            assert line == "ready", f"node {node.name} did not start: {line}"
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            with contextlib.suppress(Exception):
+                node.kill()
+        for link in self._links:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("link", "del", link)
+        for node in self.nodes.values():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("netns", "del", node.netns)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("link", "del", self.bridge)
+
+
+def wait_for(check: object, what: str, timeout_s: float, interval_s: float = 0.5) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"{what}: not within {timeout_s:g} s")
