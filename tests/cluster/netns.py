@@ -24,12 +24,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-#: The first process of a node: mounts its private folders, then reaps orphans until killed.
+#: The first process of a node: mounts a private tmpfs on each folder named (keeping the
+#: repository visible where it lies below one, as CI's checkout under /tmp does), then reaps
+#: orphans until killed.
 HOLDER = """
 import os, subprocess, sys, time
-for target in sys.argv[1:]:
+repo, park, *targets = sys.argv[1:]
+def mount(*args):
+    subprocess.run(["mount", *args], check=True)
+for target in targets:
+    keep = repo.startswith(target.rstrip("/") + "/")
+    if keep:
+        os.makedirs(park)
+        mount("--rbind", repo, park)
     os.makedirs(target, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", target], check=True)
+    mount("-t", "tmpfs", "tmpfs", target)
+    if keep:
+        os.makedirs(repo, exist_ok=True)
+        mount("--move", park, repo)
+        os.rmdir(park)
 print("ready", flush=True)
 while True:
     try:
@@ -136,7 +149,8 @@ class Cluster:
                     "ip", "netns", "exec", node.netns,
                     "unshare", "--mount", "--pid", "--fork", "--mount-proc",
                     "--propagation", "private",
-                    sys.executable, "-c", HOLDER, "/tmp", str(REPO / ".modelgate"),
+                    sys.executable, "-c", HOLDER, str(REPO), f"/mnt/.modelgate-{node.netns}",
+                    "/tmp", str(REPO / ".modelgate"),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
