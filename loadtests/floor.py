@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from loadtests.baseline import InProcess
+from serve.core.artifact_cache import local_artifact
 from serve.ray.app import RouterDeployment, build_gateway
 
 
@@ -23,8 +24,9 @@ class RouterFloor(RouterDeployment.func_or_class):  # type: ignore[misc,name-def
 
     def __init__(self, spec: dict[str, Any], handles: dict[str, Any]) -> None:
         super().__init__(spec, handles)
-        artifact = next(v.artifact for v in self.spec.versions if v.placement == "colocated")
-        self.baseline = InProcess.func_or_class(str(artifact))  # type: ignore[attr-defined]
+        ref = next(v.artifact for v in self.spec.versions if v.placement == "colocated")
+        folder = local_artifact(ref)  # as the Router's own colocated version reads it
+        self.baseline = InProcess.func_or_class(str(folder))  # type: ignore[attr-defined]
 
     async def __call__(self, request: Request) -> JSONResponse:
         return await self.baseline(request)  # type: ignore[no-any-return]

@@ -222,11 +222,12 @@ class MetricsConfig(_Strict):
         "per node serves it; null: off). /metrics on the HTTP port answers as well.",
     )
     host: str = Field("0.0.0.0", description="Address the node exporter binds.")
-    directory: str = Field(
-        "/tmp/ray/session_latest/modelgate-metrics",
+    directory: str | None = Field(
+        None,
         description="Node-local folder where replicas write their metric values "
-        "(prometheus-client multiprocess mode). Under Ray's session folder by default, so a "
-        "new Ray session starts from zero.",
+        "(prometheus-client multiprocess mode). null: `modelgate-metrics` in the Ray session's "
+        "own folder, so a new session starts from zero and two Ray instances on one machine "
+        "never write into each other's.",
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import ray
@@ -52,7 +53,7 @@ from serve.observe.telemetry import ReplicaTelemetry
 from serve.protocol import rest
 from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
-from serve.ray.internals import KVDirectory, serve_details
+from serve.ray.internals import KVDirectory, serve_details, session_dir
 from serve.transport.direct import DirectPool, DirectServer, FrameLimits, kv_prefix
 
 logger = logging.getLogger("modelgate")
@@ -550,7 +551,8 @@ def _actor_options(num_cpus: float, args: GatewayConfig, nodes: Nodes | None) ->
     """Every replica writes its metrics to the node's folder (serve/observe/exporter.py); the
     variable must be set before the worker imports prometheus-client, hence the runtime_env.
     `nodes` becomes Ray's label selector and its fallbacks."""
-    env = {MULTIPROC_ENV: args.metrics.directory}
+    directory = args.metrics.directory or str(Path(session_dir()) / "modelgate-metrics")
+    env = {MULTIPROC_ENV: directory}
     options = {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}}
     return options | (nodes.ray_options() if nodes is not None else {})
 

@@ -100,3 +100,16 @@ def dead_core_processes() -> list[str]:
         return []
     core = {"raylet", "gcs_server"}
     return sorted({name for name, _ in node.dead_processes() if name in core})
+
+
+def session_dir() -> str:
+    """This Ray session's folder on this node (`/tmp/ray/session_<date>_<pid>` by default; the
+    same name on every node of the cluster).
+
+    Why private: the public API names no session folder; `/tmp/ray/session_latest` is a link
+    that the newest Ray instance on the machine takes over, so two instances would share it."""
+    from ray._private import worker
+
+    node = worker.global_worker.node
+    assert node is not None, "not connected to Ray"
+    return str(node.get_session_dir_path())

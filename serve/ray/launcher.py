@@ -32,6 +32,9 @@ HIGH_THROUGHPUT_ENV = {
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
 }
 GATEWAY_IMPORT_PATH = "serve.app:build_app"
+#: What a node's readiness probe asks (configs/kuberay/rayservice.yaml): its Serve proxy, on the
+#: HTTP port, answers when the node can take traffic and route it.
+PROXY_HEALTH_PATH = "/-/healthz"
 
 
 class DeployError(ModelgateError):

@@ -22,22 +22,33 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
+import yaml
 from sklearn.datasets import load_breast_cancer, load_iris
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from converters.registry import open_registry
-from tests.cluster.netns import BIN, REPO, Cluster, Node, wait_for
+from tests.cluster.netns import BIN, Cluster, Node, wait_for
 from tests.conftest import _stop, _wait_http
 
 #: Seconds the cluster (three Ray nodes, the mlflow server, the models) may take to come up.
 START_BUDGET_S = 240
 RAY_PORT = 6379
 DASHBOARD_PORT = 8265
+APP = "gateway"
+HTTP_PORT, GRPC_PORT = 8000, 9000
+CACHE = "/tmp/modelgate-0/artifacts"  # the default node cache of root, inside each node
 #: Where each node keeps HAProxy's files (inside its private /tmp).
 INGRESS_FOLDER = "/tmp/modelgate-ingress"
+#: How the GCS decides a node is lost: no answer to a health check every PERIOD_MS for
+#: THRESHOLD checks in a row (each given TIMEOUT_MS). The fault tests derive their bounds from it.
+HEALTH_CHECK = {"period_ms": 1000, "timeout_ms": 1000, "failure_threshold": 3}
 #: Test settings every node starts with, beside what `modelgate ingress-env` prints.
-NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}
+NODE_ENV = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
+    **{f"RAY_health_check_{k}": str(v) for k, v in HEALTH_CHECK.items()},
+}
 
 
 @dataclass
@@ -192,4 +203,79 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
             print(f"--- {log.name} (last lines)\n{log.read_text(errors='replace')[-1500:]}")
 
 
-__all__ = ["REPO", "RayCluster"]
+def gateway_config(cluster: RayCluster) -> dict[str, Any]:
+    on_workers = {"labels": {"role": "worker"}}
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
+        "grpc_options": {
+            "port": GRPC_PORT,
+            "grpc_servicer_functions": ["serve.grpc_service.add_servicer"],
+        },
+        "applications": [
+            {
+                "name": APP,
+                "route_prefix": "/",
+                "import_path": "serve.app:build_app",
+                "args": {
+                    "registry": cluster.mlflow,
+                    "models": [
+                        {
+                            "name": "breast_cancer",
+                            "versions": [
+                                {
+                                    "uri": "models:/breast_cancer/1",
+                                    "placement": "dedicated",
+                                    "num_replicas": 2,
+                                    "nodes": on_workers,
+                                }
+                            ],
+                        },
+                        {
+                            "name": "iris",
+                            "versions": [{"uri": "models:/iris/1", "placement": "colocated"}],
+                        },
+                    ],
+                    "router": {"nodes": {"labels": {"role": "head"}}},
+                },
+            }
+        ],
+    }
+
+
+def cached(node: Node) -> list[str]:
+    """The model files in a node's artifact cache."""
+    done = node.run("find", CACHE, "-name", "model.onnx")
+    return sorted(done.stdout.split()) if done.returncode == 0 else []
+
+
+@pytest.fixture(scope="package")
+def deployed(ray_cluster: RayCluster) -> dict[str, Any]:
+    """The gateway deployed with `modelgate serve CONFIG --address` from inside the head."""
+    before = {w.name: cached(w) for w in ray_cluster.workers}
+    path = ray_cluster.workdir / "cluster.yaml"
+    path.write_text(yaml.safe_dump(gateway_config(ray_cluster)))
+    done = ray_cluster.head.run(
+        str(BIN / "modelgate"), "serve", str(path), "--address", ray_cluster.address,
+        "--no-block", timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return {"before": before}
+
+
+def infer_labels(base: str, model: str, rows: np.ndarray) -> list[int]:
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(rows.shape),
+                "datatype": "FP32",
+                "data": rows.ravel().tolist(),
+            }
+        ]
+    }
+    """The labels a model answers for `rows` through the ingress at `base`."""
+    response = requests.post(f"{base}/v2/models/{model}/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    label = next(o for o in response.json()["outputs"] if o["name"] == "label")
+    return list(label["data"])

@@ -64,6 +64,7 @@ class Node:
     holder: subprocess.Popen[str] | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # every command of the node gets it
+    link: str = ""  # its veth on the bridge
 
     @property
     def pid(self) -> int:
@@ -103,6 +104,10 @@ class Node:
             timeout=timeout,
         )
 
+    def unplug(self) -> None:
+        """Its cable pulled: packets to and from it are dropped, nothing is refused."""
+        _ip("link", "set", self.link, "down")
+
     def kill(self) -> None:
         """Lose the node: its first process killed, the kernel kills the rest of it."""
         if self.holder is not None and self.holder.poll() is None:
@@ -140,6 +145,7 @@ class Cluster:
             link = f"mgv{self.id}{i}"
             _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
             self._links.append(link)
+            node.link = link
             _ip("link", "set", link, "master", self.bridge, "up")
             _ip("-n", node.netns, "addr", "add", f"{node.address}/24", "dev", "eth0")
             _ip("-n", node.netns, "link", "set", "eth0", "up")

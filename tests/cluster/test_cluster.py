@@ -4,97 +4,25 @@ head reaching dedicated replicas on the workers over the direct transport, ingre
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 import numpy as np
-import pytest
 import requests
 import yaml
 from sklearn.datasets import load_breast_cancer, load_iris
 
-from tests.cluster.conftest import RayCluster
+from tests.cluster.conftest import (
+    APP,
+    GRPC_PORT,
+    HTTP_PORT,
+    RayCluster,
+    cached,
+    gateway_config,
+    infer_labels,
+)
 from tests.cluster.netns import BIN, REPO, wait_for
-
-APP = "gateway"
-CACHE = "/tmp/modelgate-0/artifacts"  # the default node cache of root, inside each node
-HTTP_PORT, GRPC_PORT = 8000, 9000
-
-
-def _config(cluster: RayCluster) -> dict[str, Any]:
-    on_workers = {"labels": {"role": "worker"}}
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
-        "grpc_options": {
-            "port": GRPC_PORT,
-            "grpc_servicer_functions": ["serve.grpc_service.add_servicer"],
-        },
-        "applications": [
-            {
-                "name": APP,
-                "route_prefix": "/",
-                "import_path": "serve.app:build_app",
-                "args": {
-                    "registry": cluster.mlflow,
-                    "models": [
-                        {
-                            "name": "breast_cancer",
-                            "versions": [
-                                {
-                                    "uri": "models:/breast_cancer/1",
-                                    "placement": "dedicated",
-                                    "num_replicas": 2,
-                                    "nodes": on_workers,
-                                }
-                            ],
-                        },
-                        {
-                            "name": "iris",
-                            "versions": [{"uri": "models:/iris/1", "placement": "colocated"}],
-                        },
-                    ],
-                    "router": {"nodes": {"labels": {"role": "head"}}},
-                },
-            }
-        ],
-    }
-
-
-def _cached(node: Any) -> list[str]:
-    done = node.run("find", CACHE, "-name", "model.onnx")
-    return sorted(done.stdout.split()) if done.returncode == 0 else []
-
-
-def _infer(base: str, model: str, rows: np.ndarray) -> list[int]:
-    body = {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(rows.shape),
-                "datatype": "FP32",
-                "data": rows.ravel().tolist(),
-            }
-        ]
-    }
-    response = requests.post(f"{base}/v2/models/{model}/infer", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    label = next(o for o in response.json()["outputs"] if o["name"] == "label")
-    return list(label["data"])
-
-
-@pytest.fixture(scope="module")
-def deployed(ray_cluster: RayCluster) -> dict[str, Any]:
-    """The gateway deployed with `modelgate serve CONFIG --address` from inside the head."""
-    before = {w.name: _cached(w) for w in ray_cluster.workers}
-    path = ray_cluster.workdir / "cluster.yaml"
-    path.write_text(yaml.safe_dump(_config(ray_cluster)))
-    done = ray_cluster.head.run(
-        str(BIN / "modelgate"), "serve", str(path), "--address", ray_cluster.address,
-        "--no-block", timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return {"before": before}
 
 
 def test_every_node_has_its_own_address_and_disk(ray_cluster: RayCluster) -> None:
@@ -115,12 +43,10 @@ def test_artifacts_reach_the_workers_from_the_mlflow_server_only(
     published = sorted(ray_cluster.mlflow_store.glob("modelgate/artifacts/*/*/model.onnx"))
     assert [p.parent.parent.name for p in published] == ["breast_cancer", "iris"]
     for worker in ray_cluster.workers:
-        [cached] = _cached(worker)
-        assert "/breast_cancer/" in cached
-        done = worker.run("sha256sum", cached)
+        [onnx] = cached(worker)
+        assert "/breast_cancer/" in onnx
+        done = worker.run("sha256sum", onnx)
         stored = next(p for p in published if p.parent.parent.name == "breast_cancer")
-        import hashlib
-
         assert done.stdout.split()[0] == hashlib.sha256(stored.read_bytes()).hexdigest()
     log = ray_cluster.mlflow_log.read_text()
     for worker in ray_cluster.workers:  # each worker fetched it from the server itself
@@ -146,8 +72,8 @@ def test_answers_through_every_nodes_ingress_equal_the_original_models(
             interval_s=1,
         )
         expected = ray_cluster.originals["breast_cancer"].predict(x).tolist()
-        assert _infer(base, "breast_cancer", x) == expected
-        assert _infer(base, "iris", xi) == ray_cluster.originals["iris"].predict(xi).tolist()
+        assert infer_labels(base, "breast_cancer", x) == expected
+        assert infer_labels(base, "iris", xi) == ray_cluster.originals["iris"].predict(xi).tolist()
 
 
 def test_dedicated_replicas_run_on_the_workers_and_the_router_on_the_head(
@@ -164,3 +90,98 @@ def test_dedicated_replicas_run_on_the_workers_and_the_router_on_the_head(
     workers = {w.address for w in ray_cluster.workers}
     assert set(placed["breast_cancer-v1"]) == workers  # one replica on each worker
     assert set(placed["Router"]) == {ray_cluster.head.address}
+
+
+def _direct_batches(base: str, transport: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if (
+            line.startswith("modelgate_transport_batches_total{")
+            and 'model="breast_cancer"' in line
+            and f'transport="{transport}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_the_router_reaches_the_workers_replicas_over_the_direct_transport(
+    ray_cluster: RayCluster, deployed: dict[str, Any]
+) -> None:
+    base = f"http://{ray_cluster.head.address}:{HTTP_PORT}"  # the router's node: its metrics
+    x = load_breast_cancer(return_X_y=True)[0][:4].astype(np.float32)
+    before = {t: _direct_batches(base, t) for t in ("direct", "handle")}
+    for _ in range(20):
+        infer_labels(base, "breast_cancer", x)
+    assert _direct_batches(base, "direct") - before["direct"] == 20
+    assert _direct_batches(base, "handle") == before["handle"]
+
+
+def test_grpc_through_the_head_answers_as_the_original(
+    ray_cluster: RayCluster, deployed: dict[str, Any]
+) -> None:
+    import grpc
+
+    from serve.protos import grpc_predict_v2_pb2 as pb
+    from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    x = load_breast_cancer(return_X_y=True)[0][20:28].astype(np.float32)
+    request = pb.ModelInferRequest(model_name="breast_cancer")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    with grpc.insecure_channel(f"{ray_cluster.head.address}:{GRPC_PORT}") as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, metadata=[("application", APP)], timeout=30
+        )
+    index = [o.name for o in response.outputs].index("label")
+    labels = np.frombuffer(response.raw_output_contents[index], np.int64).tolist()
+    assert labels == ray_cluster.originals["breast_cancer"].predict(x).tolist()
+
+
+def test_every_node_answers_the_readiness_probe(
+    ray_cluster: RayCluster, deployed: dict[str, Any]
+) -> None:
+    from serve.ray.launcher import PROXY_HEALTH_PATH
+
+    for node in ray_cluster.cluster.nodes.values():
+        url = f"http://{node.address}:{HTTP_PORT}{PROXY_HEALTH_PATH}"
+        assert requests.get(url, timeout=10).status_code == 200, node.name
+
+
+def test_serve_deploy_against_the_heads_dashboard_adds_an_application(
+    ray_cluster: RayCluster, deployed: dict[str, Any]
+) -> None:
+    """Ray's own `serve deploy`, as an operator runs it against the head: the config it applies
+    replaces the running one (the gateway stays, a second application joins)."""
+    config = gateway_config(ray_cluster)
+    second = {
+        "name": "second",
+        "route_prefix": "/second",
+        "import_path": "serve.app:build_app",
+        "args": {
+            "registry": ray_cluster.mlflow,
+            "models": [
+                {"name": "iris", "versions": [{"uri": "models:/iris/1", "placement": "colocated"}]}
+            ],
+        },
+    }
+    config["applications"].append(second)
+    path = ray_cluster.workdir / "two-apps.yaml"
+    path.write_text(yaml.safe_dump(config))
+    dashboard = f"http://{ray_cluster.head.address}:8265"
+    done = ray_cluster.head.run(str(BIN / "serve"), "deploy", str(path), "--address", dashboard)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    xi = load_iris(return_X_y=True)[0][:8].astype(np.float32)
+    expected = ray_cluster.originals["iris"].predict(xi).tolist()
+
+    def second_answers() -> bool:
+        try:
+            return (
+                infer_labels(f"http://{ray_cluster.head.address}:{HTTP_PORT}/second", "iris", xi)
+                == expected
+            )
+        except AssertionError:
+            return False
+
+    wait_for(second_answers, "the second application answering", timeout_s=180, interval_s=2)
+    assert infer_labels(f"http://{ray_cluster.head.address}:{HTTP_PORT}", "iris", xi) == expected

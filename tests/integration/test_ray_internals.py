@@ -5,6 +5,7 @@ which kills one.)"""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from serve.ray import internals, launcher
 from tests.integration.conftest import APP, Gateway, replica_pids
@@ -44,3 +45,12 @@ def test_applying_the_running_config_again_restarts_no_replica(gateway: Gateway)
 
 def test_a_live_local_ray_has_no_dead_core_process(gateway: Gateway) -> None:
     assert internals.dead_core_processes() == []
+
+
+def test_the_session_folder_is_this_sessions_and_holds_the_replicas_metrics(
+    gateway: Gateway,
+) -> None:
+    folder = Path(internals.session_dir())
+    assert folder.is_dir() and folder.name.startswith("session_")
+    assert folder.resolve() == Path("/tmp/ray/session_latest").resolve()  # this test's Ray
+    assert any((folder / "modelgate-metrics").glob("*.db"))  # the replicas write there
