@@ -20,6 +20,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet -e ".[mlflow,boost,loadtest,test,lint]"
 	touch $@ $(VENV)/.installed
 
+# Debian packages the tests need: Prometheus, for the cluster's metrics test (CI runs as root).
+$(VENV)/.installed-debian: | $(BIN)/python
+	@if ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus >/dev/null; \
+	  else echo "make test needs Debian's prometheus package: run it as root"; exit 1; fi; \
+	fi
+	touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
@@ -28,7 +38,7 @@ quickstart: install
 	$(BIN)/modelgate quickstart
 
 # Lint first (ruff + mypy), then pytest; pytest exiting 5 (no test collected) is a failure.
-test: install-test lint
+test: install-test $(VENV)/.installed-debian lint
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

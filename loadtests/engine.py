@@ -69,6 +69,9 @@ class StepResult:
     late: int = 0
     completed_ok: int = 0  # successful answers that arrived inside the measured window
     offered: int = 0  # open loop: requests due inside the window (Poisson: varies around rate)
+    where: str = ""  # the generator's host (its node's address, for a Ray task)
+    #: Merged: each generator's share (where it ran, what it sent and measured).
+    shares: list[dict[str, Any]] = field(default_factory=list)
 
     # -- combining the results of several generator processes ----------------------------------
     def to_wire(self) -> dict[str, Any]:
@@ -80,6 +83,7 @@ class StepResult:
             "late": self.late,
             "completed_ok": self.completed_ok,
             "offered": self.offered,
+            "where": self.where,
         }
 
     @classmethod
@@ -92,6 +96,13 @@ class StepResult:
             merged.late += part["late"]
             merged.completed_ok += part["completed_ok"]
             merged.offered += part["offered"]
+            merged.shares.append(
+                {
+                    "where": part.get("where", ""),
+                    "sent": part["sent"],
+                    "measured": sum(part["outcomes"].values()),
+                }
+            )
         return merged
 
     # -- figures -------------------------------------------------------------------------------
@@ -143,6 +154,7 @@ class StepResult:
             "late": self.late,
             "sent": self.sent,
             "latency_ms": latency,
+            **({"generators": self.shares} if self.shares else {}),
         }
 
 

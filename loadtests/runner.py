@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -84,7 +85,18 @@ def run(
 
 def generate(target: Target, payloads: list[Payload], step: Step, start_at: float) -> dict:  # type: ignore[type-arg]
     """A generator process's share of a step (a module-level function: it is pickled)."""
-    return asyncio.run(_generate_async(target, payloads, step, start_at, None)).to_wire()
+    result = asyncio.run(_generate_async(target, payloads, step, start_at, None))
+    result.where = socket.gethostname()
+    return result.to_wire()
+
+
+def generate_on_node(target: Target, payloads: list[Payload], step: Step, start_at: float) -> dict:  # type: ignore[type-arg]
+    """`generate` as a Ray task: where it ran is its node's address."""
+    import ray
+
+    wire = generate(target, payloads, step, start_at)
+    wire["where"] = ray.util.get_node_ip_address()
+    return wire
 
 
 async def _generate_async(
@@ -118,5 +130,5 @@ def _on_ray(address: str, shares: list[tuple[Any, ...]]) -> list[dict]:  # type:
 
     if not ray.is_initialized():
         ray.init(address=address)
-    remote = ray.remote(num_cpus=0)(generate).options(scheduling_strategy="SPREAD")
+    remote = ray.remote(num_cpus=0)(generate_on_node).options(scheduling_strategy="SPREAD")
     return list(ray.get([remote.remote(*share) for share in shares]))

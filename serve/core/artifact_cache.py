@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -104,6 +105,12 @@ def cache_root() -> Path:
         return Path(configured)
     private = Path(tempfile.gettempdir()) / f"modelgate-{os.getuid()}"
     private.mkdir(mode=0o700, exist_ok=True)
+    info = private.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ArtifactError(
+            f"{private}: the artifact cache's folder must be this user's own and private (0700); "
+            f"remove it, or set {CACHE_ENV}"
+        )
     return private / "artifacts"
 
 

@@ -414,7 +414,21 @@ class DirectPool:
         self._unreachable.add(endpoint.address)
 
 
+#: A peer whose node is gone is found out within about this many seconds, whether a frame is
+#: unacknowledged (TCP_USER_TIMEOUT) or an answer is awaited on a quiet connection (keepalive
+#: probes, which a live peer's kernel answers however long its batch computes).
+PEER_LOST_S = 3
+
+
 def _no_delay(writer: asyncio.StreamWriter) -> None:
+    """No Nagle delay; and a lost peer noticed in PEER_LOST_S, not after TCP's minutes: the
+    router then sends the batch through the handle."""
     sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sock is None:
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, PEER_LOST_S - 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PEER_LOST_S * 1000)

@@ -80,15 +80,15 @@ class Node:
     def popen(
         self, *command: str, env: dict[str, str] | None = None, log: Path
     ) -> subprocess.Popen[bytes]:
-        out = log.open("ab")
-        proc = subprocess.Popen(
-            self.argv(*command),
-            env={**os.environ, **self.env, **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
+        with log.open("ab") as out:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                self.argv(*command),
+                env={**os.environ, **self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+            )
         self.processes.append(proc)
         return proc
 
@@ -114,6 +114,8 @@ class Node:
             with contextlib.suppress(ProcessLookupError, FileNotFoundError, IndexError):
                 os.kill(self.pid, signal.SIGKILL)
             self.holder.wait(timeout=30)
+        if self.holder is not None and self.holder.stdout is not None:
+            self.holder.stdout.close()
         for proc in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -25,6 +25,13 @@ from tests.cluster.conftest import (
 from tests.cluster.netns import BIN, REPO, wait_for
 
 
+def _ready(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/v2/health/ready", timeout=5).status_code == 200
+    except requests.RequestException:  # its proxy not listening yet
+        return False
+
+
 def test_every_node_has_its_own_address_and_disk(ray_cluster: RayCluster) -> None:
     addresses = {n["NodeManagerAddress"] for n in ray_cluster.ray_nodes()}
     assert addresses == {n.address for n in ray_cluster.cluster.nodes.values()}
@@ -65,12 +72,7 @@ def test_answers_through_every_nodes_ingress_equal_the_original_models(
     xi = load_iris(return_X_y=True)[0][:8].astype(np.float32)
     for node in ray_cluster.cluster.nodes.values():
         base = f"http://{node.address}:{HTTP_PORT}"
-        wait_for(
-            lambda base=base: requests.get(f"{base}/v2/health/ready", timeout=5).status_code == 200,
-            f"{node.name}'s ingress ready",
-            timeout_s=120,
-            interval_s=1,
-        )
+        wait_for(lambda base=base: _ready(base), f"{node.name}'s ingress ready", 120, 1)
         expected = ray_cluster.originals["breast_cancer"].predict(x).tolist()
         assert infer_labels(base, "breast_cancer", x) == expected
         assert infer_labels(base, "iris", xi) == ray_cluster.originals["iris"].predict(xi).tolist()
@@ -185,3 +187,24 @@ def test_serve_deploy_against_the_heads_dashboard_adds_an_application(
 
     wait_for(second_answers, "the second application answering", timeout_s=180, interval_s=2)
     assert infer_labels(f"http://{ray_cluster.head.address}:{HTTP_PORT}", "iris", xi) == expected
+
+
+def test_the_load_generator_spreads_over_the_nodes_and_its_shares_add_up(
+    ray_cluster: RayCluster, deployed: dict[str, Any]
+) -> None:
+    out = ray_cluster.workdir / "loadtest"
+    done = ray_cluster.head.run(
+        str(BIN / "modelgate"), "loadtest",
+        "--url", f"http://{ray_cluster.head.address}:{HTTP_PORT}",
+        "--model", "breast_cancer", "--ray-address", ray_cluster.address, "--processes", "3",
+        "--concurrency", "6", "--duration", "3", "--warmup", "1", "--out", str(out),
+        timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    [step] = json.loads((out / "loadtest.json").read_text())["steps"]
+    shares = step["generators"]
+    nodes = {n.address for n in ray_cluster.cluster.nodes.values()}
+    assert len(shares) == 3 and {s["where"] for s in shares} <= nodes
+    assert len({s["where"] for s in shares}) >= 2  # spread over nodes
+    assert sum(s["sent"] for s in shares) == step["sent"] > 0
+    assert sum(s["measured"] for s in shares) == step["measured"] == step["ok"]

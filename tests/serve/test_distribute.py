@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,17 @@ def test_published_artifacts_deploy_on_any_number_of_nodes(
 ) -> None:
     ref = _published(mlflow_server, artifact)
     distribute.check_reachable(_config(mlflow_server), [ref], nodes=3)
+
+
+def test_a_default_cache_folder_someone_else_could_write_to_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(artifact_cache.CACHE_ENV, raising=False)
+    monkeypatch.setattr(artifact_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    shared = tmp_path / f"modelgate-{os.getuid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # as a stranger could have made it, before any replica ran
+    with pytest.raises(ArtifactError, match="must be this user's own and private"):
+        artifact_cache.cache_root()
+    shared.chmod(0o700)
+    assert artifact_cache.cache_root() == shared / "artifacts"
