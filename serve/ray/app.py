@@ -1,8 +1,10 @@
-"""The one module that imports Ray Serve: it wraps the data plane into deployments.
+"""The gateway's deployments: the data plane (serve/core) and its protocol adapters
+(serve/protocol) wired into Ray Serve. Wiring only; what a batch run means is serve/core/runners.py.
 
 build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
                               ├── colocated versions: ONNX Runtime inside the router replica
-                              └── handles ─► ModelVersion deployments (one per model version)
+                              └── direct transport, else handles ─► ModelVersion deployments
+                                  (one per dedicated model version)
 """
 
 from __future__ import annotations
