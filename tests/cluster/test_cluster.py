@@ -86,7 +86,7 @@ def test_dedicated_replicas_run_on_the_workers_and_the_router_on_the_head(
         f"ray.init(address={ray_cluster.address!r}, logging_level='ERROR')\n"
         "from serve.ray.internals import serve_details\n"
         f"d = serve_details()['applications'][{APP!r}]['deployments']\n"
-        "print(json.dumps({k: [r['node_ip'] for r in v['replicas']] for k, v in d.items()}))"
+        "print(json.dumps({k: [r.get('node_ip') for r in v['replicas']] for k, v in d.items()}))"
     )
     placed = json.loads(out.strip().splitlines()[-1])
     workers = {w.address for w in ray_cluster.workers}

@@ -72,8 +72,8 @@ def _replicas(cluster: RayCluster) -> list[dict[str, Any]]:
         f"ray.init(address={cluster.address!r}, logging_level='ERROR')\n"
         "from serve.ray.internals import serve_details\n"
         f"d = serve_details()['applications'][{APP!r}]['deployments']['breast_cancer-v1']\n"
-        "print(json.dumps([{'node_ip': r['node_ip'], 'state': str(r['state'])} "
-        "for r in d['replicas']]))"
+        "print(json.dumps([{'node_ip': r.get('node_ip'), 'state': str(r['state'])} "
+        "for r in d['replicas']]))"  # a replica still being placed has no node yet
     )
     return list(json.loads(out.strip().splitlines()[-1]))
 

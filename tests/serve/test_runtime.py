@@ -51,6 +51,8 @@ def test_a_colocated_version_that_cannot_load_is_unavailable_and_the_rest_serve(
 
     import numpy as np
 
+    from converters.artifacts import sha256_file
+    from serve.core.artifact_cache import ArtifactRef
     from serve.core.config import Batching, DriftConfig, MetricsConfig
     from serve.core.dataplane import DataPlane
     from serve.core.errors import ErrorCode, InferenceError
@@ -59,7 +61,16 @@ def test_a_colocated_version_that_cannot_load_is_unavailable_and_the_rest_serve(
     from serve.ray.app import TelemetrySpec, VersionSpec, _target
 
     broken = Path(shutil.copytree(artifact, tmp_path / "broken"))
-    (broken / "model.onnx").write_bytes(b"garbage")
+    (broken / "model.onnx").write_bytes(b"garbage")  # after deploy: the pins are the original's
+
+    def pinned(folder: Path) -> ArtifactRef:
+        return ArtifactRef(
+            key=f"iris/{folder.name}",
+            sha256=sha256_file(artifact / "model.onnx"),
+            manifest_sha256=sha256_file(artifact / "manifest.json"),
+            path=str(folder),
+        )
+
     telemetry = TelemetrySpec(
         metrics=MetricsConfig(port=None, directory=str(tmp_path / "m")),
         drift=DriftConfig(enabled=False),
@@ -69,7 +80,7 @@ def test_a_colocated_version_that_cannot_load_is_unavailable_and_the_rest_serve(
             VersionSpec(
                 model="iris",
                 version=version,
-                artifact=str(path),
+                artifact=pinned(path),
                 placement="colocated",
                 batching=Batching(),
                 intra_op_threads=1,
