@@ -31,6 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from converters.registry import open_registry
 from tests.cluster.netns import BIN, Cluster, Node, wait_for
 from tests.conftest import _stop, _wait_http
+from tests.integration.bodies import infer_body
 
 #: Seconds the cluster (three Ray nodes, the mlflow server, the models) may take to come up.
 START_BUDGET_S = 240
@@ -276,17 +277,8 @@ def deployed(ray_cluster: RayCluster) -> dict[str, Any]:
 
 
 def infer_labels(base: str, model: str, rows: np.ndarray) -> list[int]:
-    body = {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(rows.shape),
-                "datatype": "FP32",
-                "data": rows.ravel().tolist(),
-            }
-        ]
-    }
     """The labels a model answers for `rows` through the ingress at `base`."""
+    body = infer_body(rows)
     response = requests.post(f"{base}/v2/models/{model}/infer", json=body, timeout=30)
     assert response.status_code == 200, response.text
     label = next(o for o in response.json()["outputs"] if o["name"] == "label")
