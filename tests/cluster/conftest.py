@@ -283,3 +283,29 @@ def infer_labels(base: str, model: str, rows: np.ndarray) -> list[int]:
     assert response.status_code == 200, response.text
     label = next(o for o in response.json()["outputs"] if o["name"] == "label")
     return list(label["data"])
+
+
+def transport_batches(base: str, transport: str) -> float:
+    """breast_cancer's batches the router at `base` sent by `transport` (its node's /metrics)."""
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("modelgate_transport_batches_total{")
+        and 'model="breast_cancer"' in line
+        and f'transport="{transport}"' in line
+    )
+
+
+def replicas(cluster: RayCluster) -> dict[str, list[dict[str, Any]]]:
+    """Each of the gateway's deployments: its replicas' node and state, from Serve's controller
+    (a replica still being placed has no node yet: None)."""
+    out = cluster.driver(
+        "import json, ray\n"
+        f"ray.init(address={cluster.address!r}, logging_level='ERROR')\n"
+        "from serve.ray.internals import serve_details\n"
+        f"d = serve_details()['applications'][{APP!r}]['deployments']\n"
+        "print(json.dumps({k: [{'node_ip': r.get('node_ip'), 'state': str(r['state'])} "
+        "for r in v['replicas']] for k, v in d.items()}))"
+    )
+    return dict(json.loads(out.strip().splitlines()[-1]))

@@ -21,6 +21,8 @@ from tests.cluster.conftest import (
     cached,
     gateway_config,
     infer_labels,
+    replicas,
+    transport_batches,
 )
 from tests.cluster.netns import BIN, REPO, wait_for
 
@@ -81,30 +83,10 @@ def test_answers_through_every_nodes_ingress_equal_the_original_models(
 def test_dedicated_replicas_run_on_the_workers_and_the_router_on_the_head(
     ray_cluster: RayCluster, deployed: dict[str, Any]
 ) -> None:
-    out = ray_cluster.driver(
-        "import json, ray\n"
-        f"ray.init(address={ray_cluster.address!r}, logging_level='ERROR')\n"
-        "from serve.ray.internals import serve_details\n"
-        f"d = serve_details()['applications'][{APP!r}]['deployments']\n"
-        "print(json.dumps({k: [r.get('node_ip') for r in v['replicas']] for k, v in d.items()}))"
-    )
-    placed = json.loads(out.strip().splitlines()[-1])
+    placed = {k: [r["node_ip"] for r in v] for k, v in replicas(ray_cluster).items()}
     workers = {w.address for w in ray_cluster.workers}
     assert set(placed["breast_cancer-v1"]) == workers  # one replica on each worker
     assert set(placed["Router"]) == {ray_cluster.head.address}
-
-
-def _direct_batches(base: str, transport: str) -> float:
-    text = requests.get(f"{base}/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if (
-            line.startswith("modelgate_transport_batches_total{")
-            and 'model="breast_cancer"' in line
-            and f'transport="{transport}"' in line
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_the_router_reaches_the_workers_replicas_over_the_direct_transport(
@@ -112,11 +94,11 @@ def test_the_router_reaches_the_workers_replicas_over_the_direct_transport(
 ) -> None:
     base = f"http://{ray_cluster.head.address}:{HTTP_PORT}"  # the router's node: its metrics
     x = load_breast_cancer(return_X_y=True)[0][:4].astype(np.float32)
-    before = {t: _direct_batches(base, t) for t in ("direct", "handle")}
+    before = {t: transport_batches(base, t) for t in ("direct", "handle")}
     for _ in range(20):
         infer_labels(base, "breast_cancer", x)
-    assert _direct_batches(base, "direct") - before["direct"] == 20
-    assert _direct_batches(base, "handle") == before["handle"]
+    assert transport_batches(base, "direct") - before["direct"] == 20
+    assert transport_batches(base, "handle") == before["handle"]
 
 
 def test_grpc_through_the_head_answers_as_the_original(

@@ -10,7 +10,6 @@ on surviving nodes, carrying traffic over the direct transport)."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ import numpy as np
 import requests
 from sklearn.datasets import load_breast_cancer
 
-from tests.cluster.conftest import APP, HEALTH_CHECK, HTTP_PORT, RayCluster
+from tests.cluster.conftest import HEALTH_CHECK, HTTP_PORT, RayCluster, replicas, transport_batches
 from tests.cluster.netns import wait_for
 
 #: Seconds a load request waits for its answer before it counts as hung.
@@ -66,36 +65,13 @@ def _load(base: str, stop: threading.Event, out: list[Outcome]) -> None:
             out.append(Outcome(sent, time.monotonic(), status))
 
 
-def _replicas(cluster: RayCluster) -> list[dict[str, Any]]:
-    out = cluster.driver(
-        "import json, ray\n"
-        f"ray.init(address={cluster.address!r}, logging_level='ERROR')\n"
-        "from serve.ray.internals import serve_details\n"
-        f"d = serve_details()['applications'][{APP!r}]['deployments']['breast_cancer-v1']\n"
-        "print(json.dumps([{'node_ip': r.get('node_ip'), 'state': str(r['state'])} "
-        "for r in d['replicas']]))"  # a replica still being placed has no node yet
-    )
-    return list(json.loads(out.strip().splitlines()[-1]))
-
-
-def _direct(base: str) -> float:
-    text = requests.get(f"{base}/metrics", timeout=10).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("modelgate_transport_batches_total{")
-        and 'model="breast_cancer"' in line
-        and 'transport="direct"' in line
-    )
-
-
 def test_losing_a_worker_node_under_load_loses_no_request(
     ray_cluster: RayCluster, deployed: dict[str, Any]
 ) -> None:
     base = f"http://{ray_cluster.head.address}:{HTTP_PORT}"
     lost = ray_cluster.workers[0]
     survivor = {n.address for n in ray_cluster.cluster.nodes.values() if n is not lost}
-    assert {r["node_ip"] for r in _replicas(ray_cluster)} >= {lost.address}
+    assert {r["node_ip"] for r in replicas(ray_cluster)["breast_cancer-v1"]} >= {lost.address}
     outcomes: list[Outcome] = []
     stop = threading.Event()
     loaders = [threading.Thread(target=_load, args=(base, stop, outcomes)) for _ in range(4)]
@@ -108,15 +84,15 @@ def test_losing_a_worker_node_under_load_loses_no_request(
         lost.kill()
 
         def back_to_full() -> bool:
-            replicas = _replicas(ray_cluster)
-            running = [r for r in replicas if r["state"].endswith("RUNNING")]
+            version = replicas(ray_cluster)["breast_cancer-v1"]
+            running = [r for r in version if r["state"].endswith("RUNNING")]
             return len(running) == 2 and {r["node_ip"] for r in running} <= survivor
 
         wait_for(back_to_full, "two replicas running on surviving nodes", SCENARIO_BUDGET_S, 2)
         recovered = time.monotonic()
-        direct = _direct(base)
+        direct = transport_batches(base, "direct")
         time.sleep(5)  # the replacements carry traffic over the direct transport
-        assert _direct(base) > direct
+        assert transport_batches(base, "direct") > direct
     finally:
         stop.set()
         for loader in loaders:
