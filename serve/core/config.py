@@ -89,6 +89,13 @@ class Nodes(_Strict):
         "replica (Ray's fallback_strategy). The default, [{}], falls back to any node, so a "
         "replica lost with its node comes back on another; [] keeps it to `labels` only.",
     )
+    max_per_node: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many of these replicas on one node (Ray Serve's "
+        "max_replicas_per_node); 1 spreads them, so that losing a node never loses them all. "
+        "null: no limit.",
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> Nodes:
@@ -96,6 +103,12 @@ class Nodes(_Strict):
         for i, selector in enumerate(self.fallback):
             _check_selector(selector, f"fallback[{i}]")
         return self
+
+    def deployment_options(self) -> dict[str, object]:
+        """The deployment's options that say so (beside `ray_options`)."""
+        if self.max_per_node is None:
+            return {}
+        return {"max_replicas_per_node": self.max_per_node}
 
     def ray_options(self) -> dict[str, object]:
         """The replica's ray_actor_options that say so."""

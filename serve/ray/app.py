@@ -528,6 +528,7 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
         "ray_actor_options": _actor_options(router.num_cpus, args, router.nodes),
         "max_surge_percent": router.max_surge_percent,
         **_scaling(router.autoscaling, router.num_replicas),
+        **(router.nodes.deployment_options() if router.nodes is not None else {}),
     }
     return ingress.options(**options).bind(router_spec.model_dump(), handles)
 
@@ -545,6 +546,7 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
         "ray_actor_options": _actor_options(version.num_cpus, args, version.nodes),
         "max_surge_percent": version.max_surge_percent,
         **_scaling(version.autoscaling, version.num_replicas),
+        **(version.nodes.deployment_options() if version.nodes is not None else {}),
     }
     return ModelVersionDeployment.options(**options)
 

@@ -69,6 +69,11 @@ def test_node_labels_become_rays_selector_with_a_fallback_anywhere_by_default() 
     strict = {"labels": {"ray.io/node-group": "!head"}, "fallback": []}
     router = GatewayConfig.model_validate({**doc, "router": {"nodes": strict}}).router.nodes
     assert router is not None and router.ray_options()["fallback_strategy"] == []
+    assert router.deployment_options() == {}
+    spread = {"max_per_node": 1}  # no labels: any node, one replica each
+    router = GatewayConfig.model_validate({**doc, "router": {"nodes": spread}}).router.nodes
+    assert router is not None and router.ray_options() == {}
+    assert router.deployment_options() == {"max_replicas_per_node": 1}
 
 
 @pytest.mark.parametrize(
@@ -77,6 +82,7 @@ def test_node_labels_become_rays_selector_with_a_fallback_anywhere_by_default() 
         ({"labels": {"bad key!": "x"}}, "'bad key!' is not a node label key"),
         ({"labels": {"role": "a b"}}, "labels[role]: 'a b' is not a label selector value"),
         ({"labels": {"role": "x"}, "fallback": [{"zone": "in(a"}]}, "fallback[0][zone]"),
+        ({"max_per_node": 0}, "max_per_node"),
     ],
 )
 def test_a_bad_node_selector_is_refused_naming_it(nodes: dict[str, object], problem: str) -> None:
