@@ -14,6 +14,11 @@ So modelgate sets both (`ray_env`):
   configuration Ray just wrote (`harden`) and then execs the real HAProxy with the same
   arguments: same process, same command line, so Ray's bookkeeping sees nothing different.
 
+Ray's template also leaves a request waiting forever on a router replica whose host died (no
+server timeout, health checks 5 s apart): `harden` adds TCP keepalive and a user timeout to
+every connection to a router, and `ray_env` checks routers every second and connects within 2 s,
+so HAProxy sends such a request again to a live router replica within seconds.
+
 A private folder alone would close the socket; the rest exists only in the generated file, hence
 the launcher too. `harden` is the one place that knows the shape of Ray's template: a template
 that no longer matches fails loudly (the launcher exits, Ray reports HAProxy did not start)
@@ -43,6 +48,24 @@ MAXCONN = 16384
 #: WAIT_FOR_BODY_MS): HAProxy's buffer is 16 KiB.
 WAIT_FOR_BODY = 14336
 WAIT_FOR_BODY_MS = 1000
+#: A router replica's host that died (power, cable, kernel) answers nothing, refuses nothing:
+#: without these, a request HAProxy had sent it waits forever (Ray sets no server timeout, and
+#: a router's answer may rightly take as long as its model's deadline). TCP keepalive probes on
+#: every connection to a router (first after SERVER_KEEPALIVE_S[0] idle, then every [1], dead
+#: after [2] unanswered) and a TCP user timeout (data unacknowledged this long) end such a
+#: connection; HAProxy then sends the request again to another router replica (it was never
+#: answered, and a prediction has no side effect: `RAY_SERVE_HAPROXY_RETRY_ON` in
+#: serve/ray/launcher.py) or answers the retryable 503. A live router's kernel answers probes
+#: however busy the router is, so a slow answer is never cut.
+SERVER_KEEPALIVE_S = (1, 1, 2)
+SERVER_USER_TIMEOUT_S = 3
+#: How often HAProxy checks each router replica (Ray's default is 5 s); two failures in a row
+#: (each given this long, 250 ms apart) take it out of the rotation.
+HEALTH_CHECK_INTER_S = 1
+#: Seconds to connect to a router replica (Ray's default is 5): on a cluster's network a
+#: connection takes milliseconds, and a lost host's SYNs go unanswered; after it HAProxy tries
+#: another replica.
+CONNECT_TIMEOUT_S = 2
 #: Request headers that would switch Ray's per-request timeout or disconnect handling off.
 STRIPPED_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
 #: Where HAProxy's own Prometheus endpoint listens (cluster-internal; local unless set).
@@ -111,12 +134,20 @@ def harden(
         f"    http-response deny deny_status 503 if !METH_HEAD {{ var(txn.mg_length) -m int "
         f"le {WAIT_FOR_BODY} }} !{{ res.body_len,sub(txn.mg_length) -m int 0 }}\n"
     )
+    idle, interval, probes = SERVER_KEEPALIVE_S
+    alive = (
+        "    option srvtcpka\n"
+        f"    srvtcpka-idle {idle}s\n    srvtcpka-intvl {interval}s\n    srvtcpka-cnt {probes}\n"
+    )
     rules = [
         # owner only: the admin level can redirect or stop all traffic
         (r"(stats socket \S+) mode 666 level admin", r"\1 mode 600 level admin"),
         (r"(?m)^listen stats\n(\s+)bind \*:", r"listen stats\n\1bind 127.0.0.1:"),
         (r"(?m)^(frontend prometheus\n\s+)bind :", rf"\g<1>bind {internal_host}:"),
-        (r"(?m)^defaults\n", f"defaults\n    timeout http-request {HEAD_TIMEOUT_S}s\n"),
+        (r"(?m)^defaults\n", f"defaults\n    timeout http-request {HEAD_TIMEOUT_S}s\n{alive}"),
+        # on each server line: HAProxy 2.8 takes tcp-ut from a default-server line silently
+        # and never applies it
+        (r"(?m)^(    server \S+ \S+ .*)$", rf"\1 tcp-ut {SERVER_USER_TIMEOUT_S}s"),
         (r"(?m)^    errorfile 502 \S+$", f"    errorfile 502 {unavailable}"),
         (r"(?m)^    errorfile 503 \S+$", f"    errorfile 503 {unavailable}"),
         (r"(?m)^    errorfile 504 \S+$", f"    errorfile 504 {timeout}"),
@@ -136,7 +167,9 @@ def _after_bind(frontend: str) -> str:
 
 
 def _optional(pattern: str, config: str) -> bool:
-    """Sections Ray writes only sometimes: error pages, gRPC's frontend."""
+    """Sections Ray writes only sometimes: error pages, gRPC's frontend, backends."""
+    if "server " in pattern:
+        return re.search(r"(?m)^    server ", config) is None
     if "errorfile" in pattern:
         return "errorfile" not in config
     return "grpc_frontend" in pattern and "frontend grpc_frontend" not in config
@@ -260,6 +293,8 @@ def ray_env(folder: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(run / "server-state"),
         "RAY_SERVE_HAPROXY_MAXCONN": str(MAXCONN),
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(IDLE_TIMEOUT_S),
+        "RAY_SERVE_HAPROXY_TIMEOUT_CONNECT_S": str(CONNECT_TIMEOUT_S),
+        "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": f"{HEALTH_CHECK_INTER_S}s",
     }
 
 

@@ -39,7 +39,10 @@ def test_the_hardened_configuration_is_valid_and_closes_each_hole(tmp_path: Path
     assert "mode 666" not in config
     assert "listen stats\n  bind 127.0.0.1:8404" in config
     assert "frontend prometheus\n    bind 10.1.2.3:9101" in config
-    assert "defaults\n    timeout http-request 10s\n" in config
+    assert "defaults\n    timeout http-request 10s\n    option srvtcpka\n" in config
+    # every router replica's connections end when its host is lost (keepalive, user timeout)
+    servers = re.findall(r"(?m)^    server .*$", config)
+    assert servers and all(line.endswith(" tcp-ut 3s") for line in servers)
     assert "\n    maxconn 4096\n" in config  # Ray's, from the sample: fds to spare here
     assert "500.http" not in config
     unavailable = (tmp_path / "modelgate-503.http").read_bytes()
