@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 #: The first process of a node: mounts a private tmpfs on each folder named (keeping the
@@ -72,6 +73,10 @@ class Node:
         assert self.holder is not None
         children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children").read_text()
         return int(children.split()[0])
+
+    @property
+    def alive(self) -> bool:
+        return self.holder is not None and self.holder.poll() is None
 
     def argv(self, *command: str) -> list[str]:
         """`command` run inside the node (its network, mounts and processes)."""
@@ -152,22 +157,34 @@ class Cluster:
             _ip("-n", node.netns, "addr", "add", f"{node.address}/24", "dev", "eth0")
             _ip("-n", node.netns, "link", "set", "eth0", "up")
             _ip("-n", node.netns, "link", "set", "lo", "up")
-            node.holder = subprocess.Popen(
-                [
-                    "ip", "netns", "exec", node.netns,
-                    "unshare", "--mount", "--pid", "--fork", "--mount-proc",
-                    "--propagation", "private",
-                    sys.executable, "-c", HOLDER, str(REPO), f"/mnt/.modelgate-{node.netns}",
-                    "/tmp", str(REPO / ".modelgate"),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )  # fmt: skip
-            assert node.holder.stdout is not None
-            line = node.holder.stdout.readline().strip()
-            assert line == "ready", f"node {node.name} did not start: {line}"
+            self._hold(node)
+
+    def revive(self, node: Node) -> None:
+        """A lost node back, as a host that restarts: its cable plugged in again and a fresh
+        first process (an empty /tmp); start Ray on it again to have it rejoin."""
+        assert not node.alive, f"{node.name} is running"
+        node.processes.clear()
+        _ip("link", "set", node.link, "up")
+        self._hold(node)
+
+    def _hold(self, node: Node) -> None:
+        """The node's first process, in its network namespace, with its own mounts and PIDs."""
+        node.holder = subprocess.Popen(
+            [
+                "ip", "netns", "exec", node.netns,
+                "unshare", "--mount", "--pid", "--fork", "--mount-proc",
+                "--propagation", "private",
+                sys.executable, "-c", HOLDER, str(REPO), f"/mnt/.modelgate-{node.netns}",
+                "/tmp", str(REPO / ".modelgate"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        assert node.holder.stdout is not None
+        line = node.holder.stdout.readline().strip()
+        assert line == "ready", f"node {node.name} did not start: {line}"
 
     def stop(self) -> None:
         for node in self.nodes.values():
@@ -181,6 +198,53 @@ class Cluster:
                 _ip("netns", "del", node.netns)
         with contextlib.suppress(subprocess.CalledProcessError):
             _ip("link", "del", self.bridge)
+
+
+def ingress_env(node: Node, folder: str) -> dict[str, str]:
+    """What `modelgate ingress-env FOLDER` prints on `node`: HAProxy's settings, its files in
+    `folder` (inside the node)."""
+    done = node.run(str(BIN / "modelgate"), "ingress-env", folder)
+    assert done.returncode == 0, done.stderr
+    env = {}
+    for line in done.stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def start_ray(
+    node: Node,
+    head: Node,
+    log: Path,
+    *,
+    port: int,
+    env: dict[str, str],
+    labels: str,
+    dashboard_port: int | None = None,
+    num_cpus: int = 2,
+) -> subprocess.Popen[bytes]:
+    """`ray start --block` on `node`, as an operator runs it: the head (with its dashboard
+    when `dashboard_port` is given) when `node is head`, else a node joining it."""
+    common = [
+        f"--node-ip-address={node.address}",
+        f"--num-cpus={num_cpus}",
+        "--disable-usage-stats",
+        "--block",
+        f"--labels={labels}",
+    ]
+    if node is head:
+        args = ["--head", f"--port={port}"]
+        if dashboard_port is not None:
+            args += [
+                "--include-dashboard=true",
+                f"--dashboard-host={node.address}",
+                f"--dashboard-port={dashboard_port}",
+            ]
+        else:
+            args += ["--include-dashboard=false"]
+    else:
+        args = [f"--address={head.address}:{port}"]
+    return node.popen(str(BIN / "ray"), "start", *args, *common, env=env, log=log)
 
 
 def wait_for(check: object, what: str, timeout_s: float, interval_s: float = 0.5) -> None:

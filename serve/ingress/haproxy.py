@@ -17,7 +17,8 @@ So modelgate sets both (`ray_env`):
 Ray's template also leaves a request waiting forever on a router replica whose host died (no
 server timeout, health checks 5 s apart): `harden` adds TCP keepalive and a user timeout to
 every connection to a router, and `ray_env` checks routers every second and connects within 2 s,
-so HAProxy sends such a request again to a live router replica within seconds.
+so such a request ends within seconds (a 503, or its keep-alive connection closed unanswered for
+the client to retry) and the next ones go to live router replicas.
 
 A private folder alone would close the socket; the rest exists only in the generated file, hence
 the launcher too. `harden` is the one place that knows the shape of Ray's template: a template
@@ -53,10 +54,13 @@ WAIT_FOR_BODY_MS = 1000
 #: a router's answer may rightly take as long as its model's deadline). TCP keepalive probes on
 #: every connection to a router (first after SERVER_KEEPALIVE_S[0] idle, then every [1], dead
 #: after [2] unanswered) and a TCP user timeout (data unacknowledged this long) end such a
-#: connection; HAProxy then sends the request again to another router replica (it was never
-#: answered, and a prediction has no side effect: `RAY_SERVE_HAPROXY_RETRY_ON` in
-#: serve/ray/launcher.py) or answers the retryable 503. A live router's kernel answers probes
-#: however busy the router is, so a slow answer is never cut.
+#: connection within seconds, and HAProxy answers the retryable 503 or, for a later request of
+#: a client's keep-alive connection, closes that connection unanswered (HAProxy 2.8 re-sends a
+#: request only after a failed connection or a clean close, `RAY_SERVE_HAPROXY_RETRY_ON` in
+#: serve/ray/launcher.py, never after a read error, which it treats as the keep-alive race a
+#: client retries). Requests not yet sent go to live routers once the health checks below have
+#: taken the lost one out. A live router's kernel answers probes however busy the router is, so
+#: a slow answer is never cut.
 SERVER_KEEPALIVE_S = (1, 1, 2)
 SERVER_USER_TIMEOUT_S = 3
 #: How often HAProxy checks each router replica (Ray's default is 5 s); two failures in a row

@@ -1,4 +1,4 @@
-"""One multi-node Ray cluster for every multi-node test (tests/cluster/netns.py): a head node
+"""One multi-node Ray cluster for every multi-node test (loadtests/netns.py): a head node
 (with the dashboard, which `serve deploy` and Prometheus' service discovery need) and two worker
 nodes, each started with `ray start` as an operator would, in the environment
 `modelgate ingress-env` prints; an `mlflow server` on the bridge is the registry and the artifact
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from converters.registry import open_registry
-from tests.cluster.netns import BIN, Cluster, Node, wait_for
+from loadtests.netns import BIN, Cluster, Node, ingress_env, start_ray, wait_for
 from tests.conftest import _stop, _wait_http
 from tests.integration.bodies import infer_body
 
@@ -99,36 +98,13 @@ class RayCluster:
         return list(json.loads(out.strip().splitlines()[-1]))
 
 
-def _ingress_env(node: Node) -> dict[str, str]:
-    done = node.run(str(BIN / "modelgate"), "ingress-env", INGRESS_FOLDER)
-    assert done.returncode == 0, done.stderr
-    env = {}
-    for line in done.stdout.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = shlex.split(value)[0] if value else ""
-    return env
-
-
-def _start_ray(node: Node, head: Node, logs: Path) -> None:
-    env = {**_ingress_env(node), **NODE_ENV}
-    common = [
-        f"--node-ip-address={node.address}",
-        "--num-cpus=2",
-        "--disable-usage-stats",
-        "--block",
-    ]
-    if node is head:
-        args = [
-            "--head",
-            f"--port={RAY_PORT}",
-            "--include-dashboard=true",
-            f"--dashboard-host={node.address}",
-            f"--dashboard-port={DASHBOARD_PORT}",
-            "--labels=role=head",
-        ]
-    else:
-        args = [f"--address={head.address}:{RAY_PORT}", "--labels=role=worker"]
-    node.popen(str(BIN / "ray"), "start", *args, *common, env=env, log=logs / f"{node.name}.log")
+def start_node(node: Node, head: Node, logs: Path) -> None:
+    start_ray(
+        node, head, logs / f"{node.name}.log",
+        port=RAY_PORT, dashboard_port=DASHBOARD_PORT,
+        env={**ingress_env(node, INGRESS_FOLDER), **NODE_ENV},
+        labels="role=head" if node is head else "role=worker",
+    )  # fmt: skip
 
 
 def _mlflow_server(host: str, root: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -188,7 +164,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         mlflow, url, mlflow_log = _mlflow_server(cluster.gateway, root)
         originals = _register(url)
         head = cluster.nodes["head"]
-        _start_ray(head, head, logs)
+        start_node(head, head, logs)
         ray = RayCluster(cluster, url, root / "store", mlflow_log, workdir, originals, logs)
         wait_for(
             lambda: (
@@ -199,7 +175,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
             interval_s=2,
         )
         for worker in ray.workers:
-            _start_ray(worker, head, logs)
+            start_node(worker, head, logs)
         wait_for(
             lambda: len(ray.ray_nodes()) == 3,
             "three Ray nodes alive",
@@ -266,14 +242,20 @@ def cached(node: Node) -> list[str]:
 def deployed(ray_cluster: RayCluster) -> dict[str, Any]:
     """The gateway deployed with `modelgate serve CONFIG --address` from inside the head."""
     before = {w.name: cached(w) for w in ray_cluster.workers}
-    path = ray_cluster.workdir / "cluster.yaml"
-    path.write_text(yaml.safe_dump(gateway_config(ray_cluster)))
-    done = ray_cluster.head.run(
-        str(BIN / "modelgate"), "serve", str(path), "--address", ray_cluster.address,
+    deploy(ray_cluster, gateway_config(ray_cluster))
+    return {"before": before}
+
+
+def deploy(cluster: RayCluster, config: dict[str, Any], name: str = "cluster.yaml") -> None:
+    """`modelgate serve CONFIG --address … --no-block` from inside the head: returns once the
+    gateway answers."""
+    path = cluster.workdir / name
+    path.write_text(yaml.safe_dump(config))
+    done = cluster.head.run(
+        str(BIN / "modelgate"), "serve", str(path), "--address", cluster.address,
         "--no-block", timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return {"before": before}
 
 
 def infer_labels(base: str, model: str, rows: np.ndarray) -> list[int]:

@@ -13,6 +13,7 @@ import requests
 import yaml
 from sklearn.datasets import load_breast_cancer, load_iris
 
+from loadtests.netns import BIN, REPO, wait_for
 from tests.cluster.conftest import (
     APP,
     GRPC_PORT,
@@ -24,7 +25,6 @@ from tests.cluster.conftest import (
     replicas,
     transport_batches,
 )
-from tests.cluster.netns import BIN, REPO, wait_for
 
 
 def _ready(base: str) -> bool:
@@ -119,6 +119,27 @@ def test_grpc_through_the_head_answers_as_the_original(
         )
     index = [o.name for o in response.outputs].index("label")
     labels = np.frombuffer(response.raw_output_contents[index], np.int64).tolist()
+    assert labels == ray_cluster.originals["breast_cancer"].predict(x).tolist()
+
+
+def test_binary_tensors_through_the_head_answer_as_the_original(
+    ray_cluster: RayCluster, deployed: dict[str, Any]
+) -> None:
+    """Triton's binary tensor extension, both ways, through the head's ingress."""
+    from serve.client.samples import http_binary
+
+    x = load_breast_cancer(return_X_y=True)[0][40:48].astype(np.float32)
+    base = f"http://{ray_cluster.head.address}:{HTTP_PORT}"
+    status, headers, raw = http_binary(base, "breast_cancer", {"input": x})
+    assert status == 200, raw[:500]
+    length = int({k.lower(): v for k, v in headers.items()}["inference-header-content-length"])
+    offset, labels = length, None
+    for output in json.loads(raw[:length])["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        if output["name"] == "label":
+            labels = np.frombuffer(raw[offset : offset + size], np.int64).tolist()
+        offset += size
+    assert offset == len(raw)
     assert labels == ray_cluster.originals["breast_cancer"].predict(x).tolist()
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import requests
 from sklearn.datasets import load_breast_cancer
 
+from loadtests.netns import REPO, wait_for
 from tests.cluster.conftest import HTTP_PORT, RayCluster, infer_labels
-from tests.cluster.netns import REPO, wait_for
 
 CONFIG = REPO / "configs/prometheus-cluster.yml"
 PROMETHEUS_PORT = 9090
