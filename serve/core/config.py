@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve.core.auth import AuthConfig
 
@@ -173,7 +173,11 @@ class VersionConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Model name in the protocol.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="Model name in the protocol (letters, digits, '_', '.', '-'; not '.' or "
+        "'..': it names folders in artifact stores and caches).",
+    )
     versions: list[VersionConfig] = Field(min_length=1)
     timeout_ms: float | None = Field(
         30_000,
@@ -188,6 +192,13 @@ class ModelConfig(_Strict):
         "false: refused with 400 / INVALID_ARGUMENT naming the input, since most models answer "
         "NaN with a confident but meaningless prediction.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_path_step(cls, name: str) -> str:
+        if name in (".", ".."):
+            raise ValueError(f"{name!r} cannot name a model: it is a step in a folder path")
+        return name
 
 
 class RouterConfig(_Strict):

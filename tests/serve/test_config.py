@@ -10,6 +10,11 @@ def _config(**model: object) -> dict[str, object]:
     return {"models": [{"name": "m", "versions": [{"artifact": "/x"}], **model}]}
 
 
+def test_a_model_name_may_hold_dots_but_not_be_one_or_two() -> None:
+    doc = {"models": [{"name": "fraud.v2..x", "versions": [{"artifact": "/x"}]}]}
+    assert GatewayConfig.model_validate(doc).models[0].name == "fraud.v2..x"
+
+
 def test_a_minimal_config_gets_sane_defaults() -> None:
     config = GatewayConfig.model_validate(_config())
     version = config.models[0].versions[0]
@@ -44,6 +49,10 @@ def test_a_minimal_config_gets_sane_defaults() -> None:
             "min_replicas 3 > max_replicas 2",
         ),
         (_config(typo=1), "models.0.typo", "Extra inputs are not permitted"),
+        # a model's name names folders (artifact stores, node caches): never a path step
+        ({"models": [{"name": "..", "versions": [{"artifact": "/x"}]}]}, "models.0.name", "path"),
+        ({"models": [{"name": ".", "versions": [{"artifact": "/x"}]}]}, "models.0.name", "path"),
+        ({"models": [{"name": "a/b", "versions": [{"artifact": "/x"}]}]}, "models.0.name", "match"),
         (
             {"models": [{"name": "m", "versions": [{"artifact": "/x"}]}] * 2},
             "",
