@@ -31,7 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from converters.manifest import MANIFEST_FILE, ONNX_FILE, Manifest
-from serve.core.runtime import ArtifactError
+from serve.core.runtime import ArtifactError, VersionRuntime
 
 CACHE_ENV = "MODELGATE_ARTIFACT_CACHE"
 #: Seconds a download may take before the replica's start fails.
@@ -70,6 +70,12 @@ def local_artifact(ref: ArtifactRef) -> Path:
             return entry
         _fetch(ref, entry)
     return entry
+
+
+def open_runtime(ref: ArtifactRef, intra_op_threads: int = 1) -> VersionRuntime:
+    """The version's ONNX Runtime session, from its artifact on this node (`local_artifact`):
+    model.onnx read and hashed once, against the pin."""
+    return VersionRuntime(local_artifact(ref), intra_op_threads, verified_sha256=ref.sha256)
 
 
 def local_manifest(ref: ArtifactRef) -> Manifest:

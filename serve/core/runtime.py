@@ -18,7 +18,12 @@ class ArtifactError(Exception):
 
 
 class VersionRuntime:
-    def __init__(self, artifact: Path, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, artifact: Path, intra_op_threads: int = 1, verified_sha256: str | None = None
+    ) -> None:
+        """`verified_sha256`: the digest the caller already checked model.onnx has (the one
+        pinned at deploy: serve/core/artifact_cache.py); the file is hashed again only when
+        the manifest names another."""
         try:
             self.manifest: Manifest = read_manifest(artifact)
         except (OSError, ValueError) as exc:
@@ -26,7 +31,10 @@ class VersionRuntime:
         onnx_path = artifact / ONNX_FILE
         if not onnx_path.is_file():
             raise ArtifactError(f"{artifact}: {ONNX_FILE} is missing")
-        if sha256_file(onnx_path) != self.manifest.sha256:
+        if (
+            verified_sha256 != self.manifest.sha256
+            and sha256_file(onnx_path) != self.manifest.sha256
+        ):
             raise ArtifactError(f"{onnx_path}: sha256 does not match the manifest (corrupt?)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads

@@ -31,7 +31,7 @@ from serve.control import distribute
 from serve.control.resolve import Resolved, resolve_versions
 from serve.core import runners
 from serve.core.admission import Admission
-from serve.core.artifact_cache import ArtifactRef, local_artifact, local_manifest
+from serve.core.artifact_cache import ArtifactRef, local_manifest, open_runtime
 from serve.core.auth import AuthConfig, Authenticator
 from serve.core.batching import MicroBatcher
 from serve.core.config import (
@@ -114,7 +114,7 @@ class ModelVersion:
         version = VersionSpec.model_validate(spec)
         self.name = f"{version.model}:{version.version}"
         self.telemetry = TelemetrySpec.model_validate(telemetry).start()
-        runtime = VersionRuntime(local_artifact(version.artifact), version.intra_op_threads)
+        runtime = open_runtime(version.artifact, version.intra_op_threads)
         runtime.warm_up()
         self._run = self.telemetry.instrument(runtime, version.model, version.version)
         self.direct: DirectServer | None = None
@@ -417,7 +417,7 @@ def _unknown_manifest(spec: VersionSpec) -> Manifest:
 
 
 def _local_run(spec: VersionSpec, telemetry: ReplicaTelemetry) -> Callable[[Feeds], Feeds]:
-    runtime = VersionRuntime(local_artifact(spec.artifact), spec.intra_op_threads)
+    runtime = open_runtime(spec.artifact, spec.intra_op_threads)
     runtime.warm_up()
     return telemetry.instrument(runtime, spec.model, spec.version)
 

@@ -32,6 +32,30 @@ def test_a_tampered_onnx_file_is_refused(artifact: Path) -> None:
         VersionRuntime(artifact)
 
 
+def test_a_model_checked_against_its_pin_is_not_hashed_again(
+    artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_runtime checks model.onnx against the pinned digest once; the runtime then trusts
+    that check only when the manifest names the same digest."""
+    from converters.artifacts import sha256_file
+    from serve.core import runtime
+    from serve.core.artifact_cache import ArtifactRef, open_runtime
+
+    hashed: list[Path] = []
+    real = runtime.sha256_file
+    monkeypatch.setattr(runtime, "sha256_file", lambda p: hashed.append(p) or real(p))
+    ref = ArtifactRef(
+        key=f"iris/{artifact.name}",
+        sha256=sha256_file(artifact / "model.onnx"),
+        manifest_sha256=sha256_file(artifact / "manifest.json"),
+        path=str(artifact),
+    )
+    assert open_runtime(ref).warm_up()["label"].shape == (1,)
+    assert hashed == []  # hashed once, by the cache's check against the pin
+    VersionRuntime(artifact, verified_sha256="0" * 64)  # a digest the manifest does not name
+    assert hashed == [artifact / "model.onnx"]
+
+
 def test_a_missing_onnx_file_or_manifest_is_refused(artifact: Path) -> None:
     (artifact / "model.onnx").unlink()
     with pytest.raises(ArtifactError, match=r"model\.onnx is missing"):
