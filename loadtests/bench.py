@@ -18,6 +18,9 @@ Scenarios on one Ray instance in high-throughput mode, every app deployed side b
   baseline-100, colocated-100, dedicated-100    100 rows per request
 and, in a separate Ray instance on Serve's defaults (no high-throughput flags):
   plain           router → model through a handle, one call per request
+and, on two Ray nodes in network namespaces (loadtests/twonode.py; root only), 1 and 32 clients:
+  one-node        the router and a dedicated version's replica on the head node
+  two-node        the same, the replica on the worker node: every batch crosses the bridge
 One breast_cancer row (30 floats) per request unless named -100; 1, 8, 32 and 64 clients;
 scenarios alternate at each point for several rounds, in an order shuffled per round, and the
 median round is kept.
@@ -64,6 +67,13 @@ SCENARIOS: dict[str, tuple[str, str, str, int, str]] = {
     "baseline-100": ("/baseline", "bc", "http", 100, "baseline-100"),
     "colocated-100": ("", "bc_colocated", "http", 100, "baseline-100"),
     "dedicated-100": ("", "bc_dedicated", "http", 100, "baseline-100"),
+}
+
+
+#: scenario -> what its ratios compare with (the two-node scenario's: loadtests/twonode.py)
+COMPARED = {name: spec[4] for name, spec in SCENARIOS.items()} | {
+    "one-node": "one-node",
+    "two-node": "one-node",
 }
 
 
@@ -295,6 +305,26 @@ def _plain_subprocess(duration_s: float) -> list[dict[str, Any]]:
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
+def _two_node_subprocess(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """loadtests/twonode.py's two scenarios, in a process of its own (it starts its own Ray
+    nodes, in network namespaces: root only)."""
+    if os.geteuid() != 0:
+        print("two-node scenario left out: network namespaces need root", flush=True)
+        return {}
+    print("two nodes (router on the head; replica beside it, or on the worker)", flush=True)
+    out = Path(".modelgate/bench-twonode.json")
+    subprocess.run(
+        [
+            sys.executable, "-m", "loadtests.twonode",
+            "--duration", str(duration_s), "--rounds", str(rounds), "--out", str(out),
+        ],
+        check=True,
+        timeout=1200,
+    )  # fmt: skip
+    points = json.loads(out.read_text())
+    return {"one-node": points["near"], "two-node": points["far"]}
+
+
 #: The prose under the numbers in RESULTS.md: what they say, from profiling.
 NOTES = Path(__file__).with_name("NOTES.md")
 
@@ -308,7 +338,7 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for name, points in results.items():
-        reference = SCENARIOS.get(name, ("", "", "", 1, "baseline"))[4]
+        reference = COMPARED.get(name, "baseline")
         for p in points:
             ref = by[reference][p["clients"]]
             lines.append(
@@ -403,12 +433,29 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
         f"{vs('grpc', 'baseline-grpc')} req/s at 32 clients, {vs('grpc', 'baseline-grpc', 1)} "
         f"at 1; CPU a request at 32 "
         f"clients {vs('grpc', 'baseline-grpc', key='cpu_us')}",
+        *_two_node_summary(by),
         f"- 100 rows per request at 32 clients: colocated {rps('colocated-100', 32) * 100:.0f} "
         f"rows/s ({vs('colocated-100', 'baseline-100')} baseline-100), dedicated "
         f"{vs('dedicated-100', 'baseline-100')} baseline-100; one row per request: colocated "
         f"{rps('colocated', 32):.0f} rows/s",
     ]
     return lines
+
+
+def _two_node_summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    if "two-node" not in by:
+        return []
+    far, near = by["two-node"], by["one-node"]
+
+    def vs(clients: int, key: str) -> str:
+        return _show_ratio(paired_ratio(far[clients], near[clients], key))
+
+    return [
+        f"- two nodes vs one (router on the head; the version's replica on a worker node across "
+        f"a veth bridge, or beside the router): {vs(32, 'rps')} req/s at 32 clients (target "
+        f"≥ 0.90×), p50 at 1 client {vs(1, 'p50_ms')} (target ≤ 1.30×), CPU a request at 32 "
+        f"clients {vs(32, 'cpu_us')}"
+    ]
 
 
 def _show_ratio(ratio: float | None) -> str:
@@ -457,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_high_throughput(args.duration, args.rounds, args.target_rounds)
     print("plain Ray Serve (defaults, router → model handle call per request)", flush=True)
     results["plain"] = _plain_subprocess(args.duration)
+    results.update(_two_node_subprocess(args.duration, args.target_rounds))
     print(write_results(results, args.duration, args.rounds, ceiling, args.target_rounds))
     print(f"bench took {time.monotonic() - started:.0f} s; wrote {RESULTS}")
     return 0
