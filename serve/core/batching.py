@@ -1,6 +1,8 @@
 """Micro-batching: requests for one version coalesce into one run (or one handle call).
 
-At most `max_in_flight` calls run at once. A request that finds the queue empty and a slot free
+At most `max_in_flight` calls run at once, per replica when the version runs on replicas of its
+own (`replicas`: how many are live now, so that each one the version scales to adds capacity).
+A request that finds the queue empty and a slot free
 runs at once in its own task (no hand-off: an idle gateway adds no wait); for a version that runs
 in process (`run_now`), `try_now` runs it in the caller's stack, with no task and no timer.
 Otherwise it queues, and one worker task, which owns the queue, sends queued requests together
@@ -65,8 +67,10 @@ class MicroBatcher:
         max_queued: int = 1024,
         on_batch: Callable[[int, int, float, float], None] | None = None,
         run_now: RunNow | None = None,
+        replicas: Callable[[], int] | None = None,
     ) -> None:
-        """`run_now`: the same computation as `run`, synchronous (a version in process)."""
+        """`run_now`: the same computation as `run`, synchronous (a version in process).
+        `replicas`: the version's live replicas, read at each decision (at least one counts)."""
         self.name = name
         self._run = run
         self._run_now = run_now
@@ -74,7 +78,9 @@ class MicroBatcher:
         self._max_wait = max_wait_s
         self._max_queued = max_queued
         self._max_in_flight = max_in_flight
+        self._replicas = replicas
         self._in_flight = 0
+        self._busy = 0  # requests in the calls running now
         self._queue: deque[_Queued] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -86,6 +92,18 @@ class MicroBatcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def demand(self) -> int:
+        """Requests this batcher holds now: queued, or in a call running."""
+        return len(self._queue) + self._busy
+
+    @property
+    def slots(self) -> int:
+        """Calls that may run at once now: max_in_flight for each live replica."""
+        if self._replicas is None:
+            return self._max_in_flight
+        return self._max_in_flight * max(1, self._replicas())
+
     def try_now(self, feeds: Feeds, rows: int) -> Feeds | None:
         """The answer, computed now in the caller's stack when the version runs in process and
         nothing waits before this request; None when it has to go through `submit`. Nothing
@@ -94,7 +112,7 @@ class MicroBatcher:
         if (
             self._run_now is None
             or self._queue
-            or self._in_flight >= self._max_in_flight
+            or self._in_flight >= self.slots
             or self._max_wait > 0
         ):
             return None
@@ -106,7 +124,7 @@ class MicroBatcher:
 
     async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None) -> Feeds:
         """The answer; `deadline` (time.monotonic()) is the request's, for BATCH_DEADLINE."""
-        if not self._queue and self._in_flight < self._max_in_flight and self._max_wait == 0:
+        if not self._queue and self._in_flight < self.slots and self._max_wait == 0:
             return await self._direct(feeds, rows, deadline)
         if len(self._queue) >= self._max_queued and not self._drop_abandoned():
             self.stats.shed += 1
@@ -128,12 +146,14 @@ class MicroBatcher:
 
     async def _direct(self, feeds: Feeds, rows: int, deadline: float | None) -> Feeds:
         self._in_flight += 1
+        self._busy += 1
         started = time.monotonic()
         token = BATCH_DEADLINE.set(deadline)
         try:
             return await self._run(feeds)
         finally:
             BATCH_DEADLINE.reset(token)
+            self._busy -= 1
             self._release()
             self._record(1, rows, 0.0, time.monotonic() - started)
 
@@ -143,7 +163,7 @@ class MicroBatcher:
 
     async def _loop(self) -> None:
         while True:
-            while not self._queue or self._in_flight >= self._max_in_flight:
+            while not self._queue or self._in_flight >= self.slots:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if self._max_wait > 0:
@@ -197,10 +217,13 @@ class MicroBatcher:
         started = time.monotonic()
         queue_s = sum(started - p.enqueued for p in batch) / len(batch)
         BATCH_DEADLINE.set(_latest(p.deadline for p in batch))
+        self._busy += len(batch)
         try:
             results = await self._run_split(batch)
         except Exception as exc:  # the whole call failed: every request in it gets the error
             results = [exc] * len(batch)
+        finally:
+            self._busy -= len(batch)
         compute_s = time.monotonic() - started
         self._record(len(batch), sum(p.rows for p in batch), queue_s, compute_s)
         for pending, result in zip(batch, results, strict=True):

@@ -28,7 +28,13 @@ class Batching(_Strict):
         description="Hold a batch open this long for more requests. 0: leave as soon as a call "
         "slot is free; requests arriving while calls run still coalesce.",
     )
-    max_in_flight: int = Field(2, ge=1, le=64, description="Batches running at once, per router.")
+    max_in_flight: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Batches running at once, per router; for a dedicated version on the direct "
+        "transport, per router and per live replica, so each replica it scales to adds capacity.",
+    )
     max_queued: int = Field(1024, ge=1, description="Requests queued per router before shedding.")
 
 
@@ -140,8 +146,8 @@ class VersionConfig(_Strict):
         "call (~1-2.5 ms a call here); direct: a persistent TCP connection to each replica "
         "(~0.1 ms; serve/transport/direct.py), falling back to the handle on any transport "
         "failure; "
-        "auto: direct unless the version autoscales (Ray Serve's autoscaler counts only "
-        "requests that come through handles).",
+        "auto: direct (an autoscaling version scales on the demand its routers report in their "
+        "frames: serve/ray/autoscale.py).",
     )
     batching: Batching = Field(default_factory=Batching)
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is not set.")
@@ -161,9 +167,7 @@ class VersionConfig(_Strict):
     @property
     def direct(self) -> bool:
         """Whether the router sends batches over the direct transport (dedicated only)."""
-        if self.placement != "dedicated" or self.transport == "handle":
-            return False
-        return self.transport == "direct" or self.autoscaling is None
+        return self.placement == "dedicated" and self.transport != "handle"
 
     @model_validator(mode="after")
     def _one_source(self) -> VersionConfig:

@@ -282,6 +282,13 @@ class GatewayMetrics:
             ["model", "version", "reason"],
             registry=r,
         )
+        self.direct_batches = Counter(
+            "modelgate_direct_batches_total",
+            "Batches a dedicated replica answered over the direct transport, by replica: how a "
+            "version's load spreads over its replicas (one that scaling added too).",
+            ["model", "version", "replica"],
+            registry=r,
+        )
         self.route_weight = Gauge(
             "modelgate_route_weight",
             "Share of a model's default-route traffic each version gets (0..1), as configured.",

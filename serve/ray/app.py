@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -55,6 +56,7 @@ from serve.observe.telemetry import ReplicaTelemetry
 from serve.protocol import rest
 from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
+from serve.ray import autoscale
 from serve.ray.internals import KVDirectory, serve_details, session_dir
 from serve.transport.direct import DirectPool, DirectServer, FrameLimits, kv_prefix
 
@@ -121,10 +123,22 @@ class ModelVersion:
         if version.direct:
             context = serve.get_replica_context()
             key = kv_prefix(context.app_name, context.deployment) + context.replica_id.unique_id
-            refused = self.telemetry.metrics.direct_refused
+            metrics = self.telemetry.metrics
+            refused = metrics.direct_refused
+            answered = metrics.counter(
+                metrics.direct_batches.labels(
+                    version.model, version.version, context.replica_id.unique_id
+                )
+            )
+            run = self._run
+
+            def run_direct(feeds: Feeds) -> Feeds:
+                answered.inc()
+                return run(feeds)
+
             directory = KVDirectory()
             self.direct = DirectServer(
-                self._run,
+                run_direct,
                 directory,
                 key,
                 directory.shared_secret(context.app_name),
@@ -132,6 +146,14 @@ class ModelVersion:
                 lambda reason: refused.labels(version.model, version.version, reason).inc(),
             )
             await self.direct.start(ray.util.get_node_ip_address())
+        self._stopping = False
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """What the routers said they hold for this version (serve/ray/autoscale.py reads it):
+        Ray Serve calls it every metrics interval."""
+        if self.direct is None:
+            return {}
+        return self.direct.demand.stats(time.monotonic())
 
     async def run(self, feeds: Feeds, remaining_s: float | None = None) -> Feeds:
         """A batch from a router's handle call, with the time it had left when sent."""
@@ -139,11 +161,28 @@ class ModelVersion:
             raise expired(self.name)
         return self._run(feeds)
 
-    def __del__(self) -> None:  # Ray Serve calls it when the replica stops
-        _close_telemetry(self)
+    def __del__(self) -> Any:
+        """Ray Serve calls it when it stops the replica, on the replica's event loop, and awaits
+        what it returns: the direct transport's drain (serve/transport/direct.py), so that a
+        scale-down or rollout fails no batch. Called again later by the garbage collector, or
+        first without a running loop, it just closes."""
+        if getattr(self, "_stopping", True):  # already stopping, or never fully built
+            return None
+        self._stopping = True
         direct = getattr(self, "direct", None)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if direct is not None:
+                direct.close()
+            _close_telemetry(self)
+            return None
+        return self._drain(direct)
+
+    async def _drain(self, direct: DirectServer | None) -> None:
         if direct is not None:
-            direct.close()
+            await direct.drain(notice_s=2 * ROUTER_REFRESH_S)
+        _close_telemetry(self)
 
 
 @serve.deployment
@@ -256,6 +295,10 @@ RouterDeployment = cast(Deployment, Router)
 ModelVersionDeployment = cast(Deployment, ModelVersion)
 
 
+#: Seconds between a router's reads of its versions' health and direct endpoints.
+ROUTER_REFRESH_S = 1.0
+
+
 def _close_telemetry(replica: object) -> None:
     telemetry = getattr(replica, "telemetry", None)  # absent if __init__ failed before it
     if telemetry is not None:
@@ -269,7 +312,10 @@ class DeploymentHealth(threading.Thread):
     in a thread, so the request path only reads a flag."""
 
     def __init__(
-        self, versions: dict[str, Health], pools: list[DirectPool], interval_s: float = 1.0
+        self,
+        versions: dict[str, Health],
+        pools: list[DirectPool],
+        interval_s: float = ROUTER_REFRESH_S,
     ) -> None:
         super().__init__(name="modelgate-health", daemon=True)
         self.versions = versions
@@ -354,6 +400,7 @@ def _target(
             spec.model, spec.version, unknown, batcher, spec.placement, None, Health(False, reason)
         )
     run_now = None
+    pool = None  # the version's direct transport, when it has one
     if spec.placement == "colocated":
         try:
             run_now = _local_run(spec, telemetry)
@@ -384,7 +431,10 @@ def _target(
         max_queued=b.max_queued,
         on_batch=telemetry.metrics.batch_observer(spec.model, spec.version),
         run_now=run_now,
+        replicas=None if pool is None else pool.live,
     )
+    if pool is not None:  # each frame tells the replica what this router holds (autoscaling)
+        pool.report = lambda: (batcher.demand, batcher.stats.shed)
     timeout_s = None if spec.timeout_ms is None else spec.timeout_ms / 1000
     return VersionTarget(
         spec.model,
@@ -545,7 +595,7 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
         "max_ongoing_requests": version.batching.max_in_flight * router_replicas + 2,
         "ray_actor_options": _actor_options(version.num_cpus, args, version.nodes),
         "max_surge_percent": version.max_surge_percent,
-        **_scaling(version.autoscaling, version.num_replicas),
+        **_scaling(version.autoscaling, version.num_replicas, demand=version.direct),
         **(version.nodes.deployment_options() if version.nodes is not None else {}),
     }
     return ModelVersionDeployment.options(**options)
@@ -561,11 +611,18 @@ def _actor_options(num_cpus: float, args: GatewayConfig, nodes: Nodes | None) ->
     return options | (nodes.ray_options() if nodes is not None else {})
 
 
-def _scaling(autoscaling: Autoscaling | None, num_replicas: int) -> dict[str, Any]:
-    """Ray Serve takes either an autoscaling_config or a fixed num_replicas."""
-    if autoscaling is not None:
-        return {"autoscaling_config": autoscaling.ray_config()}
-    return {"num_replicas": num_replicas}
+def _scaling(
+    autoscaling: Autoscaling | None, num_replicas: int, demand: bool = False
+) -> dict[str, Any]:
+    """Ray Serve takes either an autoscaling_config or a fixed num_replicas. `demand`: the
+    replicas are reached over the direct transport, so Ray's own count (handle requests) sees
+    none of their load: scale on what the routers report instead (serve/ray/autoscale.py)."""
+    if autoscaling is None:
+        return {"num_replicas": num_replicas}
+    config: dict[str, Any] = autoscaling.ray_config()
+    if demand:
+        config["policy"] = {"policy_function": autoscale.POLICY}
+    return {"autoscaling_config": config}
 
 
 def registry_aliases(resolved: list[Resolved]) -> dict[str, dict[str, str]]:

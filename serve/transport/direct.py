@@ -10,7 +10,10 @@ that batch through the handle instead, so Ray Serve's handle stays the path of r
 rollouts, failures and retries, and a prediction being a pure function, sending it again is safe.
 
 Frame: u32 length of a JSON header, the header, then the raw tensor bytes in header order.
-Header: {"tensors": [[name, dtype, shape], ...]} or {"error": message, "code": code}.
+Header: {"tensors": [[name, dtype, shape], ...]} or {"error": message, "code": code}; a router's
+batch adds "remaining_s" (its time left) and "demand": [router id, requests it holds for the
+version, requests it has shed for it so far], which the replica keeps for Ray Serve's
+autoscaler (DemandBook): the queues are in the routers, where no replica would see them.
 Numeric tensors only: a batch with strings (object arrays) goes through the handle.
 
 Only the application's routers are answered. A replica listens on its node's address (not every
@@ -40,9 +43,10 @@ import random
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import orjson
@@ -61,6 +65,45 @@ HELLO = b"MGD1"
 NONCE = 32
 #: Seconds a peer has to prove itself after connecting.
 HANDSHAKE_S = 2.0
+
+
+#: This process's name in the demand it reports (a router replica's).
+ROUTER_ID = secrets.token_hex(6)
+#: Seconds a router's demand report counts after its last frame: a router with requests to send
+#: sends frames, so an older report means it holds none.
+DEMAND_FRESH_S = 5.0
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one router holds for a version: requests queued or in a batch, and those it has
+    shed (refused for a full queue) since it started."""
+
+    router: str
+    requests: int
+    shed: int
+
+
+class DemandBook:
+    """The latest demand each router reported in its frames, for `record_autoscaling_stats`."""
+
+    def __init__(self, fresh_s: float = DEMAND_FRESH_S) -> None:
+        self.fresh_s = fresh_s
+        self._latest: dict[str, tuple[float, Demand]] = {}
+
+    def note(self, demand: Demand, now: float) -> None:
+        self._latest[demand.router] = (now, demand)
+
+    def stats(self, now: float) -> dict[str, float]:
+        """`demand:<router>` and `shed:<router>` for each router heard from lately."""
+        out: dict[str, float] = {}
+        for router, (seen, demand) in list(self._latest.items()):
+            if now - seen > self.fresh_s:
+                del self._latest[router]
+                continue
+            out[f"demand:{router}"] = float(demand.requests)
+            out[f"shed:{router}"] = float(demand.shed)
+        return out
 
 
 def kv_prefix(app: str, deployment: str) -> str:
@@ -154,12 +197,17 @@ def encodable(feeds: Feeds) -> bool:
     return all(v.dtype.kind in "biuf" for v in feeds.values())
 
 
-def encode(feeds: Feeds, remaining_s: float | None = None) -> list[bytes]:
-    """A frame; `remaining_s`: the batch's time left (a replica refuses one with none left)."""
+def encode(
+    feeds: Feeds, remaining_s: float | None = None, demand: Demand | None = None
+) -> list[bytes]:
+    """A frame; `remaining_s`: the batch's time left (a replica refuses one with none left);
+    `demand`: what the sending router holds for the version."""
     arrays = [(n, np.ascontiguousarray(v)) for n, v in feeds.items()]
     doc: dict[str, object] = {"tensors": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}
     if remaining_s is not None:
         doc["remaining_s"] = remaining_s
+    if demand is not None:
+        doc["demand"] = [demand.router, demand.requests, demand.shed]
     head = orjson.dumps(doc)
     return [_LENGTH.pack(len(head)), head, *(a.tobytes() for _, a in arrays)]
 
@@ -169,16 +217,20 @@ def encode_error(exc: InferenceError) -> list[bytes]:
     return [_LENGTH.pack(len(head)), head]
 
 
+class Frame(NamedTuple):
+    feeds: Feeds
+    remaining_s: float | None  # the time its batch had left when sent
+    demand: Demand | None  # what its router reported
+
+
 async def read(reader: asyncio.StreamReader, limits: FrameLimits | None = None) -> Feeds:
-    return (await read_frame(reader, limits))[0]
+    return (await read_frame(reader, limits)).feeds
 
 
-async def read_frame(
-    reader: asyncio.StreamReader, limits: FrameLimits | None = None
-) -> tuple[Feeds, float | None]:
-    """One frame and the time its batch had left: three reads (length, header, every tensor's
-    bytes at once). With `limits` (a replica reading a router's batch), a frame beyond them
-    is refused before its tensors are read."""
+async def read_frame(reader: asyncio.StreamReader, limits: FrameLimits | None = None) -> Frame:
+    """One frame: three reads (length, header, every tensor's bytes at once). With `limits`
+    (a replica reading a router's batch), a frame beyond them is refused before its tensors
+    are read."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     if length > (MAX_FRAME if limits is None else MAX_HEADER):
         raise FrameError(f"frame header of {length} bytes")
@@ -200,7 +252,12 @@ async def read_frame(
         feeds[name] = np.frombuffer(data, kind, count, offset).reshape(shape)
         offset += count * kind.itemsize
     remaining = head.get("remaining_s")
-    return feeds, None if remaining is None else float(remaining)
+    reported = head.get("demand")
+    demand = None
+    if reported is not None:
+        router, requests, shed = reported
+        demand = Demand(str(router), int(requests), int(shed))
+    return Frame(feeds, None if remaining is None else float(remaining), demand)
 
 
 class DirectServer:
@@ -227,6 +284,10 @@ class DirectServer:
         self.address = ""
         self._server: asyncio.Server | None = None
         self._republish: asyncio.Task[None] | None = None
+        self.demand = DemandBook()
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._idle: set[asyncio.StreamWriter] = set()  # waiting for their next frame
+        self._draining = False
 
     async def start(self, host: str) -> str:
         """Listen on `host`, the node's own address (not every interface), and publish it."""
@@ -253,14 +314,20 @@ class DirectServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer)
+        self._connections.add(writer)
         try:
             if not await self._admit(reader, writer):
                 return
-            while True:
+            while not self._draining:
+                self._idle.add(writer)
                 try:
-                    feeds, remaining_s = await read_frame(reader, self._limits)
+                    feeds, remaining_s, demand = await read_frame(reader, self._limits)
                 except asyncio.IncompleteReadError:
-                    return  # the router closed the connection
+                    return  # the router closed the connection (or a drain did)
+                finally:
+                    self._idle.discard(writer)
+                if demand is not None:
+                    self.demand.note(demand, time.monotonic())
                 try:
                     if remaining_s is not None and remaining_s <= 0:
                         raise expired(self.key)
@@ -275,6 +342,7 @@ class DirectServer:
         except (ConnectionError, OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("direct connection dropped: %s", exc)
         finally:
+            self._connections.discard(writer)
             writer.close()
 
     async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -299,6 +367,26 @@ class DirectServer:
             self._server.close()
         with contextlib.suppress(Exception):
             self._directory.remove(self.key)
+
+    async def drain(self, notice_s: float, timeout_s: float = 30.0) -> None:
+        """Go without failing a batch, in this order: stop being listed and take no new
+        connection (routers stop choosing this replica at their next refresh, within
+        `notice_s`); then close each connection as soon as no frame is in flight on it; return
+        when none is left (or after `timeout_s`). A router whose frame meets a closed connection
+        sends it through the handle, as for any transport failure."""
+        self.close()
+        await asyncio.sleep(notice_s)
+        self._draining = True
+        for writer in list(self._idle):
+            writer.close()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._connections:
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            logger.warning(
+                "%s: %d connections still busy after the drain", self.key, len(self._connections)
+            )
 
 
 @dataclass
@@ -325,6 +413,8 @@ class DirectPool:
         self._reconciled: frozenset[str] | None = None  # the listing _endpoints matches
         self._unreachable: set[str] = set()
         self._endpoints: dict[str, _Endpoint] = {}
+        #: What this router holds for the version, (requests, shed so far), sent in each frame
+        self.report: Callable[[], tuple[int, int]] | None = None
 
     def refresh(self) -> None:
         """Read the published addresses (blocking: call it from a thread)."""
@@ -336,6 +426,10 @@ class DirectPool:
             else:
                 addresses.add(address)
         self._listed = frozenset(addresses)
+
+    def live(self) -> int:
+        """The replicas listed as reachable now (0 while none is: the handle takes batches)."""
+        return len(self._listed)
 
     def _reconcile(self) -> None:
         listed = self._listed
@@ -381,8 +475,11 @@ class DirectPool:
         else:
             host, port = endpoint.address.rsplit(":", 1)
             reader, writer = await asyncio.wait_for(self._connect(host, int(port)), HANDSHAKE_S)
+        demand = None
+        if self.report is not None:
+            demand = Demand(ROUTER_ID, *self.report())
         try:
-            writer.writelines(encode(feeds, remaining_s))
+            writer.writelines(encode(feeds, remaining_s, demand))
             outputs = await read(reader)
         except InferenceError:
             endpoint.idle.append((reader, writer))  # an answer: the connection is sound

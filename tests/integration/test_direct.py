@@ -1,6 +1,6 @@
-"""The direct transport (serve/transport/direct.py): a fixed-size dedicated version's batches go
-over it and answer exactly as the original model; autoscaled versions and string tensors go
-through Ray Serve's handle; a replica's endpoint is published in Ray's KV while it runs."""
+"""The direct transport (serve/transport/direct.py): a dedicated version's batches go over it,
+fixed-size or autoscaled, and answer exactly as the original model; string tensors go through
+Ray Serve's handle; a replica's endpoint is published in Ray's KV while it runs."""
 
 from __future__ import annotations
 
@@ -47,16 +47,16 @@ def test_fixed_size_versions_go_direct_and_answer_as_the_original(gateway: Gatew
     assert _batches(gateway, "1", "handle") == before["handle"]
 
 
-def test_autoscaled_versions_and_strings_go_through_the_handle(gateway: Gateway) -> None:
-    autoscaled = _batches(gateway, "2", "handle")
+def test_autoscaled_versions_go_direct_and_strings_through_the_handle(gateway: Gateway) -> None:
+    before = {t: _batches(gateway, "2", t) for t in ("direct", "handle")}
     response = requests.post(
         f"{gateway.base}/v2/models/breast_cancer/versions/2/infer",
         json=infer_body(X_BC[:2]),
         timeout=30,
     )
     assert response.status_code == 200
-    assert _batches(gateway, "2", "handle") == autoscaled + 1
-    assert _batches(gateway, "2", "direct") == 0
+    assert _batches(gateway, "2", "direct") == before["direct"] + 1
+    assert _batches(gateway, "2", "handle") == before["handle"]
     strings = _batches(gateway, "1", "handle", model="churn")
     assert_churn_answers_as_the_original(gateway)
     assert _batches(gateway, "1", "handle", model="churn") == strings + 1

@@ -257,3 +257,31 @@ def test_a_batch_runs_with_the_latest_deadline_of_its_requests() -> None:
     asyncio.run(main())
     assert seen[:2] == [100.0, 300.0]
     assert None in seen[2:]  # a request without a deadline: the batch has none
+
+
+def test_slots_grow_and_shrink_with_the_live_replicas() -> None:
+    """max_in_flight per live replica: a version scaled to three runs three times the batches
+    at once; back at one (or none listed: the handle), max_in_flight."""
+
+    async def main() -> None:
+        live = [3]
+        running, peak = [0], [0]
+
+        async def run(feeds: Feeds) -> Feeds:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            await asyncio.sleep(0.02)
+            running[0] -= 1
+            return {"y": feeds["x"]}
+
+        batcher = MicroBatcher(
+            "m", run, max_in_flight=2, max_batch_rows=1, replicas=lambda: live[0]
+        )
+        await asyncio.gather(*(batcher.submit(_row(i), 1) for i in range(40)))
+        assert peak[0] == 6
+        for now, expected in ((1, 2), (0, 2)):
+            live[0], peak[0] = now, 0
+            await asyncio.gather(*(batcher.submit(_row(i), 1) for i in range(40)))
+            assert peak[0] == expected
+
+    asyncio.run(main())

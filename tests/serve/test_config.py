@@ -98,3 +98,10 @@ def test_a_bad_node_selector_is_refused_naming_it(nodes: dict[str, object], prob
     with pytest.raises(ValidationError) as raised:
         GatewayConfig.model_validate(_config(versions=[{"artifact": "/x", "nodes": nodes}]))
     assert problem in str(raised.value) and "models.0.versions.0.nodes" in str(raised.value)
+
+
+def test_an_autoscaled_dedicated_version_keeps_the_direct_transport() -> None:
+    scaled = {"artifact": "/x", "autoscaling": {"min_replicas": 1, "max_replicas": 3}}
+    versions = [scaled, {**scaled, "transport": "handle"}, {**scaled, "placement": "colocated"}]
+    config = GatewayConfig.model_validate(_config(versions=versions))
+    assert [v.direct for v in config.models[0].versions] == [True, False, False]

@@ -14,8 +14,12 @@ from serve.transport.direct import (
     HELLO,
     MAX_FRAME,
     MAX_HEADER,
+    ROUTER_ID,
+    Demand,
+    DemandBook,
     DirectPool,
     DirectServer,
+    Frame,
     FrameLimits,
     encode,
     encode_error,
@@ -157,6 +161,29 @@ def test_a_replica_publishes_its_endpoint_while_it_runs_and_removes_it_when_it_s
     _with_replica(scenario)
 
 
+def test_a_draining_replica_is_unlisted_first_answers_what_it_has_then_closes() -> None:
+    """Scale-down's order: routers stop choosing the replica (unlisted: a refresh drops it),
+    a frame sent meanwhile on a pooled connection is still answered, then the connections
+    close and a late frame goes through the handle (the pool answers None)."""
+
+    async def scenario(replica: Replica) -> None:
+        pool = _pool(replica)
+        assert (await pool.run({"x": X})) is not None and pool.live() == 1
+        drain = asyncio.create_task(replica.server.drain(notice_s=0.3))
+        await asyncio.sleep(0.05)
+        assert replica.directory.entries == {}  # unlisted at once
+        with pytest.raises(OSError):
+            await replica.connect()  # no new connection
+        answer = await pool.run({"x": X})  # within the notice: the pooled connection answers
+        assert answer is not None and replica.computed == [2, 2]
+        await asyncio.wait_for(drain, 5)  # returns once every connection is closed
+        assert await pool.run({"x": X}) is None and replica.computed == [2, 2]
+        pool.refresh()
+        assert pool.live() == 0
+
+    _with_replica(scenario)
+
+
 def test_a_strangers_well_formed_frame_is_never_computed_and_is_counted() -> None:
     async def scenario(replica: Replica) -> None:
         reader, writer = await replica.connect()
@@ -261,11 +288,34 @@ def test_a_frame_carries_its_time_left_and_one_with_none_left_is_not_computed() 
 
     _with_replica(scenario)
     frame = b"".join(encode({"x": X}, remaining_s=0.25))
-    feeds, remaining = asyncio.run(_read_frame(frame))
-    assert remaining == 0.25 and feeds["x"].tolist() == X.tolist()
+    feeds, remaining, demand = asyncio.run(_read_frame(frame))
+    assert remaining == 0.25 and feeds["x"].tolist() == X.tolist() and demand is None
 
 
-async def _read_frame(frame: bytes) -> tuple[dict[str, np.ndarray], float | None]:
+def test_a_routers_frames_carry_what_it_holds_and_the_replica_keeps_the_fresh_reports() -> None:
+    """The queues are in the routers: each frame says what its router holds for the version,
+    and the replica reports the latest from each router heard from lately (Ray's autoscaler
+    reads it), dropping one gone quiet."""
+
+    async def scenario(replica: Replica) -> None:
+        pool = _pool(replica)
+        pool.report = lambda: (7, 2)
+        assert await pool.run({"x": X}) is not None
+        stats = replica.server.demand.stats(time.monotonic())
+        assert stats == {f"demand:{ROUTER_ID}": 7.0, f"shed:{ROUTER_ID}": 2.0}
+
+    _with_replica(scenario)
+    frame = b"".join(encode({"x": X}, demand=Demand("r9", 3, 1)))
+    assert asyncio.run(_read_frame(frame)).demand == Demand("r9", 3, 1)
+    book = DemandBook(fresh_s=5.0)
+    book.note(Demand("a", 4, 0), now=100.0)
+    book.note(Demand("b", 1, 9), now=103.0)
+    book.note(Demand("a", 6, 1), now=104.0)  # the latest counts
+    assert book.stats(now=106.0) == {"demand:a": 6.0, "shed:a": 1.0, "demand:b": 1.0, "shed:b": 9.0}
+    assert book.stats(now=108.5) == {"demand:a": 6.0, "shed:a": 1.0}  # b has gone quiet
+
+
+async def _read_frame(frame: bytes) -> Frame:
     reader = asyncio.StreamReader()
     reader.feed_data(frame)
     return await read_frame(reader, LIMITS)

@@ -1,0 +1,75 @@
+"""Autoscaling a dedicated version that its routers reach over the direct transport.
+
+Ray Serve's default policy counts requests that come through handles: it sees none of a
+version's direct-transport load. And the demand is not in the replicas anyway: each router
+keeps at most `batching.max_in_flight` batches per live replica in flight and queues the rest.
+So every frame a router sends says what it holds for the version (requests queued or in a
+batch, and how many it has shed so far: serve/transport/direct.py), each replica reports the
+latest from every router (`ModelVersion.record_autoscaling_stats`), and `demand_policy` here,
+run by Serve's controller every control period, turns them into a replica count:
+
+    replicas = Σ_routers requests held / autoscaling.target_ongoing_requests
+
+The target's unit is requests (not rows) held per replica, queued or running, as with Ray's own
+target_ongoing_requests. A router that shed requests since the last decision shows demand
+beyond what it can hold: at least one replica more. Ray then applies min/max_replicas, the
+up/downscale delays and factors as for its own policy (a custom policy is wrapped with them).
+Each decision that changes the count is logged (Serve's controller log), with what it saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+logger = logging.getLogger("ray.serve")
+
+#: What a deployment's autoscaling_config names as its policy.
+POLICY = "serve.ray.autoscale:demand_policy"
+_SHED = "shed"
+
+
+def demand(metrics: dict[str, dict[Any, float]]) -> tuple[float, dict[str, float]]:
+    """The requests every router holds for the version, and each router's shed count, from
+    the replicas' reports (a router that reached several replicas counted once: its largest
+    report)."""
+    held = sum(max(v.values()) for k, v in metrics.items() if k.startswith("demand:") and v)
+    shed = {k: max(v.values()) for k, v in metrics.items() if k.startswith("shed:") and v}
+    return held, shed
+
+
+def decide(
+    held: float,
+    shed: dict[str, float],
+    shed_before: dict[str, float],
+    current: int,
+    target: float,
+) -> float:
+    """The replicas the demand asks for (unrounded; Ray rounds and bounds it)."""
+    desired = held / target
+    newly_shed = sum(max(0.0, n - shed_before.get(k, n)) for k, n in shed.items())
+    if newly_shed > 0:
+        desired = max(desired, current + 1)
+    return desired
+
+
+def demand_policy(ctx: Any) -> tuple[float, dict[str, Any]]:
+    """Ray Serve's custom autoscaling policy (`AutoscalingContext` in, replicas and state
+    out)."""
+    held, shed = demand(ctx.aggregated_metrics or {})
+    target = ctx.config.get_target_ongoing_requests()
+    before = dict(ctx.policy_state.get(_SHED, {}))
+    desired = decide(held, shed, before, ctx.current_num_replicas, target)
+    if math.ceil(desired) != ctx.target_num_replicas:
+        logger.info(
+            "modelgate autoscaling %s: routers hold %g requests (target %g a replica), shed %g "
+            "since the last decision; %d replicas running, asking for %.2f",
+            ctx.deployment_name,
+            held,
+            target,
+            sum(max(0.0, n - before.get(k, n)) for k, n in shed.items()),
+            ctx.current_num_replicas,
+            desired,
+        )
+    return desired, {_SHED: shed}
