@@ -7,6 +7,9 @@ Scenarios on one Ray instance in high-throughput mode, every app deployed side b
                   model, thread and handle): what the router's process costs, apart from the
                   gateway's request work (loadtests/floor.py)
   dedicated       the gateway, the version on its own replicas behind the router (direct transport)
+  dedicated-2     dedicated, two replicas
+  autoscaled      dedicated, autoscaled from 1 to 2 replicas on its routers' demand (it reaches 2
+                  at the first loaded point and stays: a long downscale delay): against dedicated-2
   handle          dedicated, reached through Ray Serve's handle call instead
   colocated       the gateway, the version inside the router replicas
   unbatched       colocated, one request per run (max_batch_rows 1): batching off
@@ -57,6 +60,8 @@ SCENARIOS: dict[str, tuple[str, str, str, int, str]] = {
     "floor": ("/floor", "bc_colocated", "http", 1, "baseline"),
     "dedicated": ("", "bc_dedicated", "http", 1, "baseline"),
     "handle": ("", "bc_handle", "http", 1, "baseline"),
+    "dedicated-2": ("", "bc_dedicated2", "http", 1, "baseline"),
+    "autoscaled": ("", "bc_autoscaled", "http", 1, "dedicated-2"),
     "colocated": ("", "bc_colocated", "http", 1, "baseline"),
     "unbatched": ("", "bc_unbatched", "http", 1, "colocated"),
     "shadowed": ("", "bc_shadowed", "http", 1, "colocated"),
@@ -424,6 +429,9 @@ def summary(by: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     lines += [
         f"- dedicated transport, direct vs handle: {vs('dedicated', 'handle')} req/s at 32 "
         f"clients; p50 at 1 client {p50('dedicated', 1):.2f} ms vs {p50('handle', 1):.2f} ms",
+        f"- autoscaled (1 to 2 replicas, on the direct transport) vs fixed at 2: "
+        f"{vs('autoscaled', 'dedicated-2')} req/s at 32 clients (target ≥ 0.95×), p50 at 1 "
+        f"client {vs('autoscaled', 'dedicated-2', 1, 'p50_ms')} (target ≤ 1.10×)",
         f"- shadow on/off (colocated, every request shadowed): {vs('shadowed', 'colocated')} "
         f"req/s at 32 clients; p50 at 1 client {p50('shadowed', 1) - p50('colocated', 1):+.2f} ms",
         f"- batching off/on (colocated): {vs('unbatched', 'colocated', 64)} req/s at 64 "
