@@ -224,8 +224,12 @@ def chosen(names: list[str]) -> list[str]:
     unknown = sorted(set(names) - set(SCENARIOS))
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    wanted = set(names) | {SCENARIOS[n][4] for n in names}
-    return [n for n in SCENARIOS if n in wanted]
+    wanted = set(names)
+    while True:  # what each compares with, and what that compares with
+        more = wanted | {SCENARIOS[n][4] for n in wanted}
+        if more == wanted:
+            return [n for n in SCENARIOS if n in wanted]
+        wanted = more
 
 
 def run_high_throughput(

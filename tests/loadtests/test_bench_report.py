@@ -125,5 +125,7 @@ def test_a_partial_run_measures_what_each_named_scenario_compares_with() -> None
         "colocated",
         "unbatched",
     ]
+    # and what that compares with: autoscaled against dedicated-2, itself against the baseline
+    assert bench.chosen(["autoscaled"]) == ["baseline", "dedicated-2", "autoscaled"]
     with pytest.raises(SystemExit, match="unknown scenarios: nope"):
         bench.chosen(["grpc", "nope"])
