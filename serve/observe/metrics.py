@@ -262,7 +262,7 @@ class GatewayMetrics:
             "modelgate_transport_batches_total",
             "Batches a router sent to dedicated replicas, by transport: direct "
             "(serve/transport/direct.py) "
-            "or handle (Ray Serve's handle: autoscaled versions, string tensors, fallbacks).",
+            "or handle (Ray Serve's handle: transport handle, string tensors, fallbacks).",
             ["model", "version", "transport"],
             registry=r,
         )
