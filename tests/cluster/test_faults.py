@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +148,15 @@ def _lose(node: Node) -> float:
     return killed
 
 
+def _lose_until(node: Node, recovered: Callable[[], bool], what: str) -> tuple[float, float]:
+    """With load flowing for 3 s first, lose `node`, then wait until `recovered()` holds (within
+    SCENARIO_BUDGET_S); when each happened."""
+    time.sleep(3)
+    killed = _lose(node)
+    wait_for(recovered, what, SCENARIO_BUDGET_S, 2)
+    return killed, time.monotonic()
+
+
 def _running(cluster: RayCluster, deployment: str) -> list[str]:
     """The nodes of a deployment's running replicas."""
     placed = replicas(cluster)[deployment]
@@ -171,16 +181,13 @@ def test_losing_a_worker_node_under_load_loses_no_request(
     lost = next(w for w in ray_cluster.workers if w.alive and w.address in holding)
     survivor = {n.address for n in ray_cluster.cluster.nodes.values() if n is not lost and n.alive}
     rows = load_breast_cancer(return_X_y=True)[0][:2].astype(np.float32)
+
+    def back_to_full() -> bool:
+        running = _running(ray_cluster, "breast_cancer-v1")
+        return len(running) == 2 and set(running) <= survivor
+
     with Load(base, "breast_cancer", rows) as load:
-        time.sleep(3)
-        killed = _lose(lost)
-
-        def back_to_full() -> bool:
-            running = _running(ray_cluster, "breast_cancer-v1")
-            return len(running) == 2 and set(running) <= survivor
-
-        wait_for(back_to_full, "two replicas running on surviving nodes", SCENARIO_BUDGET_S, 2)
-        recovered = time.monotonic()
+        killed, recovered = _lose_until(lost, back_to_full, "two replicas on surviving nodes")
         direct = transport_batches(base, "direct")
         time.sleep(5)  # the replacements carry traffic over the direct transport
         assert transport_batches(base, "direct") > direct
@@ -209,17 +216,14 @@ def test_losing_a_router_replicas_node_under_load_loses_no_request(
     survivors = [n for n in ray_cluster.cluster.nodes.values() if n is not lost and n.alive]
     base = f"http://{ray_cluster.head.address}:{HTTP_PORT}"
     rows = load_iris(return_X_y=True)[0][:2].astype(np.float32)
+
+    def back_to_full() -> bool:
+        nodes = _running(ray_cluster, "Router")
+        alive = {n.address for n in survivors}
+        return len(nodes) == 2 and len(set(nodes)) == 2 and set(nodes) <= alive
+
     with Load(base, "iris", rows) as load:
-        time.sleep(3)
-        killed = _lose(lost)
-
-        def back_to_full() -> bool:
-            nodes = _running(ray_cluster, "Router")
-            alive = {n.address for n in survivors}
-            return len(nodes) == 2 and len(set(nodes)) == 2 and set(nodes) <= alive
-
-        wait_for(back_to_full, "two routers on surviving nodes", SCENARIO_BUDGET_S, 2)
-        recovered = time.monotonic()
+        killed, recovered = _lose_until(lost, back_to_full, "two routers on surviving nodes")
         routers = [n for n in survivors if n.address in _running(ray_cluster, "Router")]
         served = {n.name: _served(n, "iris") for n in routers}
         time.sleep(5)  # both routers carry traffic, the replacement too
