@@ -93,17 +93,22 @@ class DemandBook:
 
     def note(self, demand: Demand, now: float) -> None:
         self._latest[demand.router] = (now, demand)
+        if len(self._latest) > 256:  # routers come and go; nothing may read the book for long
+            self._forget_quiet(now)
 
     def stats(self, now: float) -> dict[str, float]:
         """`demand:<router>` and `shed:<router>` for each router heard from lately."""
+        self._forget_quiet(now)
         out: dict[str, float] = {}
-        for router, (seen, demand) in list(self._latest.items()):
-            if now - seen > self.fresh_s:
-                del self._latest[router]
-                continue
+        for router, (_, demand) in self._latest.items():
             out[f"demand:{router}"] = float(demand.requests)
             out[f"shed:{router}"] = float(demand.shed)
         return out
+
+    def _forget_quiet(self, now: float) -> None:
+        for router, (seen, _) in list(self._latest.items()):
+            if now - seen > self.fresh_s:
+                del self._latest[router]
 
 
 def kv_prefix(app: str, deployment: str) -> str:
@@ -255,8 +260,11 @@ async def read_frame(reader: asyncio.StreamReader, limits: FrameLimits | None = 
     reported = head.get("demand")
     demand = None
     if reported is not None:
-        router, requests, shed = reported
-        demand = Demand(str(router), int(requests), int(shed))
+        try:
+            router, requests, shed = reported
+            demand = Demand(str(router)[:64], int(requests), int(shed))
+        except (TypeError, ValueError) as exc:
+            raise FrameError(f"frame demand {str(reported)[:100]!r}: {exc}") from None
     return Frame(feeds, None if remaining is None else float(remaining), demand)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from serve.core.errors import ErrorCode, InferenceError
@@ -243,6 +245,22 @@ def test_a_frame_beyond_what_a_batch_can_be_is_dropped_unread(feeds: dict[str, A
         writer.writelines(encode(feeds))
         assert await _closed(reader)
         assert replica.computed == [] and replica.refused == ["frame"]
+
+    _with_replica(scenario)
+
+
+@pytest.mark.parametrize("demand", [["r1", "many", 0], ["r1", 1], "r1", [None, [], 2]])
+def test_a_frame_with_a_malformed_demand_report_is_dropped_uncomputed(demand: Any) -> None:
+    async def scenario(replica: Replica) -> None:
+        reader, writer = await replica.connect()
+        await prove(reader, writer, SECRET)
+        chunks = encode({"x": X})
+        head = orjson.loads(chunks[1]) | {"demand": demand}
+        raw = orjson.dumps(head)
+        writer.writelines([struct.pack("<I", len(raw)), raw, *chunks[2:]])
+        assert await _closed(reader)
+        assert replica.computed == [] and replica.refused == ["frame"]
+        assert replica.server.demand.stats(time.monotonic()) == {}
 
     _with_replica(scenario)
 
