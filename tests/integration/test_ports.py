@@ -49,11 +49,13 @@ def _worker_port(pid: int) -> int | None:
 
 
 def _direct_addresses() -> set[tuple[str, int]]:
+    """The direct endpoints every dedicated version's replicas published (autoscaled ones too):
+    every entry under the application's part of the directory."""
+    every_deployment = kv_prefix(APP, "d").removesuffix("d/")
     addresses = set()
-    for deployment in ("breast_cancer-v1", "churn-v1"):
-        for address in KVDirectory().listing(kv_prefix(APP, deployment)).values():
-            host, port = address.rsplit(":", 1)
-            addresses.add((host, int(port)))
+    for address in KVDirectory().listing(every_deployment).values():
+        host, port = address.rsplit(":", 1)
+        addresses.add((host, int(port)))
     return addresses
 
 
