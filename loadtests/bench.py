@@ -95,7 +95,7 @@ def _app(name: str, import_path: str, artifact: str, prefix: str) -> dict[str, A
     }
 
 
-def _point(target: Any, payloads: Any, clients: int, duration_s: float) -> dict[str, Any]:
+def measure_point(target: Any, payloads: Any, clients: int, duration_s: float) -> dict[str, Any]:
     from loadtests.engine import Step
     from loadtests.runner import run
 
@@ -122,7 +122,7 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def _show(name: str, p: dict[str, Any]) -> None:
+def show_point(name: str, p: dict[str, Any]) -> None:
     print(
         f"  {name:<14} {p['clients']:>3} clients: {p['rps']:8.0f} req/s  "
         f"p50 {p['p50_ms']:7.2f} ms  p99 {p['p99_ms']:7.2f} ms  errors {p['errors']}  "
@@ -160,7 +160,7 @@ def _interleaved(
     than with one scenario's whole sweep after another's.
     """
     for target, payloads in targets.values():
-        _point(target, payloads, 8, 1.0)  # warm-up, discarded
+        measure_point(target, payloads, 8, 1.0)  # warm-up, discarded
     samples: dict[str, dict[int, list[dict[str, Any]]]] = {n: {} for n in targets}
     for clients in CLIENTS:
         extra = max(0, target_rounds - rounds) if clients in TARGET_CLIENTS else 0
@@ -168,10 +168,10 @@ def _interleaved(
             names = [n for n in targets if i < rounds or n in TARGET_SCENARIOS]
             for name in round_order(names, clients, i):
                 target, payloads = targets[name]
-                point = _point(target, payloads, clients, duration_s)
-                _show(name, point)
+                point = measure_point(target, payloads, clients, duration_s)
+                show_point(name, point)
                 samples[name].setdefault(clients, []).append(point)
-    return {name: [_median(samples[name][c]) for c in CLIENTS] for name in targets}
+    return {name: [median_point(samples[name][c]) for c in CLIENTS] for name in targets}
 
 
 def round_order(names: list[str], clients: int, round_index: int) -> list[str]:
@@ -184,7 +184,7 @@ def round_order(names: list[str], clients: int, round_index: int) -> list[str]:
     return order
 
 
-def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
+def median_point(points: list[dict[str, Any]]) -> dict[str, Any]:
     """The median round's point, carrying every round's req/s, p50 and CPU a request (in
     round order) for the paired ratios."""
     point = dict(sorted(points, key=lambda p: p["rps"])[len(points) // 2])
@@ -209,7 +209,7 @@ def paired_ratio(point: dict[str, Any], reference: dict[str, Any], key: str) -> 
     return mine_value / their_value if mine_value is not None and their_value else None
 
 
-def _prepare() -> str:
+def prepare_artifact() -> str:
     from converters.demo import register_demo_models
     from converters.pipeline import convert_uri
     from converters.registry import open_registry
@@ -237,7 +237,7 @@ def run_high_throughput(
 ) -> dict[str, list[dict[str, Any]]]:
     from serve.ray import launcher
 
-    artifact = _prepare()
+    artifact = prepare_artifact()
     config = launcher.load_config(BENCH_CONFIG)
     base = f"http://127.0.0.1:{config['http_options']['port']}"
     grpc = f"127.0.0.1:{config['grpc_options']['port']}"
@@ -265,7 +265,7 @@ def run_plain(duration_s: float) -> list[dict[str, Any]]:
     from loadtests.payload import from_manifest
     from serve.ray import launcher
 
-    artifact = _prepare()
+    artifact = prepare_artifact()
     config = launcher.load_config(BENCH_CONFIG)
     import ray
 
@@ -280,11 +280,11 @@ def run_plain(duration_s: float) -> list[dict[str, Any]]:
         base = f"http://127.0.0.1:{config['http_options']['port']}"
         payloads = from_manifest(read_manifest(Path(artifact)), "bc", None, 1)
         target = Target(base, "bc")
-        _point(target, payloads, 8, 1.0)  # warm-up, discarded
+        measure_point(target, payloads, 8, 1.0)  # warm-up, discarded
         points = []
         for clients in CLIENTS:
-            points.append(_point(target, payloads, clients, duration_s))
-            _show("plain", points[-1])
+            points.append(measure_point(target, payloads, clients, duration_s))
+            show_point("plain", points[-1])
         return points
     finally:
         launcher.stop_ray()

@@ -12,6 +12,7 @@ namespaces and the bridge.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -21,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -245,6 +247,33 @@ def start_ray(
     else:
         args = [f"--address={head.address}:{port}"]
     return node.popen(str(BIN / "ray"), "start", *args, *common, env=env, log=log)
+
+
+def driver(head: Node, address: str, code: str, timeout: float = 180) -> Any:
+    """`code` run as a Ray driver inside `head`, connected to the cluster at `address` (`json`
+    and `ray` imported); what it printed last, as JSON."""
+    preamble = f"import json, ray\nray.init(address={address!r}, logging_level='ERROR')\n"
+    done = head.run(str(BIN / "python"), "-c", preamble + code, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def alive_nodes(head: Node, address: str) -> list[dict[str, Any]]:
+    """The cluster's live Ray nodes, as `ray.nodes()` lists them."""
+    code = "print(json.dumps([n for n in ray.nodes() if n['Alive']], default=str))"
+    return list(driver(head, address, code))
+
+
+def serve_replicas(head: Node, address: str, app: str) -> dict[str, list[dict[str, Any]]]:
+    """Each deployment of `app`: its replicas' node address and state, from Serve's controller
+    (a replica still being placed has no node yet: None)."""
+    code = (
+        "from serve.ray.internals import serve_details\n"
+        f"d = serve_details()['applications'][{app!r}]['deployments']\n"
+        "print(json.dumps({k: [{'node_ip': r.get('node_ip'), 'state': str(r['state'])} "
+        "for r in v['replicas']] for k, v in d.items()}))"
+    )
+    return dict(driver(head, address, code))
 
 
 def wait_for(check: object, what: str, timeout_s: float, interval_s: float = 0.5) -> None:

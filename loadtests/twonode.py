@@ -29,7 +29,16 @@ from typing import Any
 
 import yaml
 
-from loadtests.netns import BIN, Cluster, Node, ingress_env, start_ray, wait_for
+from loadtests.netns import (
+    BIN,
+    Cluster,
+    Node,
+    alive_nodes,
+    ingress_env,
+    serve_replicas,
+    start_ray,
+    wait_for,
+)
 
 CLIENTS = (1, 32)
 RAY_PORT = 6379
@@ -68,33 +77,21 @@ def gateway_config(artifact: str) -> dict[str, Any]:
 
 def _alive(head: Node, address: str) -> int:
     """Ray nodes alive (0 while the head does not answer)."""
-    done = head.run(
-        str(BIN / "python"), "-c",
-        "import ray\n"
-        f"ray.init(address={address!r}, logging_level='ERROR')\n"
-        "print(sum(n['Alive'] for n in ray.nodes()))",
-    )  # fmt: skip
-    return int(done.stdout.split()[-1]) if done.returncode == 0 and done.stdout.split() else 0
-
-
-def _deployed_on(cluster: Cluster, address: str) -> dict[str, set[str]]:
-    """Each deployment's replicas' node addresses, from Serve's controller."""
-    head = cluster.nodes["head"]
-    done = head.run(
-        str(BIN / "python"), "-c",
-        "import json, ray\n"
-        f"ray.init(address={address!r}, logging_level='ERROR')\n"
-        "from serve.ray.internals import serve_details\n"
-        "d = serve_details()['applications']['modelgate']['deployments']\n"
-        "print(json.dumps({k: [r.get('node_ip') for r in v['replicas']] for k, v in d.items()}))",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {k: set(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    try:
+        return len(alive_nodes(head, address))
+    except AssertionError:
+        return 0
 
 
 def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
     """Start the two nodes, deploy, measure; everything started is stopped on the way out."""
-    from loadtests.bench import _median, _point, _prepare, _show, round_order
+    from loadtests.bench import (
+        measure_point,
+        median_point,
+        prepare_artifact,
+        round_order,
+        show_point,
+    )
     from loadtests.clients import Target
     from loadtests.runner import load_payloads
 
@@ -106,7 +103,7 @@ def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
     try:
         # the nodes' /tmp and the repository's .modelgate/ are their own: the artifact goes
         # where both see it
-        artifact = shutil.copytree(_prepare(), workdir / "artifact")
+        artifact = shutil.copytree(prepare_artifact(), workdir / "artifact")
         for node in cluster.nodes.values():
             node.env.update(token)
         cluster.start()
@@ -132,7 +129,10 @@ def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
             timeout=600,
         )  # fmt: skip
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-        placed = _deployed_on(cluster, address)
+        placed = {
+            name: {r["node_ip"] for r in replicas}
+            for name, replicas in serve_replicas(head, address, "modelgate").items()
+        }
         assert placed["bc_near-v1"] == placed["Router"] == {head.address}, placed
         assert placed["bc_far-v1"] == {worker.address}, placed
         base = f"http://{head.address}:{HTTP_PORT}"
@@ -140,15 +140,15 @@ def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
         for name, (model, _) in SCENARIOS.items():
             target = Target(base, model)
             targets[name] = (target, load_payloads(target, rows=1))
-            _point(target, targets[name][1], 8, 1.0)  # warm-up, discarded
+            measure_point(target, targets[name][1], 8, 1.0)  # warm-up, discarded
         samples: dict[str, dict[int, list[dict[str, Any]]]] = {n: {} for n in SCENARIOS}
         for clients in CLIENTS:
             for i in range(rounds):
                 for name in round_order(list(SCENARIOS), clients, i):
-                    point = _point(*targets[name], clients, duration_s)
-                    _show(name, point)
+                    point = measure_point(*targets[name], clients, duration_s)
+                    show_point(name, point)
                     samples[name].setdefault(clients, []).append(point)
-        return {n: [_median(samples[n][c]) for c in CLIENTS] for n in SCENARIOS}
+        return {n: [median_point(samples[n][c]) for c in CLIENTS] for n in SCENARIOS}
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)

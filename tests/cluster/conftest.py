@@ -7,7 +7,6 @@ every node, link and namespace even when a test fails."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import subprocess
@@ -28,7 +27,16 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from converters.registry import open_registry
-from loadtests.netns import BIN, Cluster, Node, ingress_env, start_ray, wait_for
+from loadtests.netns import (
+    BIN,
+    Cluster,
+    Node,
+    alive_nodes,
+    ingress_env,
+    serve_replicas,
+    start_ray,
+    wait_for,
+)
 from tests.conftest import _stop, _wait_http
 from tests.integration.bodies import infer_body
 
@@ -83,19 +91,8 @@ class RayCluster:
     def address(self) -> str:
         return f"{self.head.address}:{RAY_PORT}"
 
-    def driver(self, code: str, timeout: float = 180) -> str:
-        """Python run as a Ray driver inside the head node; its stdout."""
-        done = self.head.run(str(BIN / "python"), "-c", code, timeout=timeout)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
-
     def ray_nodes(self) -> list[dict[str, Any]]:
-        out = self.driver(
-            "import json, ray\n"
-            f"ray.init(address={self.address!r}, logging_level='ERROR')\n"
-            "print(json.dumps([n for n in ray.nodes() if n['Alive']], default=str))"
-        )
-        return list(json.loads(out.strip().splitlines()[-1]))
+        return alive_nodes(self.head, self.address)
 
 
 def start_node(node: Node, head: Node, logs: Path) -> None:
@@ -280,14 +277,5 @@ def transport_batches(base: str, transport: str) -> float:
 
 
 def replicas(cluster: RayCluster) -> dict[str, list[dict[str, Any]]]:
-    """Each of the gateway's deployments: its replicas' node and state, from Serve's controller
-    (a replica still being placed has no node yet: None)."""
-    out = cluster.driver(
-        "import json, ray\n"
-        f"ray.init(address={cluster.address!r}, logging_level='ERROR')\n"
-        "from serve.ray.internals import serve_details\n"
-        f"d = serve_details()['applications'][{APP!r}]['deployments']\n"
-        "print(json.dumps({k: [{'node_ip': r.get('node_ip'), 'state': str(r['state'])} "
-        "for r in v['replicas']] for k, v in d.items()}))"
-    )
-    return dict(json.loads(out.strip().splitlines()[-1]))
+    """Each of the gateway's deployments: its replicas' node and state (`serve_replicas`)."""
+    return serve_replicas(cluster.head, cluster.address, APP)

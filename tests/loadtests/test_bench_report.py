@@ -16,7 +16,7 @@ def _points(rps_by_round: list[float], p50_by_round: list[float]) -> dict[str, o
         {"clients": 32, "rps": r, "p50_ms": p, "p99_ms": 2 * p, "errors": 0}
         for r, p in zip(rps_by_round, p50_by_round, strict=True)
     ]
-    return bench._median(rounds)
+    return bench.median_point(rounds)
 
 
 def test_a_slow_spell_that_hits_both_sides_of_a_pair_leaves_the_ratio_alone() -> None:
@@ -49,7 +49,7 @@ def test_the_report_shows_paired_ratios(tmp_path: Path, monkeypatch: pytest.Monk
         for clients in bench.CLIENTS:
             rounds = [1000.0, 500.0, 950.0]
             points.append(
-                bench._median(
+                bench.median_point(
                     [
                         {
                             "clients": clients,
@@ -79,10 +79,10 @@ def test_the_report_shows_paired_ratios(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_round_without_a_cpu_figure_is_left_out_of_the_cpu_ratio() -> None:
-    baseline = bench._median(
+    baseline = bench.median_point(
         [{"clients": 32, "rps": 1000.0, "p50_ms": 1.0, "cpu_us": c} for c in (1000.0, 900.0)]
     )
-    gateway = bench._median(
+    gateway = bench.median_point(
         [{"clients": 32, "rps": 900.0, "p50_ms": 1.0, "cpu_us": c} for c in (None, 990.0)]
     )
     assert bench.paired_ratio(gateway, baseline, "cpu_us") == pytest.approx(1.1)
