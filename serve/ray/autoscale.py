@@ -14,7 +14,7 @@ The target's unit is requests (not rows) held per replica, queued or running, as
 target_ongoing_requests. A router that shed requests since the last decision shows demand
 beyond what it can hold: at least one replica more. Ray then applies min/max_replicas, the
 up/downscale delays and factors as for its own policy (a custom policy is wrapped with them).
-Each decision that changes the count is logged (Serve's controller log), with what it saw.
+Each change of its decision is logged (Serve's controller log), with what it saw.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ logger = logging.getLogger("ray.serve")
 #: What a deployment's autoscaling_config names as its policy.
 POLICY = "serve.ray.autoscale:demand_policy"
 _SHED = "shed"
+_DECISION = "decision"
 
 
 def demand(metrics: dict[str, dict[Any, float]]) -> tuple[float, dict[str, float]]:
@@ -54,22 +55,31 @@ def decide(
     return desired
 
 
+def bounded(desired: float, low: int, high: int) -> int:
+    """The replica count a desire comes to once rounded up and bounded, as Ray does."""
+    return min(max(math.ceil(desired), low), high)
+
+
 def demand_policy(ctx: Any) -> tuple[float, dict[str, Any]]:
     """Ray Serve's custom autoscaling policy (`AutoscalingContext` in, replicas and state
-    out)."""
+    out). Each change of its bounded decision is logged once, with what it saw."""
     held, shed = demand(ctx.aggregated_metrics or {})
     target = ctx.config.get_target_ongoing_requests()
     before = dict(ctx.policy_state.get(_SHED, {}))
     desired = decide(held, shed, before, ctx.current_num_replicas, target)
-    if math.ceil(desired) != ctx.target_num_replicas:
+    decision = bounded(
+        desired, ctx.capacity_adjusted_min_replicas, ctx.capacity_adjusted_max_replicas
+    )
+    if decision != ctx.policy_state.get(_DECISION, ctx.target_num_replicas):
         logger.info(
             "modelgate autoscaling %s: routers hold %g requests (target %g a replica), shed %g "
-            "since the last decision; %d replicas running, asking for %.2f",
+            "since the last decision; %d replicas running, asking for %.2f: %d",
             ctx.deployment_name,
             held,
             target,
             sum(max(0.0, n - before.get(k, n)) for k, n in shed.items()),
             ctx.current_num_replicas,
             desired,
+            decision,
         )
-    return desired, {_SHED: shed}
+    return desired, {_SHED: shed, _DECISION: decision}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from serve.ray.autoscale import decide, demand
+import logging
+from types import SimpleNamespace
+
+from serve.ray.autoscale import decide, demand, demand_policy
 
 
 def test_demand_counts_each_router_once_across_the_replicas_it_reached() -> None:
@@ -29,3 +32,47 @@ def test_replicas_follow_the_requests_held_per_replica_and_a_shed_asks_for_one_m
     assert (
         decide(held=2, shed={"shed:r1": 5}, shed_before={"shed:r1": 5}, current=2, target=4) == 0.5
     )
+
+
+class _Config:
+    def get_target_ongoing_requests(self) -> float:
+        return 2.0
+
+
+def _context(held: float, state: dict[str, object], current: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(
+        aggregated_metrics={"demand:r1": {"replica-a": held}},
+        config=_Config(),
+        policy_state=state,
+        current_num_replicas=current,
+        target_num_replicas=current,
+        capacity_adjusted_min_replicas=1,
+        capacity_adjusted_max_replicas=3,
+        deployment_name="slow-v1",
+    )
+
+
+def test_the_policy_logs_each_change_of_its_bounded_decision_once() -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("ray.serve")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        state: dict[str, object] = {}
+        for held in (0, 1, 2):  # asks for at most one replica: the running count, no change
+            desired, state = demand_policy(_context(held, state))
+        assert records == []
+        desired, state = demand_policy(_context(12, state))  # 6, bounded to 3
+        assert desired == 6 and len(records) == 1
+        assert "hold 12 requests" in records[0].getMessage()
+        assert records[0].getMessage().endswith("asking for 6.00: 3")
+        for held in (10, 8, 6):  # still 3 once bounded: logged already
+            desired, state = demand_policy(_context(held, state, current=3))
+        assert len(records) == 1
+        demand_policy(_context(0, state, current=3))  # back to the minimum
+        assert len(records) == 2 and records[1].getMessage().endswith(": 1")
+    finally:
+        logger.removeHandler(handler)
+        logger.level = level
