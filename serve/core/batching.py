@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.core.errors import InferenceError, OverloadedError
+from serve.core.errors import BehindTargetError, InferenceError, OverloadedError
+from serve.core.pacing import LatencyTarget
 from serve.core.types import Feeds
 
 RunBatch = Callable[[Feeds], Awaitable[Feeds]]
@@ -68,9 +69,12 @@ class MicroBatcher:
         on_batch: Callable[[int, int, float, float], None] | None = None,
         run_now: RunNow | None = None,
         replicas: Callable[[], int] | None = None,
+        target_s: float | None = None,
     ) -> None:
         """`run_now`: the same computation as `run`, synchronous (a version in process).
-        `replicas`: the version's live replicas, read at each decision (at least one counts)."""
+        `replicas`: the version's live replicas, read at each decision (at least one counts).
+        `target_s`: a latency target for answered requests (serve/core/pacing.py): batch
+        sizes, batches in flight and admission adapt to it."""
         self.name = name
         self._run = run
         self._run_now = run_now
@@ -86,6 +90,9 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._on_batch = on_batch
+        self._pace = (
+            None if target_s is None else LatencyTarget(target_s, max_batch_rows, max_in_flight)
+        )
         self.stats = BatchStats()
 
     @property
@@ -99,10 +106,12 @@ class MicroBatcher:
 
     @property
     def slots(self) -> int:
-        """Calls that may run at once now: max_in_flight for each live replica."""
+        """Calls that may run at once now: max_in_flight for each live replica (fewer while a
+        latency target asks)."""
+        flight = self._max_in_flight if self._pace is None else self._pace.flight
         if self._replicas is None:
-            return self._max_in_flight
-        return self._max_in_flight * max(1, self._replicas())
+            return flight
+        return flight * max(1, self._replicas())
 
     def try_now(self, feeds: Feeds, rows: int) -> Feeds | None:
         """The answer, computed now in the caller's stack when the version runs in process and
@@ -129,12 +138,23 @@ class MicroBatcher:
         if len(self._queue) >= self._max_queued and not self._drop_abandoned():
             self.stats.shed += 1
             raise OverloadedError(self.name, len(self._queue), self._max_queued)
+        if self._pace is not None:
+            self._admit(self._pace, rows)
         future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(feeds, rows, future, time.monotonic(), deadline))
         self._wakeup.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
         return await future
+
+    def _admit(self, pace: LatencyTarget, rows: int) -> None:
+        """Sheds a request that the latency target says would be answered too late."""
+        slots = self.slots
+        ahead = sum(p.rows for p in self._queue)
+        predicted = pace.predicted_s(ahead, rows, slots, busy=self._in_flight >= slots)
+        if predicted > pace.plan_s:
+            self.stats.shed += 1
+            raise BehindTargetError(self.name, predicted, pace.target_s, len(self._queue))
 
     def _drop_abandoned(self) -> bool:
         """Frees the queue slots of requests whose callers gave up (their futures are done);
@@ -181,7 +201,7 @@ class MicroBatcher:
 
     async def _hold_open(self) -> None:
         deadline = self._queue[0].enqueued + self._max_wait
-        while sum(p.rows for p in self._queue) < self._max_rows:
+        while sum(p.rows for p in self._queue) < self._batch_rows():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -191,20 +211,37 @@ class MicroBatcher:
             except TimeoutError:
                 return
 
+    def _batch_rows(self) -> int:
+        return self._max_rows if self._pace is None else self._pace.batch_rows()
+
     def _take(self) -> list[_Queued]:
-        """Up to max_batch_rows rows of live requests whose tensors can be concatenated."""
+        """Up to max_batch_rows rows (fewer while a latency target asks) of live requests
+        whose tensors can be concatenated."""
         batch: list[_Queued] = []
         rows = 0
         key = None
         skipped: deque[_Queued] = deque()
+        max_rows = self._batch_rows()
+        now = time.monotonic()
         while self._queue:
             pending = self._queue.popleft()
             if pending.future.done():  # cancelled by its caller: never computed
                 continue
+            if self._pace is not None and self._pace.too_late(now - pending.enqueued, max_rows):
+                self.stats.shed += 1
+                pending.future.set_exception(
+                    BehindTargetError(
+                        self.name,
+                        now - pending.enqueued + self._pace.cost_hi(max_rows),
+                        self._pace.target_s,
+                        len(self._queue),
+                    )
+                )
+                continue
             pending_key = _concat_key(pending.feeds)
-            if batch and (pending_key != key or rows + pending.rows > self._max_rows):
+            if batch and (pending_key != key or rows + pending.rows > max_rows):
                 skipped.append(pending)
-                if rows + pending.rows > self._max_rows:
+                if rows + pending.rows > max_rows:
                     break
                 continue
             key = pending_key
@@ -260,6 +297,8 @@ class MicroBatcher:
         return results
 
     def _record(self, requests: int, rows: int, queue_s: float, compute_s: float) -> None:
+        if self._pace is not None:
+            self._pace.observe(rows, compute_s)
         self.stats.batches += 1
         self.stats.requests += requests
         self.stats.rows += rows

@@ -36,6 +36,16 @@ class Batching(_Strict):
         "transport, per router and per live replica, so each replica it scales to adds capacity.",
     )
     max_queued: int = Field(1024, ge=1, description="Requests queued per router before shedding.")
+    target_p99_ms: float | None = Field(
+        None,
+        gt=0,
+        le=600_000,
+        description="A latency target for answered requests, from the router's queue to the "
+        "answer (serve/core/pacing.py): batches hold only the rows that fit half of it, fewer "
+        "batches stay in flight while calls run long, and a request whose answer would come "
+        "later is shed at once with 503 + Retry-After / UNAVAILABLE rather than left to age in "
+        "the queue. null: the static bounds above alone.",
+    )
 
 
 class Autoscaling(_Strict):

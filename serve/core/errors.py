@@ -123,3 +123,23 @@ class OverloadedError(InferenceError):
             (self.target, self.queued, self.limit, self.retry_after_s or 1.0),
             {},
         )
+
+
+class BehindTargetError(OverloadedError):
+    """Shed because the answer would come after the version's latency target (a request
+    admitted now, or one whose wait in the queue has used up its share)."""
+
+    def __init__(self, target: str, predicted_s: float, target_s: float, queued: int):
+        InferenceError.__init__(
+            self,
+            ErrorCode.OVERLOADED,
+            f"{target} is overloaded: its answer would come in about {predicted_s * 1000:.0f} "
+            f"ms, past the version's latency target of {target_s * 1000:.0f} ms "
+            f"({queued} requests queued); retry later",
+            retry_after_s=1.0,
+        )
+        self.target, self.queued, self.limit = target, queued, queued
+        self.predicted_s, self.target_s = predicted_s, target_s
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...], dict[str, object]]:
+        return (BehindTargetError, (self.target, self.predicted_s, self.target_s, self.queued), {})

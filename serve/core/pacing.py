@@ -1,0 +1,120 @@
+"""Batching to a latency target: how a batcher keeps its answered requests' p99 under
+`batching.target_p99_ms` (serve/core/batching.py asks; this module decides).
+
+It learns what a call costs as a line in its rows, t(b) = fixed + per_row × b, from every call
+it makes (exponentially weighted sums, so it follows a replica that slows down or speeds up),
+and how much slower than the line calls run at worst: t_hi(b) = t(b) × the 99th percentile of
+the last WINDOW calls' ratios to it (a call that waits inside the replica behind another one,
+a pause). The p99 is a tail, so every decision uses t_hi. From that:
+
+- **how much it coalesces**: a batch holds at most the rows whose t_hi fits half the target
+  (a request may wait for one call in flight, then ride in the next);
+- **how many batches it keeps in flight**: AIMD per replica, between 1 and `max_in_flight`: a
+  call that took more than half the target halves it (calls queue inside the replica), one well
+  under a quarter adds one back;
+- **how many requests it admits**: a request is taken only if its predicted answer, after the
+  rows queued ahead of it (in rounds of `slots` batches) and behind the calls in flight, comes
+  within the target; otherwise it is shed at once (503 + Retry-After / UNAVAILABLE). A queued
+  request whose age plus its batch's t_hi passes the target when its batch is formed is shed
+  then, never computed late.
+
+Before the first calls it knows nothing and admits as the bounds allow; its first calls teach it.
+Shedding is what holds the p99 when the offered load passes capacity: goodput stays at capacity
+(the replicas stay busy on requests that can still make it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+#: Weight of each new call in the running estimates (about the last 30 calls count).
+ALPHA = 1 / 16
+#: Calls whose ratio to the line gives the tail, and the quantile taken.
+WINDOW, TAIL = 64, 99
+#: The share of the target decisions plan for: the rest is the margin for what no estimate
+#: sees (the event loop's own delays, the answer's way back).
+PLAN = 0.9
+
+
+class LatencyTarget:
+    def __init__(self, target_s: float, max_batch_rows: int, max_in_flight: int) -> None:
+        self.target_s = target_s
+        self.plan_s = target_s * PLAN
+        self._max_rows = max_batch_rows
+        self._max_flight = max_in_flight
+        self.flight = max_in_flight  # batches in flight per replica now (AIMD)
+        self._calls = 0
+        # exponentially weighted means of rows, seconds, rows², rows × seconds
+        self._r = self._t = self._rr = self._rt = 0.0
+        self._ratios: deque[float] = deque(maxlen=WINDOW)  # each call's seconds / t(rows)
+        self._tail = 1.0
+
+    # -- learning ------------------------------------------------------------------------------
+    def observe(self, rows: int, seconds: float) -> None:
+        """One call done: `rows` in `seconds` (its round trip)."""
+        if self._calls:
+            self._ratios.append(seconds / max(self.cost(rows), 1e-9))
+            if self._calls % 8 == 0 or len(self._ratios) < 8:
+                self._tail = max(1.0, float(np.percentile(self._ratios, TAIL)))
+        a = 1.0 if self._calls == 0 else ALPHA
+        self._r += a * (rows - self._r)
+        self._t += a * (seconds - self._t)
+        self._rr += a * (rows * rows - self._rr)
+        self._rt += a * (rows * seconds - self._rt)
+        self._calls += 1
+        if seconds > self.target_s / 2:
+            self.flight = max(1, self.flight // 2)
+        elif seconds < self.target_s / 4 and self.flight < self._max_flight:
+            self.flight += 1
+
+    @property
+    def known(self) -> bool:
+        return self._calls > 0
+
+    def _line(self) -> tuple[float, float]:
+        """(fixed, per_row) seconds of a call."""
+        variance = self._rr - self._r * self._r
+        if variance > 1e-9 * max(1.0, self._r * self._r):
+            per_row = max(0.0, (self._rt - self._r * self._t) / variance)
+            fixed = max(0.0, self._t - per_row * self._r)
+            return fixed, per_row
+        return 0.0, self._t / max(self._r, 1.0)  # one batch size seen: proportional
+
+    def cost(self, rows: int) -> float:
+        """Expected seconds of a call of `rows` rows."""
+        fixed, per_row = self._line()
+        return fixed + per_row * rows
+
+    def cost_hi(self, rows: int) -> float:
+        """What a call of `rows` rows may take, at the tail."""
+        return self.cost(rows) * self._tail
+
+    # -- deciding ------------------------------------------------------------------------------
+    def batch_rows(self) -> int:
+        """The most rows a batch may hold now."""
+        if not self.known:
+            return self._max_rows
+        fixed, per_row = self._line()
+        budget = self.plan_s / 2 / self._tail - fixed
+        if per_row <= 0:
+            return self._max_rows
+        return max(1, min(self._max_rows, math.floor(budget / per_row + 1e-9)))
+
+    def predicted_s(self, rows_ahead: int, rows: int, slots: int, busy: bool) -> float:
+        """When a request of `rows` rows, with `rows_ahead` queued before it, would be
+        answered: the calls in flight first when every slot is busy, then rounds of `slots`
+        batches."""
+        if not self.known:
+            return 0.0
+        batch = self.batch_rows()
+        batches = math.ceil((rows_ahead + rows) / batch)
+        rounds = math.ceil(batches / max(1, slots)) + (1 if busy else 0)
+        return rounds * self.cost_hi(batch)
+
+    def too_late(self, age_s: float, batch_rows: int) -> bool:
+        """Whether a request queued `age_s` ago would be answered past the target in a batch
+        of `batch_rows` rows."""
+        return self.known and age_s + self.cost_hi(batch_rows) > self.plan_s
