@@ -8,6 +8,10 @@ runs from the intended time. Latencies of successful answers go to an HDR histog
 (microseconds, 3 significant digits); errors are counted by kind. Only requests intended (open)
 or sent (closed) after the warm-up and before the end of the step are measured. Every step is
 bounded by its duration, its request budget and the per-request timeout, and stops by itself.
+
+An open-loop step may burst: for the first `burst_s` of every `burst_every_s` of its measured
+window it sends at `burst_rate` instead of `rate`; the successful answers that arrive during
+the bursts give the goodput the server kept up while overloaded.
 """
 
 from __future__ import annotations
@@ -45,6 +49,23 @@ class Step:
     timeout_s: float = 10.0
     late_ms: float = 10.0
     seed: int = 0
+    burst_rate: float = 0.0  # open: the rate during bursts (0: no bursts)
+    burst_s: float = 0.0
+    burst_every_s: float = 0.0
+
+    def bursting(self, since_measure_s: float) -> bool:
+        """Whether a burst runs this long after the measured window opened."""
+        if self.burst_rate <= 0 or self.burst_every_s <= 0 or since_measure_s < 0:
+            return False
+        return since_measure_s % self.burst_every_s < self.burst_s
+
+    @property
+    def burst_seconds(self) -> float:
+        """How long the bursts inside the measured window last, together."""
+        if self.burst_rate <= 0 or self.burst_every_s <= 0:
+            return 0.0
+        whole, rest = divmod(self.duration_s, self.burst_every_s)
+        return whole * self.burst_s + min(rest, self.burst_s)
 
     def share(self, part: int, parts: int) -> Step:
         """This step as one of `parts` generator processes runs it."""
@@ -55,6 +76,7 @@ class Step:
             self,
             concurrency=max(1, concurrency),
             rate=self.rate / parts,
+            burst_rate=self.burst_rate / parts,
             max_requests=max(1, self.max_requests // parts),
             seed=self.seed * 1000 + part,
         )
@@ -69,6 +91,7 @@ class StepResult:
     late: int = 0
     completed_ok: int = 0  # successful answers that arrived inside the measured window
     offered: int = 0  # open loop: requests due inside the window (Poisson: varies around rate)
+    burst_ok: int = 0  # successful answers that arrived inside a burst
     where: str = ""  # the generator's host (its node's address, for a Ray task)
     #: Merged: each generator's share (where it ran, what it sent and measured).
     shares: list[dict[str, Any]] = field(default_factory=list)
@@ -83,6 +106,7 @@ class StepResult:
             "late": self.late,
             "completed_ok": self.completed_ok,
             "offered": self.offered,
+            "burst_ok": self.burst_ok,
             "where": self.where,
         }
 
@@ -96,6 +120,7 @@ class StepResult:
             merged.late += part["late"]
             merged.completed_ok += part["completed_ok"]
             merged.offered += part["offered"]
+            merged.burst_ok += part.get("burst_ok", 0)
             merged.shares.append(
                 {
                     "where": part.get("where", ""),
@@ -132,6 +157,12 @@ class StepResult:
         """Open loop: the rate of requests due in the window, as drawn (not the nominal rate)."""
         return self.offered / self.step.duration_s if self.step.mode == "open" else None
 
+    @property
+    def burst_goodput_rps(self) -> float | None:
+        """Successful answers per second that arrived during the bursts (None: no bursts)."""
+        seconds = self.step.burst_seconds
+        return self.burst_ok / seconds if seconds else None
+
     def percentile_ms(self, p: float) -> float:
         if self.histogram.get_total_count() == 0:
             return float("nan")
@@ -153,6 +184,7 @@ class StepResult:
             "error_ratio": self.error_ratio,
             "late": self.late,
             "sent": self.sent,
+            **({"burst_goodput_rps": self.burst_goodput_rps} if self.step.burst_seconds else {}),
             "latency_ms": latency,
             **({"generators": self.shares} if self.shares else {}),
         }
@@ -181,6 +213,8 @@ class _Run:
         now = self.loop.time()
         if outcome == "ok" and self.measuring(now):  # throughput: answers inside the window,
             self.result.completed_ok += 1  # whenever they were sent
+            if self.step.bursting(now - self.measure_from):
+                self.result.burst_ok += 1
         if not self.measuring(since):
             return
         self.result.outcomes[outcome] += 1
@@ -255,7 +289,8 @@ async def _open(run: _Run) -> None:
         task = asyncio.create_task(one(intended, run.payload()))
         pending.add(task)
         task.add_done_callback(pending.discard)
-        gap = rng.exponential(1 / step.rate) if step.arrival == "poisson" else 1 / step.rate
+        rate = step.burst_rate if step.bursting(intended - run.measure_from) else step.rate
+        gap = rng.exponential(1 / rate) if step.arrival == "poisson" else 1 / rate
         intended += gap
     if pending:  # each send ends within its timeout
         await asyncio.wait(pending, timeout=step.timeout_s + 5)

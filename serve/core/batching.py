@@ -70,11 +70,14 @@ class MicroBatcher:
         run_now: RunNow | None = None,
         replicas: Callable[[], int] | None = None,
         target_s: float | None = None,
+        on_pace: Callable[[int, int, float], None] | None = None,
     ) -> None:
         """`run_now`: the same computation as `run`, synchronous (a version in process).
         `replicas`: the version's live replicas, read at each decision (at least one counts).
         `target_s`: a latency target for answered requests (serve/core/pacing.py): batch
-        sizes, batches in flight and admission adapt to it."""
+        sizes, batches in flight and admission adapt to it; `on_pace` hears what it decides
+        after each call (rows a batch may hold, batches in flight per replica, a call's cost
+        at the tail)."""
         self.name = name
         self._run = run
         self._run_now = run_now
@@ -93,6 +96,7 @@ class MicroBatcher:
         self._pace = (
             None if target_s is None else LatencyTarget(target_s, max_batch_rows, max_in_flight)
         )
+        self._on_pace = on_pace
         self.stats = BatchStats()
 
     @property
@@ -109,9 +113,7 @@ class MicroBatcher:
         """Calls that may run at once now: max_in_flight for each live replica (fewer while a
         latency target asks)."""
         flight = self._max_in_flight if self._pace is None else self._pace.flight
-        if self._replicas is None:
-            return flight
-        return flight * max(1, self._replicas())
+        return flight * self._live()
 
     def try_now(self, feeds: Feeds, rows: int) -> Feeds | None:
         """The answer, computed now in the caller's stack when the version runs in process and
@@ -149,7 +151,7 @@ class MicroBatcher:
 
     def _admit(self, pace: LatencyTarget, rows: int) -> None:
         """Sheds a request that the latency target says would be answered too late."""
-        slots = self.slots
+        slots = pace.trusted * self._live()  # what more in flight may add is not counted yet
         ahead = sum(p.rows for p in self._queue)
         predicted = pace.predicted_s(ahead, rows, slots, busy=self._in_flight >= slots)
         if predicted > pace.plan_s:
@@ -166,6 +168,7 @@ class MicroBatcher:
 
     async def _direct(self, feeds: Feeds, rows: int, deadline: float | None) -> Feeds:
         self._in_flight += 1
+        alone = self._alone()
         self._busy += 1
         started = time.monotonic()
         token = BATCH_DEADLINE.set(deadline)
@@ -175,7 +178,14 @@ class MicroBatcher:
             BATCH_DEADLINE.reset(token)
             self._busy -= 1
             self._release()
-            self._record(1, rows, 0.0, time.monotonic() - started)
+            self._record(1, rows, 0.0, time.monotonic() - started, alone)
+
+    def _live(self) -> int:
+        return 1 if self._replicas is None else max(1, self._replicas())
+
+    def _alone(self) -> bool:
+        """Whether a call leaving now has a replica to itself (no more calls than replicas)."""
+        return self._in_flight <= self._live()
 
     def _release(self, _: object = None) -> None:
         self._in_flight -= 1
@@ -192,7 +202,7 @@ class MicroBatcher:
             if not batch:
                 continue
             self._in_flight += 1
-            task = asyncio.create_task(self._execute(batch))
+            task = asyncio.create_task(self._execute(batch, self._alone()))
             # The loop keeps only a weak reference to a task: one waiting on a future that
             # nothing else holds (a socket read, say) would be garbage collected mid-flight.
             self._running.add(task)
@@ -223,11 +233,14 @@ class MicroBatcher:
         skipped: deque[_Queued] = deque()
         max_rows = self._batch_rows()
         now = time.monotonic()
+        company = self._in_flight >= self._live()  # the batch would leave beside others
         while self._queue:
             pending = self._queue.popleft()
             if pending.future.done():  # cancelled by its caller: never computed
                 continue
-            if self._pace is not None and self._pace.too_late(now - pending.enqueued, max_rows):
+            if self._pace is not None and self._pace.too_late(
+                now - pending.enqueued, max_rows, company
+            ):
                 self.stats.shed += 1
                 pending.future.set_exception(
                     BehindTargetError(
@@ -250,7 +263,7 @@ class MicroBatcher:
         self._queue.extendleft(reversed(skipped))
         return batch
 
-    async def _execute(self, batch: list[_Queued]) -> None:
+    async def _execute(self, batch: list[_Queued], alone: bool = True) -> None:
         started = time.monotonic()
         queue_s = sum(started - p.enqueued for p in batch) / len(batch)
         BATCH_DEADLINE.set(_latest(p.deadline for p in batch))
@@ -262,7 +275,7 @@ class MicroBatcher:
         finally:
             self._busy -= len(batch)
         compute_s = time.monotonic() - started
-        self._record(len(batch), sum(p.rows for p in batch), queue_s, compute_s)
+        self._record(len(batch), sum(p.rows for p in batch), queue_s, compute_s, alone)
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue
@@ -296,9 +309,14 @@ class MicroBatcher:
                 results.append(exc)
         return results
 
-    def _record(self, requests: int, rows: int, queue_s: float, compute_s: float) -> None:
+    def _record(
+        self, requests: int, rows: int, queue_s: float, compute_s: float, alone: bool = True
+    ) -> None:
         if self._pace is not None:
-            self._pace.observe(rows, compute_s)
+            self._pace.observe(rows, compute_s, alone)
+            if self._on_pace is not None:
+                limit = self._pace.batch_rows()
+                self._on_pace(limit, self._pace.flight, self._pace.cost_hi(limit))
         self.stats.batches += 1
         self.stats.requests += requests
         self.stats.rows += rows

@@ -9,9 +9,14 @@ a pause). The p99 is a tail, so every decision uses t_hi. From that:
 
 - **how much it coalesces**: a batch holds at most the rows whose t_hi fits half the target
   (a request may wait for one call in flight, then ride in the next);
-- **how many batches it keeps in flight**: AIMD per replica, between 1 and `max_in_flight`: a
-  call that took more than half the target halves it (calls queue inside the replica), one well
-  under a quarter adds one back;
+- **how many batches it keeps in flight** per replica, between 1 and `max_in_flight`: it starts
+  at one, and the line and its tail are learnt from calls that ran alone on their replica (no
+  more calls in flight than replicas). Now and then (every PROBE_EVERY calls alone) it tries
+  one more; calls that ran in company and took SLOWER times the line or more (they queued
+  inside the replica: a replica that computes one batch at a time gains nothing from company
+  but the round trip hidden) take it back down; CONFIRM calls in company that kept the line's
+  pace make it trusted. Admission counts trusted batches in flight only, and a batch that
+  leaves in untrusted company must fit its wait behind the call ahead of it too;
 - **how many requests it admits**: a request is taken only if its predicted answer, after the
   rows queued ahead of it (in rounds of `slots` batches) and behind the calls in flight, comes
   within the target; otherwise it is shed at once (503 + Retry-After / UNAVAILABLE). A queued
@@ -34,6 +39,12 @@ import numpy as np
 ALPHA = 1 / 16
 #: Calls whose ratio to the line gives the tail, and the quantile taken.
 WINDOW, TAIL = 64, 99
+#: Calls alone between two tries of one more batch in flight per replica.
+PROBE_EVERY = 32
+#: Calls in company at the line's pace that make one more in flight trusted.
+CONFIRM = 4
+#: A call in company this many times slower than the line queued inside its replica.
+SLOWER = 1.5
 #: The share of the target decisions plan for: the rest is the margin for what no estimate
 #: sees (the event loop's own delays, the answer's way back).
 PLAN = 0.9
@@ -45,16 +56,22 @@ class LatencyTarget:
         self.plan_s = target_s * PLAN
         self._max_rows = max_batch_rows
         self._max_flight = max_in_flight
-        self.flight = max_in_flight  # batches in flight per replica now (AIMD)
-        self._calls = 0
+        self.flight = 1  # batches in flight per replica now
+        self.trusted = 1  # of which proven not to queue inside the replica
+        self._paced = 0  # calls in company at the line's pace since the last change
+        self._calls = 0  # calls alone, learnt from
         # exponentially weighted means of rows, seconds, rows², rows × seconds
         self._r = self._t = self._rr = self._rt = 0.0
         self._ratios: deque[float] = deque(maxlen=WINDOW)  # each call's seconds / t(rows)
         self._tail = 1.0
 
     # -- learning ------------------------------------------------------------------------------
-    def observe(self, rows: int, seconds: float) -> None:
-        """One call done: `rows` in `seconds` (its round trip)."""
+    def observe(self, rows: int, seconds: float, alone: bool = True) -> None:
+        """One call done: `rows` in `seconds` (its round trip); `alone`: no more calls were in
+        flight than replicas when it left."""
+        if not alone:
+            self._company(rows, seconds)
+            return
         if self._calls:
             self._ratios.append(seconds / max(self.cost(rows), 1e-9))
             if self._calls % 8 == 0 or len(self._ratios) < 8:
@@ -65,10 +82,21 @@ class LatencyTarget:
         self._rr += a * (rows * rows - self._rr)
         self._rt += a * (rows * seconds - self._rt)
         self._calls += 1
-        if seconds > self.target_s / 2:
-            self.flight = max(1, self.flight // 2)
-        elif seconds < self.target_s / 4 and self.flight < self._max_flight:
+        if self._calls % PROBE_EVERY == 0 and self.flight < self._max_flight:
             self.flight += 1
+            self._paced = 0
+
+    def _company(self, rows: int, seconds: float) -> None:
+        if not self.known:
+            return
+        if seconds > SLOWER * self.cost(rows):
+            self.flight = max(1, self.flight - 1)  # it queued: company costs latency
+            self.trusted = min(self.trusted, self.flight)
+            self._paced = 0
+            return
+        self._paced += 1
+        if self._paced >= CONFIRM:
+            self.trusted = self.flight
 
     @property
     def known(self) -> bool:
@@ -78,10 +106,12 @@ class LatencyTarget:
         """(fixed, per_row) seconds of a call."""
         variance = self._rr - self._r * self._r
         if variance > 1e-9 * max(1.0, self._r * self._r):
-            per_row = max(0.0, (self._rt - self._r * self._t) / variance)
-            fixed = max(0.0, self._t - per_row * self._r)
-            return fixed, per_row
-        return 0.0, self._t / max(self._r, 1.0)  # one batch size seen: proportional
+            per_row = (self._rt - self._r * self._t) / variance
+            if per_row > 0:
+                return max(0.0, self._t - per_row * self._r), per_row
+        # one batch size seen, or no slope to tell (noise): proportional, which overestimates
+        # larger batches rather than letting them run long
+        return 0.0, self._t / max(self._r, 1.0)
 
     def cost(self, rows: int) -> float:
         """Expected seconds of a call of `rows` rows."""
@@ -114,7 +144,13 @@ class LatencyTarget:
         rounds = math.ceil(batches / max(1, slots)) + (1 if busy else 0)
         return rounds * self.cost_hi(batch)
 
-    def too_late(self, age_s: float, batch_rows: int) -> bool:
+    def too_late(self, age_s: float, batch_rows: int, company: bool = False) -> bool:
         """Whether a request queued `age_s` ago would be answered past the target in a batch
-        of `batch_rows` rows."""
-        return self.known and age_s + self.cost_hi(batch_rows) > self.plan_s
+        of `batch_rows` rows; `company`: the batch leaves beside calls already on every
+        replica, with more in flight than trusted (it may wait behind one)."""
+        if not self.known:
+            return False
+        cost = self.cost_hi(batch_rows)
+        if company and self.flight > self.trusted:
+            cost *= 2
+        return age_s + cost > self.plan_s

@@ -248,7 +248,8 @@ class GatewayMetrics:
         )
         self.shed = Counter(
             "modelgate_shed_total",
-            "Requests shed because a version's queue was full.",
+            "Requests shed: a version's queue was full, or the answer would come past its "
+            "latency target (batching.target_p99_ms).",
             ["model", "version"],
             registry=r,
         )
@@ -288,6 +289,30 @@ class GatewayMetrics:
             "version's load spreads over its replicas (one that scaling added too).",
             ["model", "version", "replica"],
             registry=r,
+        )
+        self.pacing_rows = Gauge(
+            "modelgate_pacing_batch_rows_limit",
+            "Rows a batch may hold now under the version's latency target "
+            "(batching.target_p99_ms; serve/core/pacing.py): the largest across router replicas.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.pacing_flight = Gauge(
+            "modelgate_pacing_in_flight_limit",
+            "Batches a router keeps in flight per replica now under the version's latency target: "
+            "the largest across router replicas.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.pacing_call = Gauge(
+            "modelgate_pacing_call_seconds",
+            "What a call of the largest batch allowed may take, at the tail, as the latency "
+            "target's estimate has it: the largest across router replicas.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.route_weight = Gauge(
             "modelgate_route_weight",
@@ -393,6 +418,19 @@ class GatewayMetrics:
             duration.observe(batch_s)
             rows_h.observe(rows)
             requests_h.observe(requests)
+
+        return observe
+
+    def pacing_observer(self, model: str, version: str) -> Callable[[int, int, float], None]:
+        """The micro-batcher's `on_pace` hook: what its latency target decides now."""
+        rows = BufferedGauge(self.pending, self.pacing_rows.labels(model, version))
+        flight = BufferedGauge(self.pending, self.pacing_flight.labels(model, version))
+        call = BufferedGauge(self.pending, self.pacing_call.labels(model, version))
+
+        def observe(batch_rows: int, in_flight: int, call_s: float) -> None:
+            rows.set(batch_rows)
+            flight.set(in_flight)
+            call.set(call_s)
 
         return observe
 

@@ -50,6 +50,25 @@ def test_a_stall_shows_in_the_open_loop_p99_and_hides_from_a_closed_loop() -> No
     assert closed.percentile_ms(99) < open_loop.percentile_ms(99) / 2
 
 
+def test_an_open_loop_bursts_on_schedule_and_counts_the_answers_during_its_bursts() -> None:
+    """100 a second, 400 for the first 0.5 s of every 1.5 s: 3 s measured hold two bursts."""
+    step = _open(100, arrival="constant", burst_rate=400, burst_s=0.5, burst_every_s=1.5)
+    assert step.burst_seconds == 1.0
+    assert [step.bursting(t) for t in (-0.1, 0.0, 0.49, 0.5, 1.49, 1.5, 2.1)] == [
+        False, True, True, False, False, True, False
+    ]  # fmt: skip
+    with local_server() as url:
+        target = Target(url, "m")
+        result = run(target, load_payloads(target), step)
+    assert result.errors == {}
+    # 2 s at 100 and 1 s at 400 a second: 600 due in the window
+    assert result.offered == pytest.approx(600, abs=3)
+    # the server keeps up: what arrives during the bursts is the burst rate
+    assert result.burst_goodput_rps == pytest.approx(400, rel=0.1)
+    assert result.summary()["burst_goodput_rps"] == result.burst_goodput_rps
+    assert _open(100).burst_seconds == 0
+
+
 def test_the_slo_search_finds_a_limited_servers_capacity() -> None:
     """4 slots x 20 ms: at most 200 req/s (how far below depends on the machine's load: a
     busy CI machine's sleeps and hand-offs measured 177); the search must land within 10% of

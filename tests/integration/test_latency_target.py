@@ -1,0 +1,125 @@
+"""Batching to a latency target (`batching.target_p99_ms`, serve/core/pacing.py) against the
+real gateway, with the harness's open loop and bursts: twice the measured capacity for 3 s
+every 9 s, over half of it between them.
+
+Two models in one application beside the session's gateway, each on a dedicated replica of
+the same slow model (a few milliseconds of one core a row): `paced` with a target, `unpaced`
+without. The answered requests' p99 stays under the target and goodput during the bursts stays
+at 80% of the capacity or more (shedding everything would fail it), what is shed is a 503 with
+a retry hint and bounded; the same bursts without the target break it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from loadtests.clients import Target
+from loadtests.engine import Step
+from loadtests.runner import load_payloads, run
+from tests.integration.conftest import Gateway, deploy_beside, metric_value, restore
+from tests.integration.slow_model import slow_artifact
+
+APP, PREFIX = "pacing", "/pacing"
+TARGET_MS = 800.0
+
+
+@pytest.fixture(scope="module")
+def pacing(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    models = []
+    for name, batching in (("paced", {"target_p99_ms": TARGET_MS}), ("unpaced", {})):
+        folder = tmp_path_factory.mktemp(name)
+        artifact = slow_artifact(folder, layers=4800)
+        models.append(
+            {"name": name, "versions": [{"artifact": str(artifact), "batching": batching}]}
+        )
+    app = {
+        "name": APP,
+        "route_prefix": PREFIX,
+        "import_path": "serve.app:build_app",
+        "args": {"models": models},
+    }
+    deploy_beside(gateway, app)
+    try:
+        yield
+    finally:
+        restore(gateway)
+
+
+def _bursts(capacity: float) -> Step:
+    return Step(
+        "open",
+        concurrency=4096,
+        rate=capacity / 2,
+        burst_rate=2 * capacity,
+        burst_s=3,
+        burst_every_s=9,
+        duration_s=18,
+        warmup_s=2,
+        timeout_s=15,
+    )
+
+
+def test_bursts_keep_the_answered_p99_under_the_target_with_goodput_and_break_it_without(
+    gateway: Gateway, pacing: None
+) -> None:
+    paced, unpaced = (Target(gateway.base + PREFIX, m, "1") for m in ("paced", "unpaced"))
+    payloads = load_payloads(paced)
+    run(unpaced, payloads, Step("closed", concurrency=8, duration_s=2, warmup_s=1))  # warm
+    measured = run(unpaced, payloads, Step("closed", concurrency=32, duration_s=5, warmup_s=1))
+    assert measured.errors == {}
+    capacity = measured.achieved_rps
+    with_target = run(paced, payloads, _bursts(capacity))
+    without = run(unpaced, payloads, _bursts(capacity))
+    for name, result in (("with", with_target), ("without", without)):
+        summary = result.summary()
+        print(
+            f"{name} the target: capacity {capacity:.0f}/s, p99 {result.percentile_ms(99):.0f} "
+            f"ms, goodput in bursts {result.burst_goodput_rps:.0f}/s, shed "
+            f"{result.errors.get('http_503', 0)} of {result.measured}, {summary}"
+        )
+    # With the target: the answered p99 is under it, goodput holds while overloaded, and what
+    # could not make it was shed at once with 503 + Retry-After.
+    assert with_target.percentile_ms(99) < TARGET_MS
+    assert with_target.burst_goodput_rps is not None
+    assert with_target.burst_goodput_rps >= 0.8 * capacity
+    assert set(with_target.errors) <= {"http_503"}
+    shed = with_target.errors.get("http_503", 0) / with_target.measured
+    # Twice the capacity for a third of the time over half of it between: about a third of
+    # the requests are beyond what the replica can answer at all.
+    assert 0 < shed < 0.5
+    # What the target decided is exported, per version.
+    rows = metric_value(gateway, "modelgate_pacing_batch_rows_limit", model="paced", version="1")
+    flight = metric_value(gateway, "modelgate_pacing_in_flight_limit", model="paced", version="1")
+    call_s = metric_value(gateway, "modelgate_pacing_call_seconds", model="paced", version="1")
+    print(f"paced: batches of at most {rows:g} rows, {flight:g} in flight, {call_s:.3f} s a call")
+    assert rows >= 1 and flight >= 1 and 0 < call_s < TARGET_MS / 1000
+    # Without it, the same bursts queue and the answered p99 passes the target.
+    assert without.percentile_ms(99) > TARGET_MS
+    # The retry hint and the reason, as a client sees them once the target sheds.
+    headers, body = _one_shed(paced, capacity)
+    assert int(headers["Retry-After"]) >= 1
+    assert "latency target of 800 ms" in body["error"]
+
+
+def _one_shed(target: Target, capacity: float) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers and body of a shed answer: far more requests at once than the paced model
+    can answer within its target."""
+    url = f"{target.url}/v2/models/{target.model}/versions/1/infer"
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [0.5] * 30}]}
+
+    async def one(session: aiohttp.ClientSession) -> tuple[int, dict[str, str], dict[str, str]]:
+        async with session.post(url, json=body) as response:
+            return response.status, dict(response.headers), await response.json()
+
+    async def main() -> list[tuple[int, dict[str, str], dict[str, str]]]:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            return await asyncio.gather(*(one(session) for _ in range(int(2 * capacity) + 32)))
+
+    answers = asyncio.run(main())
+    assert {status for status, _, _ in answers} == {200, 503}
+    return next((headers, body) for status, headers, body in answers if status == 503)
