@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,15 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-duration", type=float, default=5.0, help="measured s per probe")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--max-probes", type=int, default=10)
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="deploy the config the plan wrote, measure it and report predicted vs measured "
+        "(needs --config; the original config is put back)",
+    )
+    parser.add_argument(
+        "--verify-samples", type=int, default=2000, help="requests each verifying probe measures"
+    )
 
 
 # -- loadtest ---------------------------------------------------------------------------------
@@ -222,6 +232,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if not args.model:
         raise SystemExit("--model is required")
+    if args.verify and args.config is None:
+        raise SystemExit("--verify deploys the config the plan writes: it needs --config")
     slo = Slo(parse_duration_ms(args.slo_p99), args.max_error_ratio)
     target = _target(args)
     payloads = load_payloads(target, args.rows, args.jsonl)
@@ -230,17 +242,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out: Path = args.out or Path(f"plan-{args.model}")
     out.mkdir(parents=True, exist_ok=True)
 
-    def probe(rate: float) -> StepResult:
-        step = Step(
-            "open",
-            concurrency=1024,
-            rate=rate,
-            arrival="poisson",
-            duration_s=probe_duration(rate, args.probe_duration),
-            warmup_s=args.warmup,
-            timeout_s=args.timeout,
-        )
-        return _run(target, payloads, step, args)
+    def probe_for(samples: int | None) -> Callable[[float], StepResult]:
+        def probe(rate: float) -> StepResult:
+            step = Step(
+                "open",
+                concurrency=1024,
+                rate=rate,
+                arrival="poisson",
+                duration_s=probe_duration(rate, args.probe_duration, samples),
+                warmup_s=args.warmup,
+                timeout_s=args.timeout,
+            )
+            return _run(target, payloads, step, args)
+
+        return probe
+
+    probe = probe_for(None)  # a search's
 
     def search() -> Any:
         return search_max_rate(
@@ -269,6 +286,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         headroom=args.headroom,
         deployed=deployed,
     )
+    if args.verify:
+        assert deployed is not None
+        plan.verification = _verify(args, plan, target, slo, probe_for(args.verify_samples))
     _write_plan(out, plan)
     return 0
 
@@ -323,6 +343,62 @@ def _search_per_replicas(
     return searches
 
 
+def _verify(
+    args: argparse.Namespace,
+    plan: Plan,
+    target: Target,
+    slo: Any,
+    probe: Callable[[float], StepResult],
+) -> dict[str, Any]:
+    """Deploy the config the plan wrote and measure what it promised: a search for the highest
+    rate within the SLO starting at the predicted one (its first probe is at that rate), then
+    the target rate; every probe long enough for `--verify-samples` requests. The original
+    config goes back whatever happens."""
+    from loadtests.clients import wait_ready
+    from loadtests.plan import patch_config, search_max_rate
+    from serve.ray import launcher
+
+    assert plan.deployed is not None
+    config, resolved = plan.deployed
+    predicted = plan.scaling.capacity_at(plan.replicas)
+    launcher.start_ray(args.address)
+    try:
+        print(f"verifying: deploying {plan.model} v{plan.version} on {plan.replicas} replica(s)")
+        launcher.deploy(patch_config(config, resolved, plan.model, plan.version, plan.replicas))
+        asyncio.run(wait_ready(target))
+        search = search_max_rate(probe, slo, predicted, args.max_rate, max_probes=args.max_probes)
+        at_target = probe(plan.target_rate)
+    finally:
+        print("putting the original config back")
+        launcher.deploy(config)
+    first_rate, at_predicted, _ = search.probes[0]
+    target_verdict = slo.verdict(at_target)
+
+    def figures(result: StepResult) -> dict[str, Any]:
+        return {
+            "p99_ms": result.percentile_ms(99),
+            "samples": result.measured,
+            "achieved_rps": result.achieved_rps,
+            "errors": result.errors,
+        }
+
+    return {
+        "replicas": plan.replicas,
+        "predicted_max_rate": predicted,
+        "measured_max_rate": search.max_rate,
+        "max_rate_ratio": search.max_rate / predicted if predicted else None,
+        "at_predicted_rate": {"rate": first_rate, **figures(at_predicted)},
+        "at_measured_max_rate": figures(search.best) if search.best is not None else None,
+        "target_rate": plan.target_rate,
+        "at_target_rate": {
+            **figures(at_target),
+            "meets_slo": target_verdict is None,
+            "why_not": target_verdict,
+        },
+        "search": search.as_dict(),
+    }
+
+
 def _closed_step(
     target: Target, payloads: list[Payload], clients: int, args: argparse.Namespace
 ) -> StepResult:
@@ -370,9 +446,44 @@ def _write_plan(out: Path, plan: Plan) -> None:
         report.table(plan.sweep),
         "",
     ]
+    if plan.verification is not None:
+        lines += _verification_lines(plan.verification, plan.slo.p99_ms)
     (out / "plan.md").write_text("\n".join(lines))
     print("\n".join(lines[4:12]))
     print(f"plan, plots and config in {out}/")
+
+
+def _verification_lines(v: dict[str, Any], slo_ms: float) -> list[str]:
+    """plan.md's section on the deployed plan, predicted against measured."""
+    best, at_target, at_predicted = (
+        v["at_measured_max_rate"],
+        v["at_target_rate"],
+        v["at_predicted_rate"],
+    )
+    ratio = f" ({v['max_rate_ratio']:.2f}×)" if v["max_rate_ratio"] is not None else ""
+    slo = f"<= {slo_ms:g} ms"
+    verdict = (
+        "**meet the SLO at the target rate**."
+        if at_target["meets_slo"]
+        else f"**miss the SLO at the target rate**: {at_target['why_not']}."
+    )
+    return [
+        f"## Verified: the written config deployed ({v['replicas']} replica(s))",
+        "",
+        "| figure | predicted | measured | samples |",
+        "|---|---:|---:|---:|",
+        f"| max req/s within the SLO | {v['predicted_max_rate']:.0f} | "
+        f"{v['measured_max_rate']:.0f}{ratio} | {best['samples'] if best else 0} |",
+        f"| p99 at the predicted rate ({at_predicted['rate']:.0f} req/s) | {slo} | "
+        f"{at_predicted['p99_ms']:.1f} ms | {at_predicted['samples']} |",
+        f"| p99 at the measured max rate | {slo} | "
+        + (f"{best['p99_ms']:.1f} ms | {best['samples']} |" if best else "none passed | 0 |"),
+        f"| p99 at the target rate ({v['target_rate']:.0f} req/s) | {slo} | "
+        f"{at_target['p99_ms']:.1f} ms | {at_target['samples']} |",
+        "",
+        f"The recommended replicas {verdict}",
+        "",
+    ]
 
 
 def plan_parser() -> argparse.ArgumentParser:

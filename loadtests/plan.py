@@ -11,6 +11,7 @@ the answers kept up with the offered rate (achieved >= 95% of offered).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,13 @@ MAX_LATE = 0.01
 MIN_SAMPLES = 500
 
 
-def probe_duration(rate: float, base_s: float) -> float:
-    return min(4 * base_s, max(base_s, MIN_SAMPLES / rate))
+def probe_duration(rate: float, base_s: float, samples: int | None = None) -> float:
+    """Seconds a probe at `rate` runs. A search's: long enough for MIN_SAMPLES requests, within
+    1 to 4 times the base duration. A verifying probe's (`samples`): long enough for that many,
+    with 4 σ to spare (Poisson arrivals vary)."""
+    if samples is None:
+        return min(4 * base_s, max(base_s, MIN_SAMPLES / rate))
+    return max(base_s, (samples + 4 * math.sqrt(samples)) / rate)
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,7 @@ class Plan:
     target_rate: float
     headroom: float
     deployed: tuple[dict[str, Any], Any] | None = None  # --config and its resolved versions
+    verification: dict[str, Any] | None = None  # --verify: the written config, measured
 
     @property
     def needed(self) -> int | None:
@@ -247,6 +254,7 @@ class Plan:
                 "other nodes (--ray-address); the capacities are lower bounds then",
             ],
             "closed_loop_sweep": self.sweep,
+            **({"verification": self.verification} if self.verification is not None else {}),
         }
 
     def sized_config(self) -> str:

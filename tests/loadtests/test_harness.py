@@ -163,3 +163,11 @@ def test_a_jsonl_line_that_is_not_a_request_is_named(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"inputs": [row]}) + '\n{"oops": 1}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not an inference request"):
         load_payloads(Target("http://127.0.0.1:1", "m"), jsonl=bad)
+
+
+def test_plan_verify_without_a_config_is_refused_before_anything_runs() -> None:
+    args = plan_parser().parse_args(
+        ["--url", "http://127.0.0.1:9", "--model", "m", "--slo-p99", "10ms", "--verify"]
+    )
+    with pytest.raises(SystemExit, match="needs --config"):
+        cmd_plan(args)
