@@ -217,7 +217,18 @@ class ModelConfig(_Strict):
 
 class RouterConfig(_Strict):
     num_replicas: int = Field(1, ge=1)
-    autoscaling: Autoscaling | None = None
+    autoscaling: Autoscaling | None = Field(
+        None,
+        description="Router replicas scale on the CPU they use (serve/ray/autoscale.py): "
+        "Σ busy / target_busy; its target_ongoing_requests is not used.",
+    )
+    target_busy: float = Field(
+        0.7,
+        gt=0,
+        le=4,
+        description="With autoscaling: the share of a core each router replica may keep busy "
+        "before another is added (its event loop is one thread: about 1 is all one can do).",
+    )
     max_ongoing_requests: int = Field(
         4096,
         ge=1,

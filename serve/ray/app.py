@@ -221,6 +221,7 @@ class Router:
         self.grpc = InferenceServicer(
             self.plane, self.admission, self.limits.max_body_bytes, self.codec_limits
         )
+        self._cpu_mark = (time.monotonic(), time.process_time())  # for record_autoscaling_stats
 
     def __del__(self) -> None:
         _close_telemetry(self)
@@ -235,6 +236,14 @@ class Router:
         are not deployed raises, and the routing in force stays as it was.
         """
         self.plane.apply_routing(RoutingConfig.model_validate(user_config or {}))
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """The share of a core this router replica's process used since Ray last asked (the
+        router's autoscaling policy reads it: serve/ray/autoscale.py)."""
+        wall, cpu = time.monotonic(), time.process_time()
+        last_wall, last_cpu = self._cpu_mark
+        self._cpu_mark = (wall, cpu)
+        return {autoscale.BUSY: (cpu - last_cpu) / max(wall - last_wall, 1e-3)}
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
@@ -579,7 +588,14 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
         **ray_limits(router.max_ongoing_requests),
         "ray_actor_options": _actor_options(router.num_cpus, args, router.nodes),
         "max_surge_percent": router.max_surge_percent,
-        **_scaling(router.autoscaling, router.num_replicas),
+        **_scaling(
+            router.autoscaling,
+            router.num_replicas,
+            {
+                "policy_function": autoscale.ROUTER_POLICY,
+                "policy_kwargs": {"target_busy": router.target_busy},
+            },
+        ),
         **(router.nodes.deployment_options() if router.nodes is not None else {}),
     }
     return ingress.options(**options).bind(router_spec.model_dump(), handles)
@@ -597,7 +613,11 @@ def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) ->
         "max_ongoing_requests": version.batching.max_in_flight * router_replicas + 2,
         "ray_actor_options": _actor_options(version.num_cpus, args, version.nodes),
         "max_surge_percent": version.max_surge_percent,
-        **_scaling(version.autoscaling, version.num_replicas, demand=version.direct),
+        **_scaling(
+            version.autoscaling,
+            version.num_replicas,
+            {"policy_function": autoscale.POLICY} if version.direct else None,
+        ),
         **(version.nodes.deployment_options() if version.nodes is not None else {}),
     }
     return ModelVersionDeployment.options(**options)
@@ -614,16 +634,16 @@ def _actor_options(num_cpus: float, args: GatewayConfig, nodes: Nodes | None) ->
 
 
 def _scaling(
-    autoscaling: Autoscaling | None, num_replicas: int, demand: bool = False
+    autoscaling: Autoscaling | None, num_replicas: int, policy: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Ray Serve takes either an autoscaling_config or a fixed num_replicas. `demand`: the
-    replicas are reached over the direct transport, so Ray's own count (handle requests) sees
-    none of their load: scale on what the routers report instead (serve/ray/autoscale.py)."""
+    """Ray Serve takes either an autoscaling_config or a fixed num_replicas; `policy`: the
+    autoscaling policy, when Ray's own count would not see the load (serve/ray/autoscale.py):
+    a version reached over the direct transport, or the router."""
     if autoscaling is None:
         return {"num_replicas": num_replicas}
     config: dict[str, Any] = autoscaling.ray_config()
-    if demand:
-        config["policy"] = {"policy_function": autoscale.POLICY}
+    if policy is not None:
+        config["policy"] = policy
     return {"autoscaling_config": config}
 
 

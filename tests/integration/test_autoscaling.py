@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -21,7 +22,14 @@ import requests
 from ray import serve
 from sklearn.datasets import load_breast_cancer
 
-from tests.integration.conftest import Gateway, deploy_beside, restore, settle_metrics
+from serve.ray import launcher
+from tests.integration.conftest import (
+    Gateway,
+    deploy_beside,
+    replica_pids,
+    restore,
+    settle_metrics,
+)
 from tests.integration.slow_model import slow_artifact
 
 APP, PREFIX, DEPLOYMENT = "scaling", "/scaling", "slow-v1"
@@ -73,15 +81,16 @@ def scaling(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Itera
         restore(gateway)
 
 
-def _running() -> int:
-    status = serve.status().applications[APP].deployments[DEPLOYMENT]
+def _running(app: str = APP, deployment: str = DEPLOYMENT) -> int:
+    status = serve.status().applications[app].deployments[deployment]
     return int(status.replica_states.get("RUNNING", 0))
 
 
 class Replicas:
     """The version's running replica count, sampled in a thread: (monotonic time, count)."""
 
-    def __init__(self) -> None:
+    def __init__(self, app: str = APP, deployment: str = DEPLOYMENT) -> None:
+        self.app, self.deployment = app, deployment
         self.samples: list[tuple[float, int]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
@@ -96,7 +105,7 @@ class Replicas:
 
     def _poll(self) -> None:
         while not self.stop.is_set():
-            self.samples.append((time.monotonic(), _running()))
+            self.samples.append((time.monotonic(), _running(self.app, self.deployment)))
             self.stop.wait(0.5)
 
     def counts(self, start: float, end: float) -> set[int]:
@@ -110,15 +119,15 @@ class Replicas:
             if self.samples and self.samples[-1][1] == count:
                 return self.samples[-1][0]
             time.sleep(0.2)
-        raise AssertionError(f"{DEPLOYMENT} did not reach {count} replicas: {self.samples[-5:]}")
+        raise AssertionError(f"{self.deployment} did not reach {count}: {self.samples[-5:]}")
 
 
 class Load:
     """Closed-loop HTTP clients, one row a request; every answer's time is recorded, and every
     outcome that is not a 200 too."""
 
-    def __init__(self, url: str, clients: int) -> None:
-        self.url, self.clients = url, clients
+    def __init__(self, url: str, clients: int, pause_s: float = 0.0) -> None:
+        self.url, self.clients, self.pause_s = url, clients, pause_s
         self.answered: list[float] = []  # monotonic times of 200s, in order
         self.failures: Counter[str] = Counter()
         self.stop = threading.Event()
@@ -154,6 +163,8 @@ class Load:
                         self.failures[f"http_{response.status}"] += 1
             except (TimeoutError, aiohttp.ClientError) as exc:
                 self.failures[type(exc).__name__] += 1
+            if self.pause_s:
+                await asyncio.sleep(self.pause_s)
 
     def rate(self, start: float, end: float) -> float:
         """Answers a second from `start` to `end`."""
@@ -244,3 +255,67 @@ def test_scales_to_three_on_the_direct_transport_answers_more_and_back_to_one(
     for then, now in ((before, scaled), (scaled, after)):
         assert now["transport:direct"] > then["transport:direct"]
         assert now.get("transport:handle", 0) == then.get("transport:handle", 0), (then, now)
+
+
+ROUTER_APP, ROUTER_PREFIX = "routerscale", "/routerscale"
+#: 12 clients keep the router's process at 0.6 core or more here (HAProxy, the clients and
+#: Ray take the rest of two cores): two replicas; one client that pauses 50 ms between
+#: requests, a few hundredths: one.
+TARGET_BUSY = 0.3
+
+
+def _cpu_ticks(pid: int) -> int:
+    """CPU time a process has used (clock ticks); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_the_router_scales_on_the_cpu_it_uses_through_haproxy_and_back(
+    gateway: Gateway,
+) -> None:
+    """A router (ingress, holding a colocated version) scales on its own load under the HAProxy
+    ingress: the CPU its replicas use (serve/ray/autoscale.py; Ray's own count of ongoing
+    requests reads 0 for a router that answers without yielding), and each router replica then
+    takes requests from HAProxy."""
+    resolved = launcher.preflight(gateway.config)["gateway"]
+    artifact = next(a for m, _, a, v in resolved if m.name == "breast_cancer" and v == "1")
+    app = {
+        "name": ROUTER_APP,
+        "route_prefix": ROUTER_PREFIX,
+        "import_path": "serve.app:build_app",
+        "args": {
+            "router": {
+                "autoscaling": {**AUTOSCALING, "max_replicas": 2, "upscale_delay_s": 0.5},
+                "target_busy": TARGET_BUSY,
+            },
+            "models": [
+                {"name": "rs", "versions": [{"artifact": str(artifact), "placement": "colocated"}]}
+            ],
+        },
+    }
+    deploy_beside(gateway, app)
+    url = f"{gateway.base}{ROUTER_PREFIX}/v2/models/rs/infer"
+    try:
+        assert _running(ROUTER_APP, "Router") == 1
+        with Replicas(ROUTER_APP, "Router") as routers, Load(url, LIGHT, 0.05) as light:
+            with Load(url, HEAVY) as heavy:
+                routers.wait_for(2, timeout_s=90)
+                # both router replicas take requests from HAProxy once the second is ready
+                deadline = time.monotonic() + 30
+                while True:
+                    pids = replica_pids(ROUTER_APP, "Router")
+                    before = {pid: _cpu_ticks(pid) for pid in pids}
+                    time.sleep(2)
+                    busy = [pid for pid in pids if _cpu_ticks(pid) - before[pid] >= 20]
+                    if len(busy) == 2:
+                        break
+                    assert time.monotonic() < deadline, f"not both busy: {before}"
+            routers.wait_for(1, timeout_s=60)  # the light client alone keeps little busy
+            time.sleep(1)
+        assert heavy.failures == light.failures == Counter()
+        assert len(heavy.answered) > 0 and len(light.answered) > 0
+    finally:
+        restore(gateway)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
-from serve.ray.autoscale import decide, demand, demand_policy
+import pytest
+
+from serve.ray.autoscale import RouterPolicy, decide, demand, demand_policy
 
 
 def test_demand_counts_each_router_once_across_the_replicas_it_reached() -> None:
@@ -76,3 +78,26 @@ def test_the_policy_logs_each_change_of_its_bounded_decision_once() -> None:
     finally:
         logger.removeHandler(handler)
         logger.level = level
+
+
+def test_the_router_policy_asks_for_the_cores_its_replicas_keep_busy_over_the_target() -> None:
+    policy = RouterPolicy(target_busy=0.5)
+
+    def context(busy: dict[str, float], state: dict[str, object]) -> SimpleNamespace:
+        return SimpleNamespace(
+            aggregated_metrics={"busy": busy},
+            policy_state=state,
+            current_num_replicas=len(busy),
+            target_num_replicas=len(busy),
+            capacity_adjusted_min_replicas=1,
+            capacity_adjusted_max_replicas=4,
+            deployment_name="Router",
+        )
+
+    desired, state = policy(context({"r1": 0.9}, {}))
+    assert desired == 1.8 and state["decision"] == 2
+    desired, state = policy(context({"r1": 0.45, "r2": 0.5}, state))
+    assert desired == pytest.approx(1.9)
+    desired, _ = policy(context({"r1": 0.02, "r2": 0.03}, state))
+    assert desired == pytest.approx(0.1)  # Ray keeps min_replicas
+    assert policy(context({}, {}))[0] == 0  # no report yet: nothing asked for
