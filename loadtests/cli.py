@@ -269,7 +269,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"searching the highest rate with p99 <= {slo.p99_ms:g} ms (replicas as deployed)")
         searches[0] = search()
     else:
-        searches = _search_per_replicas(args, deployed, target, version, search)
+        searches = _search_per_replicas(args, deployed, target, payloads, version, search)
     sweep = [report.step_row(_closed_step(target, payloads, n, args)) for n in (1, 4, 16, 64)]
     measured = {n: s.max_rate for n, s in searches.items() if n > 0}
     scaling = Scaling(measured or {1: searches[0].max_rate})
@@ -288,7 +288,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     if args.verify:
         assert deployed is not None
-        plan.verification = _verify(args, plan, target, slo, probe_for(args.verify_samples))
+        plan.verification = _verify(
+            args, plan, target, payloads, slo, probe_for(args.verify_samples)
+        )
     _write_plan(out, plan)
     return 0
 
@@ -317,11 +319,11 @@ def _search_per_replicas(
     args: argparse.Namespace,
     deployed: tuple[dict[str, Any], Any],
     target: Target,
+    payloads: list[Payload],
     version: str,
     search: Any,
 ) -> dict[int, Any]:
     """Redeploy the config at each replica count, search, and put the original config back."""
-    from loadtests.clients import wait_ready
     from loadtests.plan import patch_config
     from serve.ray import launcher
 
@@ -332,7 +334,7 @@ def _search_per_replicas(
         for replicas in (int(n) for n in args.replicas.split(",")):
             print(f"deploying {args.model} v{version} on {replicas} replica(s)")
             launcher.deploy(patch_config(config, resolved, args.model, version, replicas))
-            asyncio.run(wait_ready(target))
+            _warm(target, payloads, args)
             searches[replicas] = search()
             print(
                 f"  {replicas} replica(s): {searches[replicas].max_rate:.0f} req/s within the SLO"
@@ -343,18 +345,28 @@ def _search_per_replicas(
     return searches
 
 
+def _warm(target: Target, payloads: list[Payload], args: argparse.Namespace) -> None:
+    """A deployment just made, ready and warm before anything is measured: its first requests
+    meet replicas that have just started (and, with HAProxy, a configuration just reloaded),
+    which would count against the first probe. Ready, then 3 s of 8 clients, unmeasured."""
+    from loadtests.clients import wait_ready
+
+    asyncio.run(wait_ready(target))
+    _run(target, payloads, Step("closed", concurrency=8, duration_s=3, warmup_s=0), args)
+
+
 def _verify(
     args: argparse.Namespace,
     plan: Plan,
     target: Target,
+    payloads: list[Payload],
     slo: Any,
     probe: Callable[[float], StepResult],
 ) -> dict[str, Any]:
-    """Deploy the config the plan wrote and measure what it promised: a search for the highest
-    rate within the SLO starting at the predicted one (its first probe is at that rate), then
-    the target rate; every probe long enough for `--verify-samples` requests. The original
+    """Deploy the config the plan wrote and measure what it promised: the target rate, then a
+    search for the highest rate within the SLO starting at the predicted one (its first probe
+    is at that rate); every probe long enough for `--verify-samples` requests. The original
     config goes back whatever happens."""
-    from loadtests.clients import wait_ready
     from loadtests.plan import patch_config, search_max_rate
     from serve.ray import launcher
 
@@ -365,9 +377,10 @@ def _verify(
     try:
         print(f"verifying: deploying {plan.model} v{plan.version} on {plan.replicas} replica(s)")
         launcher.deploy(patch_config(config, resolved, plan.model, plan.version, plan.replicas))
-        asyncio.run(wait_ready(target))
-        search = search_max_rate(probe, slo, predicted, args.max_rate, max_probes=args.max_probes)
+        _warm(target, payloads, args)
+        # the target rate first, on a gateway no probe has overloaded yet; then the search
         at_target = probe(plan.target_rate)
+        search = search_max_rate(probe, slo, predicted, args.max_rate, max_probes=args.max_probes)
     finally:
         print("putting the original config back")
         launcher.deploy(config)
