@@ -75,6 +75,23 @@ def bounded(desired: float, low: int, high: int) -> int:
     return min(max(math.ceil(desired), low), high)
 
 
+def _decision(ctx: Any, desired: float, saw: str) -> int:
+    """The bounded decision; logged (with what the policy saw) when it changes."""
+    decision = bounded(
+        desired, ctx.capacity_adjusted_min_replicas, ctx.capacity_adjusted_max_replicas
+    )
+    if decision != ctx.policy_state.get(_DECISION, ctx.target_num_replicas):
+        logger.info(
+            "modelgate autoscaling %s: %s; %d replicas running, asking for %.2f: %d",
+            ctx.deployment_name,
+            saw,
+            ctx.current_num_replicas,
+            desired,
+            decision,
+        )
+    return decision
+
+
 def demand_policy(ctx: Any) -> tuple[float, dict[str, Any]]:
     """Ray Serve's custom autoscaling policy (`AutoscalingContext` in, replicas and state
     out). Each change of its bounded decision is logged once, with what it saw."""
@@ -82,22 +99,12 @@ def demand_policy(ctx: Any) -> tuple[float, dict[str, Any]]:
     target = ctx.config.get_target_ongoing_requests()
     before = dict(ctx.policy_state.get(_SHED, {}))
     desired = decide(held, shed, before, ctx.current_num_replicas, target)
-    decision = bounded(
-        desired, ctx.capacity_adjusted_min_replicas, ctx.capacity_adjusted_max_replicas
+    newly_shed = sum(max(0.0, n - before.get(k, n)) for k, n in shed.items())
+    saw = (
+        f"routers hold {held:g} requests (target {target:g} a replica), shed {newly_shed:g} "
+        "since the last decision"
     )
-    if decision != ctx.policy_state.get(_DECISION, ctx.target_num_replicas):
-        logger.info(
-            "modelgate autoscaling %s: routers hold %g requests (target %g a replica), shed %g "
-            "since the last decision; %d replicas running, asking for %.2f: %d",
-            ctx.deployment_name,
-            held,
-            target,
-            sum(max(0.0, n - before.get(k, n)) for k, n in shed.items()),
-            ctx.current_num_replicas,
-            desired,
-            decision,
-        )
-    return desired, {_SHED: shed, _DECISION: decision}
+    return desired, {_SHED: shed, _DECISION: _decision(ctx, desired, saw)}
 
 
 class RouterPolicy:
@@ -111,18 +118,5 @@ class RouterPolicy:
     def __call__(self, ctx: Any) -> tuple[float, dict[str, Any]]:
         busy = sum((ctx.aggregated_metrics or {}).get(BUSY, {}).values())
         desired = busy / self.target_busy
-        decision = bounded(
-            desired, ctx.capacity_adjusted_min_replicas, ctx.capacity_adjusted_max_replicas
-        )
-        if decision != ctx.policy_state.get(_DECISION, ctx.target_num_replicas):
-            logger.info(
-                "modelgate autoscaling %s: router replicas kept %.2f cores busy (target %g a "
-                "replica); %d replicas running, asking for %.2f: %d",
-                ctx.deployment_name,
-                busy,
-                self.target_busy,
-                ctx.current_num_replicas,
-                desired,
-                decision,
-            )
-        return desired, {_DECISION: decision}
+        saw = f"router replicas kept {busy:.2f} cores busy (target {self.target_busy:g} a replica)"
+        return desired, {_DECISION: _decision(ctx, desired, saw)}
