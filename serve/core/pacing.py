@@ -5,10 +5,11 @@ It learns what a call costs as a line in its rows, t(b) = fixed + per_row × b, 
 it makes (exponentially weighted sums, so it follows a replica that slows down or speeds up),
 and how much slower than the line calls run at worst: t_hi(b) = t(b) × the 99th percentile of
 the last WINDOW calls' ratios to it (a call that waits inside the replica behind another one,
-a pause). The p99 is a tail, so every decision uses t_hi. From that:
+a pause). The p99 is a tail, so every decision uses t_hi, and plans for PLAN (90%) of the
+target, the rest being the margin for what no estimate sees. From that:
 
-- **how much it coalesces**: a batch holds at most the rows whose t_hi fits half the target
-  (a request may wait for one call in flight, then ride in the next);
+- **how much it coalesces**: a batch holds at most the rows whose t_hi fits half the plan (a
+  request may wait for one call in flight, then ride in the next);
 - **how many batches it keeps in flight** per replica, between 1 and `max_in_flight`: it starts
   at one, and the line and its tail are learnt from calls that ran alone on their replica (no
   more calls in flight than replicas). Now and then (every PROBE_EVERY calls alone) it tries
@@ -19,8 +20,8 @@ a pause). The p99 is a tail, so every decision uses t_hi. From that:
   leaves in untrusted company must fit its wait behind the call ahead of it too;
 - **how many requests it admits**: a request is taken only if its predicted answer, after the
   rows queued ahead of it (in rounds of `slots` batches) and behind the calls in flight, comes
-  within the target; otherwise it is shed at once (503 + Retry-After / UNAVAILABLE). A queued
-  request whose age plus its batch's t_hi passes the target when its batch is formed is shed
+  within the plan; otherwise it is shed at once (503 + Retry-After / UNAVAILABLE). A queued
+  request whose age plus its batch's t_hi passes the plan when its batch is formed is shed
   then, never computed late.
 
 Before the first calls it knows nothing and admits as the bounds allow; its first calls teach it.
