@@ -442,7 +442,11 @@ def _target(
         run_now=run_now,
         replicas=None if pool is None else pool.live,
         target_s=None if b.target_p99_ms is None else b.target_p99_ms / 1000,
-        on_pace=telemetry.metrics.pacing_observer(spec.model, spec.version),
+        on_pace=(
+            None
+            if b.target_p99_ms is None
+            else telemetry.metrics.pacing_observer(spec.model, spec.version)
+        ),
     )
     if pool is not None:  # each frame tells the replica what this router holds (autoscaling)
         pool.report = lambda: (batcher.demand, batcher.stats.shed)
