@@ -54,6 +54,11 @@ def add_loadtest_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="per step")
     parser.add_argument(
+        "--burst",
+        help="open: bursts as FACTOR,ON,EVERY, e.g. 2,2,10: FACTOR times the step's rate for the "
+        "first ON seconds of every EVERY seconds (goodput during them is reported)",
+    )
+    parser.add_argument(
         "--selftest", action="store_true", help="measure one generator process's ceiling"
     )
 
@@ -93,18 +98,22 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         raise SystemExit("--model is required (or --selftest)")
     from loadtests.runner import load_payloads
 
+    burst = _burst(args)
     target = _target(args)
     payloads = load_payloads(target, args.rows, args.jsonl)
     steps = [
-        Step(
-            args.mode,
-            concurrency=int(n) if args.mode == "closed" else args.max_in_flight,
-            rate=0.0 if args.mode == "closed" else float(n),
-            arrival=args.arrival,
-            duration_s=args.duration,
-            warmup_s=args.warmup,
-            max_requests=args.max_requests,
-            timeout_s=args.timeout,
+        _bursting(
+            Step(
+                args.mode,
+                concurrency=int(n) if args.mode == "closed" else args.max_in_flight,
+                rate=0.0 if args.mode == "closed" else float(n),
+                arrival=args.arrival,
+                duration_s=args.duration,
+                warmup_s=args.warmup,
+                max_requests=args.max_requests,
+                timeout_s=args.timeout,
+            ),
+            burst,
         )
         for n in (args.concurrency if args.mode == "closed" else args.rate).split(",")
     ]
@@ -189,6 +198,30 @@ def _write_loadtest(
     else:
         report.plot_throughput_vs_concurrency(out / "throughput_vs_concurrency.png", {name: rows})
     print(f"reports in {out}/")
+
+
+def _burst(args: argparse.Namespace) -> tuple[float, float, float] | None:
+    """--burst FACTOR,ON,EVERY (open loop only), checked before anything is sent."""
+    if not args.burst:
+        return None
+    if args.mode != "open":
+        raise SystemExit("--burst needs --mode open")
+    try:
+        factor, on_s, every_s = (float(x) for x in args.burst.split(","))
+    except ValueError:
+        raise SystemExit(f"--burst {args.burst!r}: FACTOR,ON,EVERY, e.g. 2,2,10") from None
+    if factor <= 0 or not 0 < on_s <= every_s:
+        raise SystemExit(f"--burst {args.burst!r}: FACTOR > 0 and 0 < ON <= EVERY")
+    return factor, on_s, every_s
+
+
+def _bursting(step: Step, burst: tuple[float, float, float] | None) -> Step:
+    from dataclasses import replace
+
+    if burst is None:
+        return step
+    factor, on_s, every_s = burst
+    return replace(step, burst_rate=factor * step.rate, burst_s=on_s, burst_every_s=every_s)
 
 
 def selftest(duration_s: float = 5.0) -> int:

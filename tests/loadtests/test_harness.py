@@ -157,6 +157,28 @@ def test_loadtest_command_sends_jsonl_requests_and_writes_reports(tmp_path: Path
     assert (out / "latency_vs_throughput.png").stat().st_size > 0
 
 
+def test_loadtest_command_bursts_and_reports_the_goodput_during_them(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    with local_server() as url:
+        args = loadtest_parser().parse_args(
+            [
+                "--url", url, "--model", "m", "--mode", "open", "--rate", "100",
+                "--arrival", "constant", "--burst", "3,0.5,1.5", "--duration", "3",
+                "--warmup", "0.3", "--processes", "1", "--out", str(out),
+            ]
+        )  # fmt: skip
+        assert cmd_loadtest(args) == 0
+    (step,) = json.loads((out / "loadtest.json").read_text())["steps"]
+    assert step["step"]["burst_rate"] == 300 and step["errors"] == {}
+    assert step["burst_goodput_rps"] == pytest.approx(300, rel=0.1)
+    for bad in ("3,2", "3,2,1", "x,1,2"):
+        args = loadtest_parser().parse_args(
+            ["--url", "http://127.0.0.1:9", "--model", "m", "--mode", "open", "--burst", bad]
+        )
+        with pytest.raises(SystemExit, match="--burst"):
+            cmd_loadtest(args)
+
+
 def test_a_jsonl_line_that_is_not_a_request_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     row = {"name": "input", "shape": [1, 1], "datatype": "FP32", "data": [0.5]}
