@@ -298,11 +298,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
 
     searches: dict[int, Any] = {}
+    placement: dict[int, dict[str, int]] = {}
     if deployed is None:
         print(f"searching the highest rate with p99 <= {slo.p99_ms:g} ms (replicas as deployed)")
         searches[0] = search()
     else:
-        searches = _search_per_replicas(args, deployed, target, payloads, version, search)
+        searches, placement = _search_per_replicas(
+            args, deployed, target, payloads, version, search
+        )
     sweep = [report.step_row(_closed_step(target, payloads, n, args)) for n in (1, 4, 16, 64)]
     measured = {n: s.max_rate for n, s in searches.items() if n > 0}
     scaling = Scaling(measured or {1: searches[0].max_rate})
@@ -318,6 +321,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         target_rate=args.target_rate or best,
         headroom=args.headroom,
         deployed=deployed,
+        placement=placement,
     )
     if args.verify:
         assert deployed is not None
@@ -355,19 +359,22 @@ def _search_per_replicas(
     payloads: list[Payload],
     version: str,
     search: Any,
-) -> dict[int, Any]:
-    """Redeploy the config at each replica count, search, and put the original config back."""
-    from loadtests.plan import patch_config
+) -> tuple[dict[int, Any], dict[int, dict[str, int]]]:
+    """Redeploy the config at each replica count, search, and put the original config back;
+    where the version's replicas ran at each count too."""
+    from loadtests.plan import patch_config, version_deployment
     from serve.ray import launcher
 
     config, resolved = deployed
+    where = version_deployment(config, resolved, args.model, version)
     launcher.start_ray(args.address)
-    searches = {}
+    searches, placement = {}, {}
     try:
         for replicas in (int(n) for n in args.replicas.split(",")):
             print(f"deploying {args.model} v{version} on {replicas} replica(s)")
             launcher.deploy(patch_config(config, resolved, args.model, version, replicas))
             _warm(target, payloads, args)
+            placement[replicas] = _placement(*where)
             searches[replicas] = search()
             print(
                 f"  {replicas} replica(s): {searches[replicas].max_rate:.0f} req/s within the SLO"
@@ -375,7 +382,18 @@ def _search_per_replicas(
     finally:
         print("putting the original config back")
         launcher.deploy(config)
-    return searches
+    return searches, placement
+
+
+def _placement(application: str, deployment: str) -> dict[str, int]:
+    """How many of a deployment's running replicas each node holds (by node address)."""
+    from collections import Counter
+
+    from serve.ray.internals import serve_details
+
+    replicas = serve_details()["applications"][application]["deployments"][deployment]["replicas"]
+    nodes = Counter(str(r.get("node_ip")) for r in replicas if "RUNNING" in str(r["state"]))
+    return dict(sorted(nodes.items()))
 
 
 def _warm(target: Target, payloads: list[Payload], args: argparse.Namespace) -> None:
@@ -400,7 +418,7 @@ def _verify(
     search for the highest rate within the SLO starting at the predicted one (its first probe
     is at that rate); every probe long enough for `--verify-samples` requests. The original
     config goes back whatever happens."""
-    from loadtests.plan import patch_config, search_max_rate
+    from loadtests.plan import patch_config, search_max_rate, version_deployment
     from serve.ray import launcher
 
     assert plan.deployed is not None
@@ -411,6 +429,7 @@ def _verify(
         print(f"verifying: deploying {plan.model} v{plan.version} on {plan.replicas} replica(s)")
         launcher.deploy(patch_config(config, resolved, plan.model, plan.version, plan.replicas))
         _warm(target, payloads, args)
+        placement = _placement(*version_deployment(config, resolved, plan.model, plan.version))
         # the target rate first, on a gateway no probe has overloaded yet; then the search
         at_target = probe(plan.target_rate)
         search = search_max_rate(probe, slo, predicted, args.max_rate, max_probes=args.max_probes)
@@ -430,6 +449,7 @@ def _verify(
 
     return {
         "replicas": plan.replicas,
+        "placement": placement,
         "predicted_max_rate": predicted,
         "measured_max_rate": search.max_rate,
         "max_rate_ratio": search.max_rate / predicted if predicted else None,
@@ -479,9 +499,12 @@ def _write_plan(out: Path, plan: Plan) -> None:
         "",
         f"SLO: p99 <= {plan.slo.p99_ms:g} ms, errors <= {plan.slo.max_error_ratio:.2%}.",
         "",
-        "| replicas | max req/s within the SLO |",
-        "|---|---:|",
-        *[f"| {k} | {v['max_rate']:.0f} |" for k, v in doc["searches"].items()],
+        "| replicas | max req/s within the SLO | nodes (replicas on each) |",
+        "|---|---:|---|",
+        *[
+            f"| {k} | {v['max_rate']:.0f} | {_nodes(doc['placement'].get(k))} |"
+            for k, v in doc["searches"].items()
+        ],
         "",
         f"Scaling efficiency (1 -> 2 replicas): {doc['scaling_efficiency']:.2f}. {plan.verdict()}.",
         "",
@@ -499,6 +522,12 @@ def _write_plan(out: Path, plan: Plan) -> None:
     print(f"plan, plots and config in {out}/")
 
 
+def _nodes(placement: dict[str, int] | None) -> str:
+    if not placement:
+        return "as deployed"
+    return ", ".join(f"{node} × {count}" for node, count in placement.items())
+
+
 def _verification_lines(v: dict[str, Any], slo_ms: float) -> list[str]:
     """plan.md's section on the deployed plan, predicted against measured."""
     best, at_target, at_predicted = (
@@ -514,7 +543,8 @@ def _verification_lines(v: dict[str, Any], slo_ms: float) -> list[str]:
         else f"**miss the SLO at the target rate**: {at_target['why_not']}."
     )
     return [
-        f"## Verified: the written config deployed ({v['replicas']} replica(s))",
+        f"## Verified: the written config deployed ({v['replicas']} replica(s): "
+        f"{_nodes(v['placement'])})",
         "",
         "| figure | predicted | measured | samples |",
         "|---|---:|---:|---:|",

@@ -166,20 +166,35 @@ def patch_config(
     versions), which lists each application's versions in the config's order.
     """
     patched = copy.deepcopy(config)
-    for application in patched["applications"]:
+    application, entry = _find(patched, resolved, model, version)
+    if entry.get("placement", "dedicated") == "dedicated":
+        entry.pop("autoscaling", None)
+        entry["num_replicas"] = replicas
+    else:
+        router = application["args"].setdefault("router", {})
+        router.pop("autoscaling", None)
+        router["num_replicas"] = replicas
+    return patched
+
+
+def version_deployment(
+    config: dict[str, Any], resolved: dict[str, list[Any]], model: str, version: str
+) -> tuple[str, str]:
+    """(application, deployment) whose replicas run the version: its own, or the router."""
+    application, entry = _find(config, resolved, model, version)
+    if entry.get("placement", "dedicated") == "dedicated":
+        return application["name"], f"{model}-v{version}"
+    return application["name"], "Router"
+
+
+def _find(
+    config: dict[str, Any], resolved: dict[str, list[Any]], model: str, version: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    for application in config["applications"]:
         for position, item in enumerate(resolved.get(application["name"], [])):
             model_config, _, _, resolved_version = item
             if model_config.name == model and resolved_version == version:
-                args = application["args"]
-                entry = _nth_version(args, position)
-                if entry.get("placement", "dedicated") == "dedicated":
-                    entry.pop("autoscaling", None)
-                    entry["num_replicas"] = replicas
-                else:
-                    router = args.setdefault("router", {})
-                    router.pop("autoscaling", None)
-                    router["num_replicas"] = replicas
-                return patched
+                return application, _nth_version(application["args"], position)
     raise ValueError(f"the config deploys no version {version} of model '{model}'")
 
 
@@ -204,6 +219,8 @@ class Plan:
     headroom: float
     deployed: tuple[dict[str, Any], Any] | None = None  # --config and its resolved versions
     verification: dict[str, Any] | None = None  # --verify: the written config, measured
+    #: by replica count measured: how many of the version's replicas ran on each node
+    placement: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
     def needed(self) -> int | None:
@@ -250,9 +267,12 @@ class Plan:
                 "measured from 1 to 2 replicas (1.0 if only one count was measured)",
                 f"the target is met with {self.headroom:.0%} spare capacity",
                 "the load looks like this run's: same protocol, rows per request and input values",
+                "replicas are counted across the cluster's nodes, wherever Ray placed them "
+                "(placement: node address -> replicas)",
                 "the load generator shared this machine's CPUs with the gateway unless it ran on "
                 "other nodes (--ray-address); the capacities are lower bounds then",
             ],
+            "placement": {f"{n} replicas": nodes for n, nodes in self.placement.items()},
             "closed_loop_sweep": self.sweep,
             **({"verification": self.verification} if self.verification is not None else {}),
         }

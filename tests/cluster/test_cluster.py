@@ -153,6 +153,41 @@ def test_every_node_answers_the_readiness_probe(
         assert requests.get(url, timeout=10).status_code == 200, node.name
 
 
+def test_plan_counts_replicas_across_the_nodes_and_loads_from_several(
+    ray_cluster: RayCluster, deployed: dict[str, Any]
+) -> None:
+    """`modelgate plan --config` on the cluster, with short probes: breast_cancer v1 redeployed
+    at 1 and 2 replicas (on the workers, as its config says), where each ran counted by node,
+    the load generated from several nodes, and the operator's config put back."""
+    config = ray_cluster.workdir / "cluster.yaml"  # what `deployed` applied
+    out = ray_cluster.workdir / "plan"
+    done = ray_cluster.head.run(
+        str(BIN / "modelgate"), "plan",
+        "--url", f"http://{ray_cluster.head.address}:{HTTP_PORT}",
+        "--model", "breast_cancer", "--version", "1", "--slo-p99", "500ms",
+        "--config", str(config), "--address", ray_cluster.address,
+        "--ray-address", ray_cluster.address, "--processes", "3", "--replicas", "1,2",
+        "--start-rate", "40", "--max-rate", "80", "--probe-duration", "1", "--warmup", "0.5",
+        "--max-probes", "2", "--out", str(out),
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    doc = json.loads((out / "plan.json").read_text())
+    workers = {w.address for w in ray_cluster.workers}
+    placement = doc["placement"]
+    assert {k: sum(v.values()) for k, v in placement.items()} == {"1 replicas": 1, "2 replicas": 2}
+    assert all(set(v) <= workers for v in placement.values()), placement
+    nodes = {n.address for n in ray_cluster.cluster.nodes.values()}
+    for search in doc["searches"].values():
+        for probe in search["probes"]:
+            where = {share["where"] for share in probe["generators"]}
+            assert len(where) >= 2 and where <= nodes, probe["generators"]
+            assert probe["measured"] > 0 and probe["errors"] == {}
+    # the operator's config is back: two replicas of version 1 on the workers
+    running = [r for r in replicas(ray_cluster)["breast_cancer-v1"] if "RUNNING" in r["state"]]
+    assert len(running) == 2 and {r["node_ip"] for r in running} <= workers
+
+
 def test_serve_deploy_against_the_heads_dashboard_adds_an_application(
     ray_cluster: RayCluster, deployed: dict[str, Any]
 ) -> None:

@@ -91,6 +91,11 @@ def test_plan_redeploys_at_1_and_2_replicas_verifies_its_config_and_puts_the_ori
         for search in doc["searches"].values():
             assert search["probes"] and all(p["measured"] > 0 for p in search["probes"])
         assert len(_replicas_that_answered(gateway)) >= 2
+        # where they ran, counted across the nodes (one here)
+        assert {k: sum(v.values()) for k, v in doc["placement"].items()} == {
+            "1 replicas": 1,
+            "2 replicas": 2,
+        }
         # the config it wrote sizes this version and keeps the gateway as it was
         written = yaml.safe_load((out / "config.yaml").read_text())
         assert written["applications"][0] == config["applications"][0]
@@ -98,6 +103,7 @@ def test_plan_redeploys_at_1_and_2_replicas_verifies_its_config_and_puts_the_ori
         assert versions[0]["num_replicas"] == doc["verification"]["replicas"] >= 1
         # --verify deployed it and measured both figures, each on its samples
         verification = doc["verification"]
+        assert sum(verification["placement"].values()) == verification["replicas"]
         assert verification["predicted_max_rate"] > 0
         assert verification["at_predicted_rate"]["samples"] >= 300
         at_target = verification["at_target_rate"]
