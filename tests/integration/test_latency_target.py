@@ -1,6 +1,6 @@
 """Batching to a latency target (`batching.target_p99_ms`, serve/core/pacing.py) against the
-real gateway, with the harness's open loop and bursts: twice the measured capacity for 3 s
-every 9 s, over half of it between them.
+real gateway, with the harness's open loop and bursts: twice the measured capacity for 5 s
+every 10 s, over half of it between them.
 
 Two models in one application beside the session's gateway, each on a dedicated replica of
 the same slow model (a few milliseconds of one core a row): `paced` with a target, `unpaced`
@@ -55,9 +55,9 @@ def _bursts(capacity: float) -> Step:
         concurrency=4096,
         rate=capacity / 2,
         burst_rate=2 * capacity,
-        burst_s=3,
-        burst_every_s=9,
-        duration_s=18,
+        burst_s=5,
+        burst_every_s=10,
+        duration_s=20,
         warmup_s=2,
         timeout_s=15,
     )
@@ -69,7 +69,9 @@ def test_bursts_keep_the_answered_p99_under_the_target_with_goodput_and_break_it
     paced, unpaced = (Target(gateway.base + PREFIX, m, "1") for m in ("paced", "unpaced"))
     payloads = load_payloads(paced)
     run(unpaced, payloads, Step("closed", concurrency=8, duration_s=2, warmup_s=1))  # warm
-    measured = run(unpaced, payloads, Step("closed", concurrency=32, duration_s=5, warmup_s=1))
+    # Answers arrive a batch at a time (a 16-row batch takes ~0.4 s): long windows, so that
+    # a batch more or less at a window's edges moves the rates by a few percent only.
+    measured = run(unpaced, payloads, Step("closed", concurrency=32, duration_s=8, warmup_s=1))
     assert measured.errors == {}
     capacity = measured.achieved_rps
     with_target = run(paced, payloads, _bursts(capacity))
@@ -88,8 +90,8 @@ def test_bursts_keep_the_answered_p99_under_the_target_with_goodput_and_break_it
     assert with_target.burst_goodput_rps >= 0.8 * capacity
     assert set(with_target.errors) <= {"http_503"}
     shed = with_target.errors.get("http_503", 0) / with_target.measured
-    # Twice the capacity for a third of the time over half of it between: about a third of
-    # the requests are beyond what the replica can answer at all.
+    # Twice the capacity half the time, half of it between: 40% of the requests are beyond
+    # what the replica can answer at all.
     assert 0 < shed < 0.5
     # What the target decided is exported, per version.
     rows = metric_value(gateway, "modelgate_pacing_batch_rows_limit", model="paced", version="1")
