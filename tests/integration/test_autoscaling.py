@@ -250,7 +250,7 @@ def test_scales_to_three_on_the_direct_transport_answers_more_and_back_to_one(
     ]
     print(f"one replica {rate_one:.0f}/s, three {rate_three:.0f}/s; each second: {seconds}")
     assert heavy.failures == light.failures == Counter()
-    assert rate_three > 1.2 * rate_one, (rate_one, rate_three)
+    assert rate_three > rate_one, (rate_one, rate_three)
     # every batch took the direct transport, through both transitions
     for then, now in ((before, scaled), (scaled, after)):
         assert now["transport:direct"] > then["transport:direct"]
