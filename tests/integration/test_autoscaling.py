@@ -40,7 +40,14 @@ TARGET = 2
 HEAVY, LIGHT = 11, 1
 #: Seconds Ray waits, deciding more replicas every control period, before it adds them: the
 #: window in which the load runs on one replica (measured from the second after it starts).
-UPSCALE_DELAY_S = 8
+#: Long against a second's dip (a batch delayed by other work on two cores moved an 8 s
+#: window's rate by a third on one CI run).
+UPSCALE_DELAY_S = 12
+#: Seconds measured at three replicas.
+THREE_S = 14
+#: Three replicas share two cores with the router, HAProxy and the clients, so the gain is
+#: bounded: 1.29-1.93x measured; more than 1.1x is a gain no dip explains.
+MARGIN = 1.1
 AUTOSCALING = {
     "min_replicas": 1,
     "max_replicas": 3,
@@ -235,7 +242,7 @@ def test_scales_to_three_on_the_direct_transport_answers_more_and_back_to_one(
             replicas.wait_for(3, timeout_s=120)
             _each_replica_answers(gateway, replicas=3, timeout_s=30)
             scaled = _direct_batches(gateway)  # (settles the metrics: a second or two)
-            three = (time.monotonic() + 1, time.monotonic() + UPSCALE_DELAY_S - 1)
+            three = (time.monotonic() + 1, time.monotonic() + 1 + THREE_S)
             time.sleep(three[1] - time.monotonic() + 0.1)
             assert replicas.counts(*three) == {3}
         rate_one = light.rate(*one) + heavy.rate(*one)
@@ -250,7 +257,7 @@ def test_scales_to_three_on_the_direct_transport_answers_more_and_back_to_one(
     ]
     print(f"one replica {rate_one:.0f}/s, three {rate_three:.0f}/s; each second: {seconds}")
     assert heavy.failures == light.failures == Counter()
-    assert rate_three > rate_one, (rate_one, rate_three)
+    assert rate_three > MARGIN * rate_one, (rate_one, rate_three, seconds)
     # every batch took the direct transport, through both transitions
     for then, now in ((before, scaled), (scaled, after)):
         assert now["transport:direct"] > then["transport:direct"]
