@@ -29,5 +29,9 @@ def test_the_dashboard_covers_what_the_issue_asks_for() -> None:
         "modelgate_alias_info",  # canary vs stable
         "modelgate_shadow_rows_total",  # shadow agreement
         "modelgate_input_drift_psi",
+        "modelgate_delivery_candidate_percent",  # progressive delivery's step
+        "modelgate_delivery_phase",
+        "modelgate_delivery_guardrail_value",
+        "modelgate_delivery_decisions_total",
     ):
         assert needed in names, needed

@@ -255,3 +255,60 @@ def cmd_ingress_env(args: argparse.Namespace) -> int:
     for key, value in {**launcher.HIGH_THROUGHPUT_ENV, **env}.items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
+
+
+def cmd_delivery(args: argparse.Namespace) -> int:
+    """A running application's deliveries, from Ray's KV (serve/control/delivery.py): each
+    model's phase, step and guardrails against their limits, and the decisions with their
+    reasons; or an operator's pause, resume or abort, taken by the controller within a second."""
+    import json
+
+    from serve.ray.delivery import connect
+
+    if args.action != "status" and not args.model:
+        print(f"modelgate delivery {args.action}: name the model")
+        return 2
+    store = connect(args.app, args.address)
+    if args.action != "status":
+        if args.model not in store.desired():
+            print(f"no delivery for model {args.model!r} in application {args.app!r}")
+            return 1
+        store.send(args.model, args.action)
+        print(f"{args.action} sent to the delivery of {args.model}")
+        return 0
+    status = store.status()
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(_delivery_text(status))
+    return 0
+
+
+def _delivery_text(status: dict[str, Any]) -> str:
+    import datetime
+
+    lines = []
+    for model, m in sorted(status.get("models", {}).items()):
+        steps = ", ".join(f"{s:g}%" for s in m["steps"])
+        lines.append(
+            f"{model}: v{m['stable']} -> v{m['candidate']}  {m['phase']}  "
+            f"candidate {m['candidate_percent']:g}% (steps {steps}, then 100%)"
+        )
+        if m["phase"] in ("running", "paused"):
+            lines.append(f"  this step: {m['taken']:.0f} of {m['min_requests']} requests")
+        for c in m["checks"]:
+            value = "n/a" if c["value"] is None else f"{c['value']:.4g}"
+            state = {True: "ok", False: "BREACH", None: "pending"}[c["ok"]]
+            lines.append(f"  {c['name']:<24} {value:>10}  limit {c['threshold']:<8g} {state}")
+        if m.get("reason"):
+            lines.append(f"  reason: {m['reason']}")
+    if not lines:
+        lines.append("no delivery")
+    lines.append("decisions:")
+    for d in status.get("decisions", [])[-20:]:
+        at = datetime.datetime.fromtimestamp(d["time"]).strftime("%H:%M:%S")
+        lines.append(
+            f"  {at} {d['model']} {d['outcome']:<11} "
+            f"{d['from_percent']:g}% -> {d['candidate_percent']:g}%  {d['reason']}"
+        )
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from serve.cli.commands import (
     cmd_api_key,
     cmd_convert,
+    cmd_delivery,
     cmd_demo_models,
     cmd_ingress_env,
     cmd_models,
@@ -105,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     routes = sub.add_parser("routes", help="show routing as the running gateway sees it")
     routes.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's HTTP URL")
     routes.set_defaults(func=cmd_routes)
+
+    deliver = sub.add_parser(
+        "delivery",
+        help="progressive deliveries (canaries the gateway promotes or rolls back itself): "
+        "status, pause, resume, abort",
+    )
+    deliver.add_argument("action", choices=["status", "pause", "resume", "abort"])
+    deliver.add_argument("model", nargs="?", help="the model (pause, resume, abort)")
+    deliver.add_argument("--app", default="modelgate", help="the Serve application")
+    deliver.add_argument("--address", default="auto", help="the Ray cluster (default: auto)")
+    deliver.add_argument("--json", action="store_true", help="status as JSON")
+    deliver.set_defaults(func=cmd_delivery)
 
     ingress = sub.add_parser(
         "ingress-env",

@@ -187,7 +187,7 @@ def print_samples(resolved: list[Resolved], base: str, grpc_target: str) -> None
 
     seen: set[str] = set()
     print("\nsample predictions:")
-    for model, _, artifact, version in resolved:
+    for model, _, artifact, version, _ in resolved:
         if model.name in seen:
             continue
         seen.add(model.name)

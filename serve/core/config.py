@@ -173,6 +173,14 @@ class VersionConfig(_Strict):
         "default so many versions fit a small node; raise it to spread replicas across nodes.",
     )
     nodes: Nodes | None = Field(None, description="The nodes its replicas run on (dedicated).")
+    follow: bool = Field(
+        False,
+        description="With `uri: models:/<m>@<alias>`: follow the alias. When it moves in the "
+        "registry, the delivery controller has the application rebuilt: the new version is "
+        "converted and verified (in the control plane), deployed beside the one serving, and "
+        "delivered under the model's `delivery` policy (defaults if none); promoted, the "
+        "alias moves in the gateway; rolled back, it is put back in the registry.",
+    )
 
     @property
     def direct(self) -> bool:
@@ -183,6 +191,8 @@ class VersionConfig(_Strict):
     def _one_source(self) -> VersionConfig:
         if (self.uri is None) == (self.artifact is None):
             raise ValueError("give exactly one of 'uri' (a registry model URI) or 'artifact'")
+        if self.follow and (self.uri is None or "@" not in self.uri):
+            raise ValueError("follow: needs a 'uri' naming an alias (models:/<name>@<alias>)")
         return self
 
 
@@ -206,6 +216,12 @@ class ModelConfig(_Strict):
         "false: refused with 400 / INVALID_ARGUMENT naming the input, since most models answer "
         "NaN with a confident but meaningless prediction.",
     )
+
+    @model_validator(mode="after")
+    def _one_followed(self) -> ModelConfig:
+        if sum(v.follow for v in self.versions) > 1:
+            raise ValueError(f"model '{self.name}': at most one version may follow an alias")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -324,6 +340,11 @@ class GatewayConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     auth: AuthConfig | None = Field(
         None, description="API keys (serve/core/auth.py); null: every endpoint is open."
+    )
+    revision: str | None = Field(
+        None,
+        description="Set by the alias follower when a followed alias moves: Ray Serve rebuilds "
+        "an application only when its config changes. Any value; leave it to the follower.",
     )
 
     @model_validator(mode="after")

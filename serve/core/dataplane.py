@@ -23,8 +23,15 @@ import numpy as np
 from converters.manifest import Manifest
 from serve.core.auth import Access, Authenticator
 from serve.core.batching import MicroBatcher
+from serve.core.delivery import Record
 from serve.core.errors import ErrorCode, InferenceError, invalid, not_found
-from serve.core.routing import ModelRouting, RouteTable, RoutingConfig, compile_routing
+from serve.core.routing import (
+    Follow,
+    ModelRouting,
+    RouteTable,
+    RoutingConfig,
+    compile_routing,
+)
 from serve.core.shadow import ShadowRunner
 from serve.core.types import InferRequest, InferResponse, Tensor
 from serve.core.validation import validate
@@ -77,6 +84,7 @@ class ModelEntry:
     versions: dict[str, VersionTarget]
     registry_aliases: dict[str, str]
     table: RouteTable
+    follow: Follow | None = None
 
 
 class DataPlane:
@@ -90,6 +98,9 @@ class DataPlane:
         self.metrics = metrics or GatewayMetrics()
         self.auth = auth
         self.shadows: dict[str, ShadowRunner] = {}
+        self.routing = RoutingConfig()  # as the operator's config last set it
+        self.registry: str | None = None  # the registry `uri` versions come from
+        self.records: dict[str, Record] = {}
         self._published_aliases: dict[str, dict[str, str]] = {}
         for name, entry in models.items():  # counters exist at 0 from the start (for rate())
             for version in entry.versions:
@@ -104,6 +115,7 @@ class DataPlane:
         registry_aliases: dict[str, dict[str, str]],
         metrics: GatewayMetrics | None = None,
         auth: Authenticator | None = None,
+        follows: dict[str, Follow] | None = None,
     ) -> DataPlane:
         """Group versions by model; every model starts on its default routing."""
         grouped: dict[str, dict[str, VersionTarget]] = {}
@@ -112,22 +124,30 @@ class DataPlane:
         entries = {}
         for model, versions in grouped.items():
             aliases = registry_aliases.get(model, {})
-            table = RouteTable(model, list(versions), ModelRouting(), aliases)
-            entries[model] = ModelEntry(versions, aliases, table)
+            follow = (follows or {}).get(model)
+            table = RouteTable(model, list(versions), ModelRouting(), aliases, None, follow)
+            entries[model] = ModelEntry(versions, aliases, table, follow)
         plane = cls(entries, metrics, auth)
         plane._publish_routing()
         return plane
 
-    def apply_routing(self, routing: RoutingConfig) -> None:
-        """Compile and check every model's routing, then switch to it all at once.
+    def apply_routing(
+        self, routing: RoutingConfig, records: dict[str, Record] | None = None
+    ) -> None:
+        """Compile and check every model's routing, then switch to it all at once. `records`:
+        the deliveries' records (serve/core/delivery.py); None keeps those last applied.
 
         Raises ValueError (and changes nothing) if any part names what is not deployed.
         """
+        records = self.records if records is None else records
         tables = compile_routing(
             {name: list(entry.versions) for name, entry in self.models.items()},
             {name: entry.registry_aliases for name, entry in self.models.items()},
             routing,
+            records,
+            {name: entry.follow for name, entry in self.models.items() if entry.follow},
         )
+        self.routing, self.records = routing, records
         for runner in self.shadows.values():  # first: a new runner may reopen the same log
             runner.close()
         self.shadows = {
@@ -140,6 +160,50 @@ class DataPlane:
         for name, table in tables.items():
             self.models[name].table = table
         self._publish_routing()
+
+    def apply_records(self, records: dict[str, Record]) -> bool:
+        """The delivery controller's records changed: the routing they allow, now. False (and
+        nothing changes) when no delivering model's record did."""
+        changed = False
+        for name, entry in self.models.items():
+            d = entry.table.delivery
+            if d is not None:
+                record = records.get(name)
+                applies = record is not None and record.id == d.id
+                changed |= d.record != (record if applies else None)
+        if not changed:
+            return False
+        self.apply_routing(self.routing, records)
+        return True
+
+    def deliveries(self) -> dict[str, Any]:
+        """What the routers must tell the delivery controller: each delivering model's policy
+        and the versions it resolved to (serve/control/delivery.py reads them)."""
+        out: dict[str, Any] = {}
+        for name, entry in self.models.items():
+            d = entry.table.delivery
+            if d is not None and d.names.stable != d.names.candidate:
+                follow = entry.follow
+                out[name] = {
+                    "follow": None if follow is None else follow.model_dump(),
+                    "registry": self.registry,
+                    "stable_alias": d.names.stable_alias,
+                    "candidate_unready": _unready(entry.versions[d.names.candidate]),
+                    "id": d.id,
+                    "policy": d.policy.model_dump(mode="json"),
+                    "stable": d.names.stable,
+                    "candidate": d.names.candidate,
+                    "sources": {
+                        v: entry.versions[v].manifest.source_uri
+                        for v in (d.names.stable, d.names.candidate)
+                    },
+                }
+        return out
+
+    def follows(self) -> dict[str, Any]:
+        """Each model following a registry alias, as built (the delivery controller watches
+        the registry for them)."""
+        return {n: e.follow.model_dump() for n, e in self.models.items() if e.follow is not None}
 
     def _publish_routing(self) -> None:
         """Weights and aliases as gauges, so dashboards can put canary and stable side by side."""
@@ -428,3 +492,9 @@ def deadline_s(request: InferRequest, default_s: float | None) -> float | None:
         )
     requested = value / 1e6
     return requested if default_s is None else min(requested, default_s)
+
+
+def _unready(target: VersionTarget) -> str:
+    """Why a version takes no traffic (its replicas failed to start, or all stopped); "" if
+    it is ready, or its first replicas are still starting."""
+    return "" if target.health.ready else target.health.reason or "not ready"

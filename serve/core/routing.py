@@ -19,6 +19,8 @@ from collections.abc import Callable, Collection
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.core import delivery
+from serve.core.delivery import DeliveryPolicy, Record
 from serve.core.errors import not_found
 from serve.core.shadow import ShadowConfig
 
@@ -46,6 +48,22 @@ class ModelRouting(BaseModel):
     shadow: ShadowConfig | None = Field(
         None, description="Copy a sample of this model's requests to another version."
     )
+    delivery: DeliveryPolicy | None = Field(
+        None,
+        description="Progressive delivery (serve/core/delivery.py): a candidate takes the "
+        "default route step by step, judged by its own metrics, rolled back on a breach. While "
+        "set, it decides the weights and the shadow: leave those two unset.",
+    )
+
+
+class Follow(BaseModel):
+    """A model that follows a registry alias (serve/control/follow.py), as built."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str
+    registry: str  # the registry's location
+    candidate: str | None = None  # the version the alias moved to, deployed to be delivered
 
 
 class RoutingConfig(BaseModel):
@@ -56,8 +74,28 @@ class RoutingConfig(BaseModel):
     models: dict[str, ModelRouting] = Field(default_factory=dict)
 
 
+class Delivery:
+    """A model's delivery as one router applies it."""
+
+    def __init__(self, policy: DeliveryPolicy, names: delivery.Resolved, id: str) -> None:
+        self.policy, self.names, self.id = policy, names, id
+        self.record: Record | None = None
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "stable": self.names.stable,
+            "candidate": self.names.candidate,
+            "phase": None if self.record is None else self.record.phase,
+            "step": None if self.record is None else self.record.step,
+            "candidate_percent": delivery.share(self.policy, self.record),
+        }
+
+
 class RouteTable:
     """One model's routing, compiled and checked against the versions actually deployed."""
+
+    delivery: Delivery | None = None
 
     def __init__(
         self,
@@ -65,6 +103,8 @@ class RouteTable:
         versions: list[str],
         routing: ModelRouting,
         registry_aliases: dict[str, str] | None = None,
+        record: Record | None = None,
+        follow: Follow | None = None,
     ) -> None:
         self.model = model
         self.versions = list(versions)
@@ -76,6 +116,11 @@ class RouteTable:
                     f"model '{model}': alias '{alias}' points to version {version}, which is not "
                     f"deployed (deployed: {', '.join(self.versions)})"
                 )
+        self.follow = follow
+        if follow is not None:
+            routing = _following(routing, follow)
+        if routing.delivery is not None:
+            routing = self._deliver(routing, routing.delivery, record)
         raw = routing.weights or {_highest(self.versions): 1.0}
         weights: dict[str, float] = {}
         for name, weight in raw.items():
@@ -102,6 +147,27 @@ class RouteTable:
                     f"model '{model}': shadow version '{routing.shadow.version}' is neither a "
                     f"deployed version ({', '.join(self.versions)}) nor an alias"
                 )
+
+    def _deliver(
+        self, routing: ModelRouting, policy: DeliveryPolicy, record: Record | None
+    ) -> ModelRouting:
+        """The routing the delivery's record allows: weights, shadow and a promoted alias."""
+        if routing.weights or routing.shadow is not None:
+            raise ValueError(
+                f"model '{self.model}': delivery decides the weights and the shadow; "
+                "leave 'weights' and 'shadow' unset beside it"
+            )
+        names = delivery.resolve(policy, self.versions, self.aliases, self.model)
+        self.delivery = Delivery(policy, names, policy.identity(names.stable, names.candidate))
+        if record is not None and record.id != self.delivery.id:
+            record = None  # another policy's record: this one has not started
+        self.delivery.record = record
+        weights, shadowed, moved = delivery.routes(policy, names, record)
+        self.aliases.update(moved)
+        shadow = None
+        if shadowed is not None:
+            shadow = ShadowConfig(version=shadowed, ratio=policy.shadow_ratio)
+        return routing.model_copy(update={"weights": weights, "shadow": shadow})
 
     def resolve(self, requested: str) -> str:
         """A pinned version or an alias, as named in the request."""
@@ -155,6 +221,7 @@ class RouteTable:
                 "max_in_flight": self.shadow.max_in_flight,
                 "log_path": self.shadow.log_path,
             },
+            "delivery": None if self.delivery is None else self.delivery.describe(),
         }
 
 
@@ -162,17 +229,41 @@ def compile_routing(
     versions: dict[str, list[str]],
     registry_aliases: dict[str, dict[str, str]],
     routing: RoutingConfig,
+    records: dict[str, Record] | None = None,
+    follows: dict[str, Follow] | None = None,
 ) -> dict[str, RouteTable]:
-    """Every deployed model's route table; ValueError if the routing names what is not deployed."""
+    """Every deployed model's route table; ValueError if the routing names what is not deployed.
+    `records`: each delivering model's record, as the delivery controller left it."""
     unknown = sorted(set(routing.models) - set(versions))
     if unknown:
         raise ValueError(f"routing names models that are not deployed: {', '.join(unknown)}")
     return {
         name: RouteTable(
-            name, deployed, routing.models.get(name, ModelRouting()), registry_aliases.get(name)
+            name,
+            deployed,
+            routing.models.get(name, ModelRouting()),
+            registry_aliases.get(name),
+            (records or {}).get(name),
+            (follows or {}).get(name),
         )
         for name, deployed in versions.items()
     }
+
+
+def _following(routing: ModelRouting, follow: Follow) -> ModelRouting:
+    """A followed alias: the version it moved to is delivered under the model's policy (its
+    defaults if it has none), the alias being the stable one; with nothing to deliver, the
+    alias takes the default route unless the routing says otherwise."""
+    policy = routing.delivery
+    if follow.candidate is not None:
+        policy = policy or DeliveryPolicy(stable=follow.alias)
+        update = {"stable": follow.alias, "candidate": follow.candidate}
+        return routing.model_copy(update={"delivery": policy.model_copy(update=update)})
+    if policy is not None and policy.candidate is None:  # the follower's: nothing to deliver
+        policy = None
+    if policy is None and not routing.weights:
+        return routing.model_copy(update={"delivery": None, "weights": {follow.alias: 1.0}})
+    return routing.model_copy(update={"delivery": policy})
 
 
 def _highest(versions: list[str]) -> str:

@@ -444,3 +444,61 @@ class GatewayMetrics:
             rows_c.inc(rows)
 
         return observe
+
+
+class DeliveryMetrics:
+    """The delivery controller's own series (serve/control/delivery.py): one process per
+    application writes them, into its node's folder like every replica."""
+
+    PHASES = ("running", "paused", "failed", "aborted", "promoted")
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.percent = Gauge(
+            "modelgate_delivery_candidate_percent",
+            "The candidate's share of the model's default route in the delivery's current step "
+            "(0 in the shadow step and after a rollback, 100 once promoted).",
+            ["model", "stable", "candidate"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.phase = Gauge(
+            "modelgate_delivery_phase",
+            "1 for the delivery's phase (running, paused, failed, aborted, promoted), 0 others.",
+            ["model", "phase"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.guardrail = Gauge(
+            "modelgate_delivery_guardrail_value",
+            "Each guardrail's value over the current step's window (serve/core/delivery.py); "
+            "its limit is modelgate_delivery_guardrail_limit.",
+            ["model", "guardrail"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.limit = Gauge(
+            "modelgate_delivery_guardrail_limit",
+            "Each guardrail's limit, as the policy sets it.",
+            ["model", "guardrail"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.decisions = Counter(
+            "modelgate_delivery_decisions_total",
+            "The controller's decisions by outcome: started, advanced, promoted, rolled_back, "
+            "paused, resumed, aborted.",
+            ["model", "outcome"],
+            registry=r,
+        )
+
+    def show(self, model: str, phase: str, labels: tuple[str, str], percent: float) -> None:
+        self.percent.labels(model, *labels).set(percent)
+        for p in self.PHASES:
+            self.phase.labels(model, p).set(1 if p == phase else 0)
+
+    def checks(self, model: str, checks: list[tuple[str, float | None, float]]) -> None:
+        for name, value, limit in checks:
+            if value is not None:
+                self.guardrail.labels(model, name).set(value)
+            self.limit.labels(model, name).set(limit)

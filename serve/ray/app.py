@@ -29,6 +29,7 @@ from starlette.responses import Response
 from converters.manifest import Manifest
 from converters.spec import Signature
 from serve.control import distribute
+from serve.control.follow import FollowStore
 from serve.control.resolve import Resolved, resolve_versions
 from serve.core import runners
 from serve.core.admission import Admission
@@ -47,7 +48,7 @@ from serve.core.config import (
 )
 from serve.core.dataplane import DataPlane, Health, VersionTarget
 from serve.core.errors import ErrorCode, InferenceError
-from serve.core.routing import RoutingConfig
+from serve.core.routing import Follow, RoutingConfig
 from serve.core.runners import expired, time_left
 from serve.core.runtime import ArtifactError, VersionRuntime
 from serve.core.types import Feeds
@@ -103,6 +104,8 @@ class RouterSpec(BaseModel):
     max_requests: int = 4096  # admitted at once; one more: 503 at once
     versions: list[VersionSpec]
     registry_aliases: dict[str, dict[str, str]]
+    follows: dict[str, Follow] = {}
+    registry: str | None = None
     limits: Limits
     telemetry: TelemetrySpec
     auth: AuthConfig | None = None
@@ -210,8 +213,9 @@ class Router:
         ]
         auth = Authenticator(self.spec.auth) if self.spec.auth is not None else None
         self.plane = DataPlane.build(
-            targets, self.spec.registry_aliases, self.telemetry.metrics, auth
+            targets, self.spec.registry_aliases, self.telemetry.metrics, auth, self.spec.follows
         )
+        self.plane.registry = self.spec.registry
         dedicated = {
             v.deployment: t.health
             for v, t in zip(self.spec.versions, targets, strict=True)
@@ -222,8 +226,14 @@ class Router:
             self.plane, self.admission, self.limits.max_body_bytes, self.codec_limits
         )
         self._cpu_mark = (time.monotonic(), time.process_time())  # for record_autoscaling_stats
+        self.delivery = DeliverySync(
+            serve.get_replica_context().app_name, self.plane, self.spec.telemetry.metrics
+        )
 
     def __del__(self) -> None:
+        delivery_sync = getattr(self, "delivery", None)
+        if delivery_sync is not None:
+            delivery_sync.stop()
         _close_telemetry(self)
         health = getattr(self, "health", None)
         if health is not None:
@@ -235,7 +245,14 @@ class Router:
         Idempotent (Ray may call it again with the same config). A config naming versions that
         are not deployed raises, and the routing in force stays as it was.
         """
-        self.plane.apply_routing(RoutingConfig.model_validate(user_config or {}))
+        routing = RoutingConfig.model_validate(user_config or {})
+        delivering = sorted(m for m, r in routing.models.items() if r.delivery is not None)
+        if delivering and self.spec.telemetry.metrics.port is None:
+            raise ValueError(
+                f"delivery ({', '.join(delivering)}) reads every node's exporter: "
+                "metrics.port must be set"
+            )
+        self.plane.apply_routing(routing)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """The share of a core this router replica's process used since Ray last asked (the
@@ -278,6 +295,60 @@ class Router:
 
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Message:
         return await self.grpc.ModelInfer(request, grpc_context)
+
+
+class DeliverySync:
+    """Keeps one router's delivering models where the delivery controller has them
+    (serve/control/delivery.py): each `ROUTER_REFRESH_S` it publishes what its routing config
+    desires when that changed, starts the controller if none runs, and applies the records'
+    routing. A task on the router's event loop; the KV calls run in a thread, so a request
+    never waits on them."""
+
+    #: Seconds between checks that the controller runs.
+    ENSURE_S = 10.0
+
+    def __init__(self, app: str, plane: DataPlane, metrics: MetricsConfig) -> None:
+        from serve.control.delivery import Store
+
+        self.app, self.plane, self.metrics = app, plane, metrics
+        self.store = Store(app, KVDirectory())
+        self._published: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._ensured = 0.0
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:
+                logger.warning("could not sync deliveries", exc_info=True)
+            await asyncio.sleep(ROUTER_REFRESH_S)
+
+    async def sync(self) -> None:
+        desired, follows = self.plane.deliveries(), self.plane.follows()
+        if (desired, follows) != self._published:
+            await asyncio.to_thread(self.store.publish_desired, desired)
+            await asyncio.to_thread(self.store.publish_follows, follows)
+            self._published = (desired, follows)
+        if not desired and not follows:
+            return
+        if time.monotonic() - self._ensured > self.ENSURE_S:
+            await asyncio.to_thread(self._ensure)
+            self._ensured = time.monotonic()
+        self.plane.apply_records(await asyncio.to_thread(self.store.records))
+
+    def _ensure(self) -> None:
+        import os
+
+        from serve.ray.delivery import ensure_controller
+
+        port = self.metrics.port
+        assert port is not None  # reconfigure refuses a delivery without the exporters
+        env = {MULTIPROC_ENV: os.environ[MULTIPROC_ENV]} if MULTIPROC_ENV in os.environ else {}
+        ensure_controller(self.app, self.metrics.host, port, env)
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:
@@ -553,13 +624,13 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
     """`build_app` with another ingress deployment, one taking the Router's arguments (the
     benchmark's floor, `loadtests.floor:floor_app`, is a Router answering like the baseline)."""
     args = args if isinstance(args, GatewayConfig) else GatewayConfig.model_validate(args)
-    resolved = resolve_versions(args)
+    resolved = resolve_versions(args, FollowStore(KVDirectory()))
     refs = distribute.pin(args, resolved)
     distribute.check_reachable(args, refs, nodes=sum(1 for n in ray.nodes() if n["Alive"]))
     telemetry = TelemetrySpec(metrics=args.metrics, drift=args.drift)
     handles: dict[str, Any] = {}
     specs: list[VersionSpec] = []
-    for (model, version_config, _, version), artifact in zip(resolved, refs, strict=True):
+    for (model, version_config, _, version, _), artifact in zip(resolved, refs, strict=True):
         dedicated = version_config.placement == "dedicated"
         spec = VersionSpec(
             model=model.name,
@@ -584,6 +655,8 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
         max_requests=router.max_ongoing_requests,
         versions=specs,
         registry_aliases=registry_aliases(resolved),
+        follows=follows(args, resolved),
+        registry=args.registry,
         limits=args.limits,
         telemetry=telemetry,
         auth=args.auth,
@@ -651,13 +724,31 @@ def _scaling(
     return {"autoscaling_config": config}
 
 
+def follows(args: GatewayConfig, resolved: list[Resolved]) -> dict[str, Follow]:
+    """Each model that follows a registry alias: the alias, and the version the registry moved
+    it to when that one is deployed to be delivered."""
+    from converters.registry import ModelRef, open_registry
+
+    out: dict[str, Follow] = {}
+    for model, version_config, _, version, role in resolved:
+        if role and version_config.uri is not None:
+            alias = ModelRef.parse(version_config.uri).alias
+            assert alias is not None
+            entry = out.setdefault(
+                model.name, Follow(alias=alias, registry=open_registry(args.registry).location)
+            )
+            if role == "candidate":
+                entry.candidate = version
+    return out
+
+
 def registry_aliases(resolved: list[Resolved]) -> dict[str, dict[str, str]]:
     """`uri: models:/m@champion` pins alias `champion` to the version it named at deploy time."""
     from converters.registry import ModelRef
 
     aliases: dict[str, dict[str, str]] = {}
-    for model, version_config, _, version in resolved:
-        if version_config.uri is not None:
+    for model, version_config, _, version, role in resolved:
+        if version_config.uri is not None and role != "candidate":
             alias = ModelRef.parse(version_config.uri).alias
             if alias is not None:
                 aliases.setdefault(model.name, {})[alias] = version

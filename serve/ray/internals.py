@@ -35,6 +35,10 @@ class KVDirectory:
         assert secret, f"no shared secret for {name}"
         return bytes(secret)
 
+    def get(self, key: str) -> str | None:
+        value = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
+        return None if value is None else bytes(value).decode()
+
     def publish(self, key: str, address: str) -> None:
         internal_kv._internal_kv_put(key, address, overwrite=True, namespace=NAMESPACE)
 
@@ -84,6 +88,40 @@ def start_serve_and_deploy(config: dict[str, Any]) -> list[str]:
     )
     client.deploy_apps(schema)
     return [app.name for app in schema.applications]
+
+
+def rebuild_app(app: str, revision: str) -> None:
+    """Have Ray Serve rebuild one application (run its builder again) with every application
+    otherwise as deployed: its args' `revision` set, since Serve rebuilds only a changed config.
+
+    Why private: the public API deploys only whole config files (`serve deploy`, through the
+    dashboard) or built Applications (`serve.run`); `deploy_apps` with the applications as
+    deployed (each one's `deployed_app_config`, which the status holds) is what a config file's
+    deploy does. Every application must be listed: one left out is deleted."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    client = _get_global_client()
+    assert client is not None
+    details = client.get_serve_details()
+    apps = []
+    for name, detail in details["applications"].items():
+        config = detail.get("deployed_app_config")
+        if config is None:
+            raise RuntimeError(f"application {name} was not deployed from a config: not rebuilt")
+        config = dict(config)
+        if name == app:
+            config["args"] = {**(config.get("args") or {}), "revision": revision}
+        apps.append(config)
+    schema = ServeDeploySchema.model_validate(
+        {
+            "proxy_location": details.get("proxy_location"),
+            "http_options": details.get("http_options"),
+            "grpc_options": details.get("grpc_options"),
+            "applications": apps,
+        }
+    )
+    client.deploy_apps(schema, _blocking=False)
 
 
 def dead_core_processes() -> list[str]:

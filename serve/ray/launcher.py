@@ -198,17 +198,20 @@ def preflight(config: dict[str, Any]) -> dict[str, list[Resolved]]:
 def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:
     """The Router's user_config must name only deployed versions and aliases."""
     from serve.core.routing import RoutingConfig, compile_routing
-    from serve.ray.app import registry_aliases
+    from serve.ray.app import follows, registry_aliases
 
     router: dict[str, Any] = next(
         (d for d in app.get("deployments") or [] if d.get("name") == "Router"), {}
     )
     routing = RoutingConfig.model_validate(router.get("user_config") or {})
     versions: dict[str, list[str]] = {}
-    for model, _, _, version in resolved:
+    for model, _, _, version, _ in resolved:
         versions.setdefault(model.name, []).append(version)
     try:  # the same compilation the Router's reconfigure() runs
-        compile_routing(versions, registry_aliases(resolved), routing)
+        args = GatewayConfig.model_validate(app.get("args") or {})
+        compile_routing(
+            versions, registry_aliases(resolved), routing, None, follows(args, resolved)
+        )
     except ValueError as exc:
         raise ConfigError(f"Router user_config: {exc}") from exc
 

@@ -37,19 +37,26 @@ class Gateway:
     metrics: str  # the node exporter's URL
 
 
-def deploy_beside(gateway: Gateway, app: dict[str, Any], preflight: bool = True) -> None:
-    """Deploy `app` next to the session's gateway (same registry, artifacts and telemetry)."""
-    from serve.ray import launcher
+def deploy_beside(
+    gateway: Gateway, app: dict[str, Any], preflight: bool = True, wait: bool = True
+) -> None:
+    """Deploy `app` next to the session's gateway (same artifacts and telemetry, and the same
+    registry unless the app names one). `wait`: until every application runs."""
+    from serve.ray import internals, launcher
 
     base = copy.deepcopy(gateway.config)
     args = base["applications"][0]["args"]
     app = copy.deepcopy(app)
     for key in ("registry", "artifacts", "metrics", "drift"):
-        app["args"][key] = args[key]
+        if key != "registry" or "registry" not in app["args"]:
+            app["args"][key] = args[key]
     base["applications"].append(app)
     if preflight:
         launcher.preflight(base)
-    launcher.deploy(base)
+    if wait:
+        launcher.deploy(base)
+    else:
+        internals.start_serve_and_deploy(base)
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:

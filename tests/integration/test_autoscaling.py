@@ -288,7 +288,7 @@ def test_the_router_scales_on_the_cpu_it_uses_through_haproxy_and_back(
     requests reads 0 for a router that answers without yielding), and each router replica then
     takes requests from HAProxy."""
     resolved = launcher.preflight(gateway.config)["gateway"]
-    artifact = next(a for m, _, a, v in resolved if m.name == "breast_cancer" and v == "1")
+    artifact = next(a for m, _, a, v, _ in resolved if m.name == "breast_cancer" and v == "1")
     app = {
         "name": ROUTER_APP,
         "route_prefix": ROUTER_PREFIX,

@@ -28,7 +28,14 @@ APP: dict[str, Any] = {
                     {"uri": "models:/breast_cancer/1", "placement": "colocated"},
                     {"uri": "models:/breast_cancer/3", "placement": "colocated"},
                 ],
-            }
+            },
+            {  # a progressive delivery, shadow step first: the controller's series
+                "name": "dash_delivery",
+                "versions": [
+                    {"uri": "models:/breast_cancer/1", "placement": "colocated"},
+                    {"uri": "models:/breast_cancer/3", "placement": "colocated"},
+                ],
+            },
         ]
     },
     "deployments": [
@@ -40,7 +47,8 @@ APP: dict[str, Any] = {
                         "weights": {"stable": 9, "canary": 1},
                         "aliases": {"stable": "1", "canary": "3"},
                         "shadow": {"version": "3", "ratio": 1.0},
-                    }
+                    },
+                    "dash_delivery": {"delivery": {"stable": "1", "candidate": "3"}},
                 }
             },
         }
@@ -61,7 +69,6 @@ def _scrape(url: str) -> dict[str, set[str]]:
 def test_dashboard_queries_name_metrics_the_gateway_exports(gateway: Gateway) -> None:
     deploy_beside(gateway, APP)
     try:
-        url = f"{gateway.base}{PREFIX}/v2/models/dash/infer"
         for start in range(0, 200, 2):  # 200 rows: past the drift window's min_rows
             rows = X[start : start + 2]
             body = {
@@ -74,9 +81,21 @@ def test_dashboard_queries_name_metrics_the_gateway_exports(gateway: Gateway) ->
                     }
                 ]
             }
-            assert requests.post(url, json=body, timeout=10).status_code == 200
+            for model in ("dash", "dash_delivery"):
+                url = f"{gateway.base}{PREFIX}/v2/models/{model}/infer"
+                assert requests.post(url, json=body, timeout=10).status_code == 200
         time.sleep(2.5)  # drift scores refresh every second in the test config
         exported = _scrape(gateway.metrics)
+        # The delivery's shadow step starts once its controller runs (a second or two after
+        # the routers): requests until it has judged some of the candidate's copies.
+        deadline = time.monotonic() + 60
+        url = f"{gateway.base}{PREFIX}/v2/models/dash_delivery/infer"
+        while "modelgate_delivery_guardrail_value" not in exported:
+            assert time.monotonic() < deadline, "the delivery controller exported nothing"
+            for _ in range(20):
+                assert requests.post(url, json=body, timeout=10).status_code == 200
+            time.sleep(1)
+            exported = _scrape(gateway.metrics)
         for title, expr in queries():
             for name, matched in selectors(expr):
                 assert name in exported, f"panel {title!r} queries {name}, not exported"

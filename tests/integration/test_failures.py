@@ -62,7 +62,7 @@ def failures(
     folder = tmp_path_factory.mktemp("failures")
     resolved = launcher.preflight(gateway.config)["gateway"]
     artifacts = {}
-    for model, _, artifact, version in resolved:
+    for model, _, artifact, version, _ in resolved:
         if model.name == "breast_cancer" and version in ("1", "2"):
             artifacts[version] = Path(shutil.copytree(artifact, folder / f"bc-{version}"))
     artifacts["slow"] = slow_artifact(folder, layers=1200)

@@ -67,7 +67,7 @@ def test_plan_redeploys_at_1_and_2_replicas_verifies_its_config_and_puts_the_ori
     gateway: Gateway, tmp_path: Path
 ) -> None:
     resolved = launcher.preflight(gateway.config)["gateway"]
-    artifact = next(a for m, _, a, v in resolved if m.name == "breast_cancer" and v == "1")
+    artifact = next(a for m, _, a, v, _ in resolved if m.name == "breast_cancer" and v == "1")
     artifact = Path(shutil.copytree(artifact, tmp_path / "bc-1"))
     config = _config(gateway, artifact)
     config_file = tmp_path / "config.yaml"

@@ -4,6 +4,7 @@ which kills one.)"""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -54,3 +55,27 @@ def test_the_session_folder_is_this_sessions_and_holds_the_replicas_metrics(
     assert folder.is_dir() and folder.name.startswith("session_")
     assert folder.resolve() == Path("/tmp/ray/session_latest").resolve()  # this test's Ray
     assert any((folder / "modelgate-metrics").glob("*.db"))  # the replicas write there
+
+
+def test_rebuilding_an_application_runs_its_builder_again_and_keeps_the_others(
+    gateway: Gateway,
+) -> None:
+    """rebuild_app (the alias follower's) sets the app's revision, so Serve builds it again:
+    its routers are replaced, and every application stays deployed."""
+    before = replica_pids(APP, "Router")
+    internals.rebuild_app(APP, "test-revision")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            details = internals.serve_details()["applications"]
+            config = details[APP]["deployed_app_config"]
+            now = replica_pids(APP, "Router")
+            if now and not set(now) & set(before):
+                break
+            assert time.monotonic() < deadline, (before, now)
+            time.sleep(0.5)
+        launcher.wait_running([APP], timeout_s=120)
+        assert config["args"]["revision"] == "test-revision"
+        assert set(details) == {APP}
+    finally:
+        launcher.deploy(gateway.config)  # without the revision: rebuilt once more

@@ -58,6 +58,16 @@ def test_a_minimal_config_gets_sane_defaults() -> None:
             "",
             "model names must be unique; repeated: m",
         ),
+        (
+            _config(versions=[{"uri": "models:/m/1", "follow": True}]),
+            "models.0.versions.0",
+            "follow: needs a 'uri' naming an alias",
+        ),
+        (
+            _config(versions=[{"uri": "models:/m@a", "follow": True}] * 2),
+            "models.0",
+            "at most one version may follow an alias",
+        ),
     ],
 )
 def test_bad_configs_name_the_field_and_the_problem(doc: dict, field: str, problem: str) -> None:
