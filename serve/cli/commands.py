@@ -273,6 +273,10 @@ def cmd_delivery(args: argparse.Namespace) -> int:
         if args.model not in store.desired():
             print(f"no delivery for model {args.model!r} in application {args.app!r}")
             return 1
+        phase = store.status().get("models", {}).get(args.model, {}).get("phase")
+        if phase in ("failed", "aborted", "promoted"):
+            print(f"the delivery of {args.model} is {phase}: it stays so until its policy changes")
+            return 1
         store.send(args.model, args.action)
         print(f"{args.action} sent to the delivery of {args.model}")
         return 0

@@ -95,9 +95,17 @@ class Guardrails(_Strict):
     max_input_drift: float | None = Field(
         0.25,
         gt=0,
-        description="Largest population stability index of the candidate's live inputs against "
-        "its own reference (any feature; serve/observe/drift.py): above it, the traffic is not "
-        "what the candidate was trained for. null: not judged.",
+        description="Largest population stability index of the candidate's inputs against its "
+        "own reference (any feature; serve/observe/drift.py) while it also exceeds the stable "
+        "version's by `max_input_drift_over_stable`: the traffic is not what the candidate was "
+        "trained for, though it is what the stable version was. (Traffic that drifted from "
+        "both is the drift dashboards' alarm, not a reason to prefer either.) null: not judged.",
+    )
+    max_input_drift_over_stable: float = Field(
+        0.1,
+        ge=0,
+        description="How far the candidate's drift may exceed the stable version's (the width "
+        "of PSI's 'moderate' band): a margin for the noise of two windows of the same traffic.",
     )
     min_samples: int = Field(
         20,
@@ -204,9 +212,12 @@ def shadowing(policy: DeliveryPolicy, record: Record | None) -> bool:
 # -- the window ---------------------------------------------------------------------------------
 #: A snapshot of cumulative counters (and a few gauges), flat: key -> value. Keys:
 #: ("req", version, code), ("lat", version, le), ("shadow", outcome), ("agree", "true"|"false"),
-#: ("diff", le), and the gauge ("drift",).
+#: ("diff", le), and the gauge ("drift", version).
 Snapshot = dict[tuple[str, ...], float]
-GAUGES = {("drift",)}
+
+
+def _gauge(key: tuple[str, ...]) -> bool:
+    return key[0] == "drift"
 
 
 class ClusterWindow:
@@ -223,7 +234,7 @@ class ClusterWindow:
         last = self._last.get(node)
         if last is None:
             self._base[node] = now
-        elif any(now.get(k, 0.0) < v - 1e-9 for k, v in last.items() if k not in GAUGES):
+        elif any(now.get(k, 0.0) < v - 1e-9 for k, v in last.items() if not _gauge(k)):
             for key, value in _growth(last, self._base[node]).items():
                 self._carried[key] = self._carried.get(key, 0.0) + value
             self._base[node] = {}
@@ -234,13 +245,13 @@ class ClusterWindow:
         for node, last in self._last.items():
             for key, value in _growth(last, self._base[node]).items():
                 out[key] = out.get(key, 0.0) + value
-            for key in GAUGES & last.keys():
+            for key in filter(_gauge, last):
                 out[key] = max(out.get(key, 0.0), last[key])
         return out
 
 
 def _growth(now: Snapshot, start: Snapshot) -> Snapshot:
-    return {k: v - start.get(k, 0.0) for k, v in now.items() if k not in GAUGES}
+    return {k: v - start.get(k, 0.0) for k, v in now.items() if not _gauge(k)}
 
 
 @dataclass
@@ -376,9 +387,11 @@ def judge(
         )
     if unready:
         checks.append(Check("candidate_ready", 0.0, 1.0, False, unready))
-    drift = w.get(("drift",))
+    drift = w.get(("drift", candidate))
     if g.max_input_drift is not None and drift:  # 0 until the drift window has its rows
-        checks.append(Check("input_drift", drift, g.max_input_drift, drift <= g.max_input_drift))
+        base = w.get(("drift", stable), 0.0)
+        ok = drift <= g.max_input_drift or drift - base <= g.max_input_drift_over_stable
+        checks.append(Check("input_drift", drift, g.max_input_drift, ok, f"stable's {base:.4g}"))
     return checks, c.requests if live else shadow_ok
 
 

@@ -83,8 +83,8 @@ def _key(name: str, labels: dict[str, str], pair: tuple[str, str]) -> tuple[str,
         return ("req", version, labels["code"])
     if name == _LATENCY and version in pair:
         return ("lat", version, labels["le"])
-    if name == _DRIFT and version == candidate:
-        return ("drift",)
+    if name == _DRIFT and version in pair:
+        return ("drift", version)
     if labels.get("primary") != stable or labels.get("shadow") != candidate:
         return None
     if name == _SHADOW:

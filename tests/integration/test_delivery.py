@@ -167,14 +167,14 @@ def decisions(since: float) -> list[dict[str, Any]]:
     return [d for d in status().get("decisions", []) if d["time"] >= since]
 
 
-def cli(*args: str) -> str:
+def cli(*args: str, returncode: int = 0) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "serve.cli", "delivery", *args, "--app", APP],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == returncode, done.stdout + done.stderr
     return done.stdout
 
 
@@ -232,6 +232,9 @@ def test_a_good_candidate_walks_every_step_to_promotion_paused_resumed_and_resta
     assert requests.post(url, json=body, timeout=10).json()["model_version"] == candidate
     taken = requests_by_version(gateway) - before
     assert taken[candidate] > 0 and taken[VERSIONS["stable"]] > 0
+    # a promoted delivery stays so: the operator is told, nothing is sent
+    said = cli("abort", MODEL, returncode=1)
+    assert f"the delivery of {MODEL} is promoted" in said
 
 
 @pytest.mark.parametrize(

@@ -179,10 +179,18 @@ def test_a_candidate_the_routers_cannot_reach_is_a_breach_with_their_reason() ->
     assert why in by_name(checks)["candidate_ready"].describe()
 
 
-def test_input_drift_is_judged_once_scored() -> None:
+def test_input_drift_breaches_once_scored_and_beyond_the_stable_versions() -> None:
     g = Guardrails()
-    assert "input_drift" not in by_name(judge(g, {("drift",): 0.0}, "1", "2", live=True)[0])
-    assert by_name(judge(g, {("drift",): 0.4}, "1", "2", live=True)[0])["input_drift"].ok is False
+
+    def drift(candidate: float, stable: float) -> bool | None:
+        w: Snapshot = {("drift", "2"): candidate, ("drift", "1"): stable}
+        check = by_name(judge(g, w, "1", "2", live=True)[0]).get("input_drift")
+        return None if check is None else check.ok
+
+    assert drift(0.0, 0.0) is None  # not scored yet
+    assert drift(0.4, 0.05) is False
+    assert drift(0.2, 0.0) is True
+    assert drift(0.26, 0.24) is True  # the traffic drifted from both: not the candidate's fault
 
 
 # -- decisions ------------------------------------------------------------------------------------
