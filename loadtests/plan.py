@@ -192,8 +192,7 @@ def _find(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     for application in config["applications"]:
         for position, item in enumerate(resolved.get(application["name"], [])):
-            model_config, _, _, resolved_version = item
-            if model_config.name == model and resolved_version == version:
+            if item.model.name == model and item.version == version:
                 return application, _nth_version(application["args"], position)
     raise ValueError(f"the config deploys no version {version} of model '{model}'")
 

@@ -171,7 +171,10 @@ class Controller:
                 decision = delivery.decide(t.policy, t.record, t.checks, t.taken, step_s, wall)
             if decision.outcome is not None:
                 self._decided(model, t, decision, wall, now)
-        new = {m: t.record for m, t in self.tracked.items()}
+        # Records of models no router desires now stay: a router starting publishes before its
+        # routing is applied, and the same policy back must resume, not restart.
+        new = {m: r for m, r in records.items() if m not in self.tracked}
+        new |= {m: t.record for m, t in self.tracked.items()}
         if new != records:
             self.store.write_records(new)
         self._report()

@@ -253,6 +253,7 @@ class Router:
                 "metrics.port must be set"
             )
         self.plane.apply_routing(routing)
+        self.delivery.configured = True
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """The share of a core this router replica's process used since Ray last asked (the
@@ -306,6 +307,9 @@ class DeliverySync:
 
     #: Seconds between checks that the controller runs.
     ENSURE_S = 10.0
+    #: Seconds a router with no routing config waits before publishing it has no delivery (Ray
+    #: calls reconfigure just after __init__ when the deployment has a user_config).
+    UNCONFIGURED_S = 10.0
 
     def __init__(self, app: str, plane: DataPlane, metrics: MetricsConfig) -> None:
         from serve.control.delivery import Store
@@ -314,6 +318,8 @@ class DeliverySync:
         self.store = Store(app, KVDirectory())
         self._published: tuple[dict[str, Any], dict[str, Any]] | None = None
         self._ensured = 0.0
+        self._started = time.monotonic()
+        self.configured = False  # set once reconfigure applied the routing config
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -325,6 +331,8 @@ class DeliverySync:
             await asyncio.sleep(ROUTER_REFRESH_S)
 
     async def sync(self) -> None:
+        if not self.configured and time.monotonic() - self._started < self.UNCONFIGURED_S:
+            return  # before its routing config, a router would publish no delivery at all
         desired, follows = self.plane.deliveries(), self.plane.follows()
         if (desired, follows) != self._published:
             await asyncio.to_thread(self.store.publish_desired, desired)

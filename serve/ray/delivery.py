@@ -76,9 +76,6 @@ class DeliveryActor:
         self._thread = threading.Thread(target=self._run, name="modelgate-delivery", daemon=True)
         self._thread.start()
 
-    def ping(self) -> str:
-        return self.app
-
     def _run(self) -> None:
         missing = 0
         while not self._stop.wait(INTERVAL_S):

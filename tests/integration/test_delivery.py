@@ -47,7 +47,11 @@ POLICY: dict[str, Any] = {
 DEADLINE_S = 90
 
 
-def app_config(artifacts: dict[str, Path], delivery: dict[str, Any] | None) -> dict[str, Any]:
+def app_config(
+    artifacts: dict[str, Path],
+    delivery: dict[str, Any] | None,
+    router: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     routing: dict[str, Any] = {"aliases": {"champion": "1"}}
     if delivery is not None:
         routing["delivery"] = delivery
@@ -66,7 +70,8 @@ def app_config(artifacts: dict[str, Path], delivery: dict[str, Any] | None) -> d
         "route_prefix": PREFIX,
         "import_path": "serve.app:build_app",
         "deployments": [{"name": "Router", "user_config": {"models": {MODEL: routing}}}],
-        "args": {"models": [{"name": MODEL, "versions": versions}]},
+        "args": {"models": [{"name": MODEL, "versions": versions}]}
+        | ({} if router is None else {"router": router}),
     }
 
 
@@ -202,6 +207,14 @@ def test_a_good_candidate_walks_every_step_to_promotion_paused_resumed_and_resta
         # the controller killed mid-delivery: Ray restarts it, it resumes the step it was in
         step = status()["models"][MODEL]["step"]
         ray.kill(ray.get_actor(actor_name(APP), namespace="modelgate"), no_restart=False)
+        # and the router replaced (a rolling restart: its options changed): the new one routes
+        # by the record it reads
+        routers = replica_pids(APP, "Router")
+        changed = app_config(
+            artifacts, {**POLICY, "candidate": candidate}, {"max_ongoing_requests": 4000}
+        )
+        deploy_beside(gateway, changed)
+        assert not set(replica_pids(APP, "Router")) & set(routers)
         final = wait_for(lambda s: s["phase"] == "promoted", "promotion")
     timeline = [d for d in decisions(started) if d["model"] == MODEL]
     print(

@@ -344,6 +344,24 @@ def test_the_controller_rolls_back_on_a_breach_and_leaves_it_failed_until_the_po
     assert Store("app", kv).records()["m"] == Record(id=second, since=3)
 
 
+def test_a_delivery_no_router_desires_for_a_while_resumes_where_it_was() -> None:
+    """A router starting publishes before its routing config is applied: the same policy back
+    resumes its record instead of starting over."""
+    kv, node, events = MemoryKV(), Node(), list[dict[str, Any]]()
+    id = desire(kv)
+    c = controller(kv, node, events)
+    c.tick(wall=0, now=0)
+    Store("app", kv).write_records({"m": Record(id=id, step=1)})
+    c = controller(kv, node, events)
+    Store("app", kv).publish_desired({})
+    c.tick(wall=1, now=1)
+    assert Store("app", kv).records()["m"].step == 1  # kept
+    desire(kv)
+    c.tick(wall=2, now=2)
+    assert Store("app", kv).records()["m"].step == 1
+    assert [e["outcome"] for e in events] == ["started"]  # the first one's only
+
+
 def test_operator_commands_reach_the_controller_once() -> None:
     kv, node, events = MemoryKV(), Node(), list[dict[str, Any]]()
     desire(kv)
@@ -506,3 +524,22 @@ def test_a_followed_alias_resolves_to_what_serves_and_to_where_it_moved(tmp_path
     assert resolved() == [("1", "serving")]
     state = store.get(registry.location, "m", "champion")
     assert state is not None and state.refused["3"].startswith("conversion failed")
+
+
+def test_the_controller_judges_the_sum_of_every_nodes_exporter() -> None:
+    """Routers on two nodes each count half of the candidate's requests: each step advances on
+    their sum, which neither node's exporter alone reaches."""
+    kv, events = MemoryKV(), list[dict[str, Any]]()
+    nodes = {"http://a/metrics": Node(), "http://b/metrics": Node()}
+    desire(kv, guardrails={"min_latency_samples": 20})  # steps 5%, 50%; 20 requests a step
+    c = Controller(Store("app", kv), lambda: list(nodes), lambda u: nodes[u].text(), events.append)
+    for step in (0, 2):
+        c.tick(wall=step, now=step)  # a step's window begins at the scrape after it starts
+        for node in nodes.values():
+            node.answer("1", "ok", 100)
+            node.answer("2", "ok", 10)
+        c.tick(wall=step + 1, now=step + 1)
+    assert Store("app", kv).records()["m"].phase == "promoted"
+    reasons = [d["reason"] for d in Store("app", kv).status()["decisions"]]
+    assert [r.split(" held")[0] for r in reasons[1:]] == ["step 5%", "step 50%"]
+    assert all(r.endswith("over 20 requests") for r in reasons[1:])  # 10 from each node
