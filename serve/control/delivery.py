@@ -61,24 +61,26 @@ class Store:
     def _write(self, name: str, value: Any) -> None:
         self.kv.publish(self.prefix + name, json.dumps(value, sort_keys=True))
 
+    def _replace(self, name: str, value: dict[str, Any]) -> bool:
+        """Writes what the routers publish, unless the store has it already (False)."""
+        if self._read(name) == value:
+            return False
+        self._write(name, value)
+        return True
+
     def desired(self) -> dict[str, Any]:
         return dict(self._read("desired"))
 
     def publish_desired(self, desired: dict[str, Any]) -> bool:
-        """Writes the routers' desired deliveries; False when the store already had them."""
-        if self.desired() == desired:
-            return False
-        self._write("desired", desired)
-        return True
+        """The routers' deliveries: each model's policy and the versions it resolved to."""
+        return self._replace("desired", desired)
 
     def follows(self) -> dict[str, Any]:
         return dict(self._read("follows"))
 
     def publish_follows(self, follows: dict[str, Any]) -> bool:
-        if self.follows() == follows:
-            return False
-        self._write("follows", follows)
-        return True
+        """The models that follow a registry alias, as built."""
+        return self._replace("follows", follows)
 
     def records(self) -> dict[str, Record]:
         return {m: Record.model_validate(r) for m, r in self._read("records").items()}
@@ -154,7 +156,7 @@ class Controller:
 
     def tick(self, wall: float, now: float) -> None:
         if self.follower is not None:
-            for model, outcome, reason in self.follower.watch(self.store.follows(), now):
+            for model, outcome, reason in self.follower.watch(self.store.follows, now):
                 self._note(model, outcome, reason, wall)
         desired = self.store.desired()
         records = self.store.records()

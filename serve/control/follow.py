@@ -74,13 +74,16 @@ class Follower:
         self._read_at = -math.inf
         self._asked: dict[tuple[str, str], float] = {}
 
-    def watch(self, follows: dict[str, Any], now: float) -> list[tuple[str, str, str]]:
-        """(model, outcome, reason) for each followed alias that moved since the build."""
+    def watch(
+        self, follows: Callable[[], dict[str, Any]], now: float
+    ) -> list[tuple[str, str, str]]:
+        """(model, outcome, reason) for each followed alias that moved since the build;
+        `follows` (read every FOLLOW_S): the models that follow one, as the routers built them."""
         if now - self._read_at < FOLLOW_S:
             return []
         self._read_at = now
         notes = []
-        for model, f in follows.items():
+        for model, f in follows().items():
             alias, location = f["alias"], f["registry"]
             try:
                 current = self.registry(location).resolve(ModelRef(model, alias=alias)).version

@@ -742,11 +742,11 @@ def follows(args: GatewayConfig, resolved: list[Resolved]) -> dict[str, Follow]:
         if role and version_config.uri is not None:
             alias = ModelRef.parse(version_config.uri).alias
             assert alias is not None
-            entry = out.setdefault(
-                model.name, Follow(alias=alias, registry=open_registry(args.registry).location)
-            )
+            if model.name not in out:
+                location = open_registry(args.registry).location
+                out[model.name] = Follow(alias=alias, registry=location)
             if role == "candidate":
-                entry.candidate = version
+                out[model.name].candidate = version
     return out
 
 

@@ -444,15 +444,15 @@ def test_the_follower_asks_for_one_rebuild_when_the_alias_moves(registry: LocalR
     f = follower(registry, kv, rebuilds)
     FollowStore(kv).put("r", "m", "champion", FollowState(serving="1"))
     follows = {"m": {"alias": "champion", "registry": "r", "candidate": None}}
-    assert f.watch(follows, now=0) == []
+    assert f.watch(lambda: follows, now=0) == []
     registry.set_alias("m", "champion", "2")
-    assert f.watch(follows, now=1) == []  # read every FOLLOW_S
-    notes = f.watch(follows, now=FOLLOW_S)
+    assert f.watch(lambda: follows, now=1) == []  # read every FOLLOW_S
+    notes = f.watch(lambda: follows, now=FOLLOW_S)
     assert [n[1] for n in notes] == ["alias_moved"] and "moved to v2" in notes[0][2]
     assert rebuilds == ["m@champion:2"]
-    assert f.watch(follows, now=2 * FOLLOW_S) == []  # the rebuild is under way
+    assert f.watch(lambda: follows, now=2 * FOLLOW_S) == []  # the rebuild is under way
     built = {"m": {**follows["m"], "candidate": "2"}}
-    assert f.watch(built, now=2 * FOLLOW_S + REBUILD_S) == []  # built: delivering it
+    assert f.watch(lambda: built, now=2 * FOLLOW_S + REBUILD_S) == []  # built: delivering it
     assert rebuilds == ["m@champion:2"]
 
 
@@ -475,7 +475,7 @@ def test_a_followed_delivery_that_fails_puts_the_alias_back_and_is_refused(
     assert state is not None and state.serving == "2" and "3" in state.refused
     # the put-back is the follower's own write: it names what serves, nothing to rebuild
     follows = {"m": {**follow, "candidate": None}}
-    assert f.watch(follows, now=100) == [] and rebuilds == []
+    assert f.watch(lambda: follows, now=100) == [] and rebuilds == []
 
 
 def test_write_back_moves_the_stable_alias_to_a_promoted_registry_version(
