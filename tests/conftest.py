@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -22,11 +23,28 @@ os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response
 
 from converters.registry import Registry, open_registry
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on every interface, from 20000-32767: below the kernel's ephemeral range
+    (32768-60999 here), where Ray's processes take ports as they start, and above Ray's worker
+    ports (10002-19999). A port from the ephemeral range could be taken between this call and
+    its use; CI saw Ray's dashboard agent start on its default, 52365, that a test had been given
+    a moment before. Never the same port twice in one session."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32768)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 @pytest.fixture

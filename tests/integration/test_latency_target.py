@@ -5,7 +5,8 @@ every 10 s, over half of it between them.
 Two models in one application beside the session's gateway, each on a dedicated replica of
 the same slow model (a few milliseconds of one core a row): `paced` with a target, `unpaced`
 without. The answered requests' p99 stays under the target and goodput during the bursts stays
-at 80% of the capacity or more (shedding everything would fail it), what is shed is a 503 with
+at 80% or more of what the untargeted model answers in the same bursts (shedding everything
+would fail it), what is shed is a 503 with
 a retry hint and bounded; the same bursts without the target break it.
 """
 
@@ -86,8 +87,11 @@ def test_bursts_keep_the_answered_p99_under_the_target_with_goodput_and_break_it
     # With the target: the answered p99 is under it, goodput holds while overloaded, and what
     # could not make it was shed at once with 503 + Retry-After.
     assert with_target.percentile_ms(99) < TARGET_MS
-    assert with_target.burst_goodput_rps is not None
-    assert with_target.burst_goodput_rps >= 0.8 * capacity
+    # Goodput is judged against the same bursts without the target, run next: a replica whose
+    # queue never empties answers at its capacity of that moment (CI measured the closed loop at
+    # 36/s, then both burst runs at 26-28/s: the machine, not the target, had slowed).
+    assert with_target.burst_goodput_rps is not None and without.burst_goodput_rps is not None
+    assert with_target.burst_goodput_rps >= 0.8 * without.burst_goodput_rps
     assert set(with_target.errors) <= {"http_503"}
     shed = with_target.errors.get("http_503", 0) / with_target.measured
     # Twice the capacity half the time, half of it between: 40% of the requests are beyond

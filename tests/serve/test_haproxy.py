@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from serve.ingress import haproxy
+from tests.conftest import free_port
 
 SAMPLE = Path(__file__).parent / "data" / "ray-2.60-haproxy.cfg"
 
@@ -134,12 +135,6 @@ class _Backend(threading.Thread):
                     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_hardened_front_strips_opt_outs_and_turns_a_truncated_answer_into_a_503(
     tmp_path: Path,
 ) -> None:
@@ -148,10 +143,10 @@ def test_the_hardened_front_strips_opt_outs_and_turns_a_truncated_answer_into_a_
     backend.start()
     config = haproxy.harden(_ray_config(tmp_path), tmp_path)
     config = re.sub(r"127\.0\.0\.1:(30\d\d\d|8500)\b", f"127.0.0.1:{backend.port}", config)
-    front = _free_port()
+    front = free_port()
     config = config.replace("bind 127.0.0.1:51611", f"bind 127.0.0.1:{front}")
     for port in ("59199", "8404", "9101"):
-        config = config.replace(f":{port}", f":{_free_port()}")
+        config = config.replace(f":{port}", f":{free_port()}")
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)
     proc = subprocess.Popen(
