@@ -314,10 +314,63 @@ class DriftConfig(_Strict):
         return self
 
 
+class CatalogConfig(_Strict):
+    """Models served from a catalog that changes in place (serve/control/catalog.py): added,
+    removed and re-pointed without restarting a replica, their sessions loaded on first use
+    and kept within a budget per router replica (serve/core/resident.py)."""
+
+    alias: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_\-]+$",
+        description="Every model of the registry that carries this alias (say `production`) is "
+        "in the catalog, at the version the alias names: converted and verified in the control "
+        "plane, re-read every `refresh_s`. Moving the alias re-points the model; removing it "
+        "removes the model.",
+    )
+    artifacts: str | None = Field(
+        None,
+        description="A folder of converted artifacts (<any>/model.onnx + manifest.json, at "
+        "any depth): each is in the catalog under its manifest's name and version (the "
+        "highest version of a name wins). Re-read every `refresh_s`.",
+    )
+    max_resident: int = Field(
+        32,
+        ge=1,
+        description="Sessions a router replica keeps loaded; least recently used "
+        "beyond it are dropped (pinned ones never).",
+    )
+    max_loading: int = Field(2, ge=1, description="Loads a router replica runs at once.")
+    max_pending_loads: int = Field(
+        64,
+        ge=1,
+        description="Loads a router replica lets wait; a request for one more cold model is "
+        "shed at once (503 with Retry-After).",
+    )
+    pinned: list[str] = Field(
+        [], description="Models loaded when a router starts and never evicted (hot models)."
+    )
+    batching: Batching = Field(default_factory=Batching)
+    timeout_ms: float | None = Field(
+        30_000, gt=0, description="Default deadline of a catalog model's request (as models')."
+    )
+    refresh_s: float = Field(5.0, ge=0.5, description="Seconds between reads of the source.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CatalogConfig:
+        if self.alias is None and self.artifacts is None:
+            raise ValueError("catalog: set 'alias' (a registry alias) or 'artifacts' (a folder)")
+        return self
+
+
 class GatewayConfig(_Strict):
     """`args` of the application."""
 
-    models: list[ModelConfig] = Field(min_length=1)
+    models: list[ModelConfig] = Field([])
+    catalog: CatalogConfig | None = Field(
+        None,
+        description="Models served from a catalog that changes in place, lazily loaded within "
+        "a budget (the 'Many models' section of the README). Beside `models` or instead.",
+    )
     registry: str | None = Field(None, description="Registry for 'uri' versions.")
     artifacts: str = Field(".modelgate/artifacts", description="Artifact store folder.")
     distribute: Literal["auto", "registry", "local"] = Field(
@@ -346,6 +399,12 @@ class GatewayConfig(_Strict):
         description="Set by the alias follower when a followed alias moves: Ray Serve rebuilds "
         "an application only when its config changes. Any value; leave it to the follower.",
     )
+
+    @model_validator(mode="after")
+    def _some_model(self) -> GatewayConfig:
+        if not self.models and self.catalog is None:
+            raise ValueError("models: list at least one model, or set a catalog")
+        return self
 
     @model_validator(mode="after")
     def _unique_models(self) -> GatewayConfig:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import logging
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,6 +37,8 @@ from serve.core.shadow import ShadowRunner
 from serve.core.types import InferRequest, InferResponse, Tensor
 from serve.core.validation import validate
 from serve.observe.metrics import GatewayMetrics
+
+logger = logging.getLogger("modelgate")
 
 SERVER_NAME = "modelgate"
 
@@ -77,6 +80,16 @@ class VersionTarget:
     allow_non_finite: bool = False  # NaN and infinities in float inputs
 
 
+class CatalogControl(Protocol):
+    """Triton's model control, mapped to the catalog (serve/ray/app.py: CatalogWatch)."""
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+    def loaded(self, model: str) -> bool: ...
+
+
 @dataclass
 class ModelEntry:
     """A model's deployed versions, and the route table the current routing config compiled."""
@@ -101,6 +114,8 @@ class DataPlane:
         self.routing = RoutingConfig()  # as the operator's config last set it
         self.registry: str | None = None  # the registry `uri` versions come from
         self.records: dict[str, Record] = {}
+        self.catalog: CatalogControl | None = None
+        self.catalog_models: set[str] = set()  # models that came from the catalog
         self._published_aliases: dict[str, dict[str, str]] = {}
         for name, entry in models.items():  # counters exist at 0 from the start (for rate())
             for version in entry.versions:
@@ -161,6 +176,33 @@ class DataPlane:
             self.models[name].table = table
         self._publish_routing()
 
+    def update_catalog(
+        self, added: dict[str, tuple[VersionTarget, dict[str, str]]], removed: set[str]
+    ) -> None:
+        """Catalog models added, re-pointed (in `added` again) or removed, in place: the other
+        models' entries, batchers and sessions are untouched. A config model of the same name
+        wins over a catalog one."""
+        for name in removed:
+            if name in self.catalog_models:
+                self.catalog_models.discard(name)
+                del self.models[name]
+        for name, (target, aliases) in added.items():
+            if name in self.models and name not in self.catalog_models:
+                continue
+            table = RouteTable(name, [target.version], ModelRouting(), aliases, None, None)
+            self.models[name] = ModelEntry({target.version: target}, aliases, table)
+            self.catalog_models.add(name)
+            self.metrics.shed.labels(name, target.version)
+            self.metrics.timeouts.labels(name, target.version)
+        self.metrics.catalog_models.set(len(self.catalog_models))
+        touched = set(added) | removed
+        if touched & set(self.routing.models):
+            try:  # the operator's routing may name catalog models: compiled again with them
+                self.apply_routing(self.routing)
+            except ValueError as exc:
+                logger.error("routing config no longer applies to the catalog: %s", exc)
+        self._publish_routing(touched)
+
     def apply_records(self, records: dict[str, Record]) -> bool:
         """The delivery controller's records changed: the routing they allow, now. False (and
         nothing changes) when no delivering model's record did."""
@@ -205,9 +247,11 @@ class DataPlane:
         the registry for them)."""
         return {n: e.follow.model_dump() for n, e in self.models.items() if e.follow is not None}
 
-    def _publish_routing(self) -> None:
+    def _publish_routing(self, only: set[str] | None = None) -> None:
         """Weights and aliases as gauges, so dashboards can put canary and stable side by side."""
         for name, entry in self.models.items():
+            if only is not None and name not in only:
+                continue
             table = entry.table
             for version in entry.versions:
                 self.metrics.route_weight.labels(name, version).set(table.weights.get(version, 0))
@@ -408,19 +452,23 @@ class DataPlane:
         server unready while the rest of its route is."""
         return all(self.model_ready(name, None) for name in self.models)
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """Every deployed version and its state (`ready_only`: the READY ones)."""
         index = []
         for name, entry in sorted(self.models.items()):
             for version in sorted(entry.versions, key=_version_order):
                 target = entry.versions[version]
-                row = {"name": name, "version": version}
+                row: dict[str, Any] = {"name": name, "version": version}
                 if target.health.ready:
                     row["state"] = "READY"
                 elif ready_only:
                     continue
                 else:
                     row |= {"state": "UNAVAILABLE", "reason": target.health.reason}
+                if name in self.catalog_models and self.catalog is not None:
+                    # Servable, loaded on first use; `loaded`: whether this replica holds it.
+                    row |= {"catalog": True, "loaded": self.catalog.loaded(name)}
+                    row["router"] = self.instance
                 index.append(row)
         return index
 

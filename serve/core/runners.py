@@ -1,6 +1,7 @@
 """What "run this batch" means for each placement: the batcher's `run` for one version.
 
 - colocated: the version's ONNX session in this process (`local`);
+- catalog: a session of the replica's resident set, loaded on first use (`lazy`);
 - dedicated: its own replicas, through each transport in turn until one takes the batch: the
   direct transport first (serve/transport/direct.py) when the version has it, then the
   platform's handle (Ray Serve's, adapted in serve/ray/app.py), which always takes it;
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from serve.core.batching import BATCH_DEADLINE
 from serve.core.errors import ErrorCode, InferenceError
+from serve.core.resident import ResidentSet
 from serve.core.types import Feeds
 
 #: A version's batch runner, as the batcher calls it.
@@ -58,6 +60,17 @@ def local(run_now: Callable[[Feeds], Feeds]) -> Runner:
 
     async def run(feeds: Feeds) -> Feeds:
         return run_now(feeds)
+
+    return run
+
+
+def lazy(key: str, resident: ResidentSet) -> Runner:
+    """A catalog version: its session from the replica's resident set, loaded first when cold
+    (within the batch's deadline; serve/core/resident.py)."""
+
+    async def run(feeds: Feeds) -> Feeds:
+        session = resident.get(key) or await resident.acquire(key, BATCH_DEADLINE.get())
+        return session(feeds)
 
     return run
 

@@ -185,10 +185,11 @@ def statistics_message(stats: dict[str, Any]) -> pb.ModelStatisticsResponse:
     return message
 
 
-def index_message(index: list[dict[str, str]]) -> pb.RepositoryIndexResponse:
+def index_message(index: list[dict[str, Any]]) -> pb.RepositoryIndexResponse:
     message = pb.RepositoryIndexResponse()
+    fields = ("name", "version", "state", "reason")  # a catalog row says more over REST
     for row in index:
-        message.models.add(**row)
+        message.models.add(**{k: row[k] for k in fields if k in row})
     return message
 
 

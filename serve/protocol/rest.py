@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from serve.core.auth import Access
 from serve.core.config import Limits
-from serve.core.dataplane import DataPlane
+from serve.core.dataplane import CatalogControl, DataPlane
 from serve.core.errors import ErrorCode, InferenceError, MethodNotAllowedError, invalid
 from serve.observe import exporter, statistics
 from serve.protocol import openapi, rest_codec
@@ -104,6 +104,52 @@ async def _index(plane: DataPlane, request: Request, p: dict[str, str], limits: 
     if _has_body(request):
         ready = _ready_only(await read_body(request, 1024, None, limits.body_timeout_s))
     return JSONResponse(plane.repository_index(ready_only=ready))
+
+
+async def _load(plane: DataPlane, request: Request, p: dict[str, str], limits: Limits) -> Response:
+    """Triton's model control: load a model into the catalog (serve/control/catalog.py) and
+    this replica's memory; answered once it is."""
+    await _control_body(request, limits)
+    await _catalog(plane).load(p["model"])
+    return JSONResponse({})
+
+
+async def _unload(
+    plane: DataPlane, request: Request, p: dict[str, str], limits: Limits
+) -> Response:
+    """Triton's model control: remove a model from the catalog; answered once this replica
+    dropped it."""
+    await _control_body(request, limits)
+    await _catalog(plane).unload(p["model"])
+    return JSONResponse({})
+
+
+def _catalog(plane: DataPlane) -> CatalogControl:
+    if plane.catalog is None:
+        raise invalid(
+            "this gateway has no catalog: its models are its config's (set `catalog` in the "
+            "application's args to load and unload models in place)"
+        )
+    return plane.catalog
+
+
+async def _control_body(request: Request, limits: Limits) -> None:
+    """A load or unload request's body: none, or a JSON object whose `parameters` are empty
+    (Triton's config and file overrides are not taken: a model is what the registry holds)."""
+    if not _has_body(request):
+        return
+    body = await read_body(request, 64 * 1024, None, limits.body_timeout_s)
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or set(doc) - {"parameters"}:
+        raise invalid("a model control request's body is a JSON object with 'parameters' only")
+    if doc.get("parameters"):
+        raise invalid(
+            "model control 'parameters' (config or file overrides) are not supported: a "
+            "catalog model is what its registry or artifact folder holds"
+        )
 
 
 def _ready_only(body: bytes) -> bool:
@@ -255,6 +301,24 @@ ROUTES: list[Route] = [
         Access.ADMIN,
         "Triton's repository index: every version with state READY or UNAVAILABLE.",
         openapi.ok_json({"type": "array", "items": {"type": "object"}}),
+    ),
+    Route(
+        "POST",
+        "/v2/repository/models/{model}/load",
+        _load,
+        Access.ADMIN,
+        "Triton's model control: add the model to the catalog (its registry's alias version, "
+        "else its latest) and load it; answered once this replica holds it.",
+        openapi.OK_OBJECT,
+    ),
+    Route(
+        "POST",
+        "/v2/repository/models/{model}/unload",
+        _unload,
+        Access.ADMIN,
+        "Triton's model control: remove the model from the catalog; answered once this "
+        "replica no longer serves it.",
+        openapi.OK_OBJECT,
     ),
     Route(
         "GET",

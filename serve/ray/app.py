@@ -10,6 +10,7 @@ build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -48,6 +49,7 @@ from serve.core.config import (
 )
 from serve.core.dataplane import DataPlane, Health, VersionTarget
 from serve.core.errors import ErrorCode, InferenceError
+from serve.core.resident import ResidentSet
 from serve.core.routing import Follow, RoutingConfig
 from serve.core.runners import expired, time_left
 from serve.core.runtime import ArtifactError, VersionRuntime
@@ -106,6 +108,8 @@ class RouterSpec(BaseModel):
     registry_aliases: dict[str, dict[str, str]]
     follows: dict[str, Follow] = {}
     registry: str | None = None
+    #: The gateway's config when it has a catalog (serve/control/catalog.py), paths absolute.
+    catalog: dict[str, Any] | None = None
     limits: Limits
     telemetry: TelemetrySpec
     auth: AuthConfig | None = None
@@ -229,11 +233,17 @@ class Router:
         self.delivery = DeliverySync(
             serve.get_replica_context().app_name, self.plane, self.spec.telemetry.metrics
         )
+        self.catalog: CatalogWatch | None = None
+        if self.spec.catalog is not None:
+            config = GatewayConfig.model_validate(self.spec.catalog)
+            self.catalog = CatalogWatch(
+                serve.get_replica_context().app_name, config, self.plane, self.telemetry
+            )
 
     def __del__(self) -> None:
-        delivery_sync = getattr(self, "delivery", None)
-        if delivery_sync is not None:
-            delivery_sync.stop()
+        for task in (getattr(self, "delivery", None), getattr(self, "catalog", None)):
+            if task is not None:
+                task.stop()
         _close_telemetry(self)
         health = getattr(self, "health", None)
         if health is not None:
@@ -357,6 +367,181 @@ class DeliverySync:
 
     def stop(self) -> None:
         self._task.cancel()
+
+
+class CatalogWatch:
+    """One router's catalog models (serve/control/catalog.py), kept as the catalog's entries in
+    Ray's KV say: each `ROUTER_REFRESH_S` it reads the revision, and when it moved, adds,
+    re-points and removes models in place (serve/core/dataplane.py: update_catalog), their
+    sessions loaded on first use within the budget (serve/core/resident.py). It also makes
+    sure the catalog's actor runs, and answers Triton's load and unload (CatalogControl).
+
+    The first entries are waited for in the constructor (at most `FIRST_WAIT_S`), so that a
+    replica is ready with its catalog; later changes never block a request: the KV calls and
+    the manifests' reads run in a thread."""
+
+    FIRST_WAIT_S = 120.0
+    ENSURE_S = 10.0
+    #: Seconds a load or unload through the repository API waits for the catalog to change.
+    CONTROL_WAIT_S = 120.0
+
+    def __init__(
+        self, app: str, config: GatewayConfig, plane: DataPlane, telemetry: ReplicaTelemetry
+    ) -> None:
+        from serve.control.catalog import CatalogStore
+        from serve.observe.metrics import ResidentObserver
+
+        assert config.catalog is not None
+        self.app, self.config, self.catalog = app, config, config.catalog
+        self.plane, self.telemetry = plane, telemetry
+        self.store = CatalogStore(app, KVDirectory())
+        self.refs: dict[str, ArtifactRef] = {}  # '<model>:<version>' → artifact
+        self.keys: dict[str, str] = {}  # model → its key
+        c = self.catalog
+        self.resident = ResidentSet(
+            self._load,
+            c.max_resident,
+            c.max_loading,
+            c.max_pending_loads,
+            observer=ResidentObserver(telemetry.metrics),
+        )
+        self.revision = 0
+        self._ensure()
+        self._ensured = time.monotonic()
+        deadline = time.monotonic() + self.FIRST_WAIT_S
+        while self.store.revision() == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._apply(*self._read())
+        plane.catalog = self
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    # -- the control plane's side -------------------------------------------------------------
+    def _ensure(self) -> None:
+        from serve.ray.catalog import ensure_catalog
+
+        ensure_catalog(self.app, self.config)
+
+    def _read(self) -> tuple[int, dict[str, tuple[VersionTarget, dict[str, str]]], set[str]]:
+        """The catalog's revision, the models to add or re-point (their targets built, their
+        manifests read and checked), and those to remove. In a thread after the first."""
+        revision = self.store.revision()
+        if revision == self.revision:
+            return revision, {}, set()
+        entries = self.store.entries()
+        added: dict[str, tuple[VersionTarget, dict[str, str]]] = {}
+        for model, entry in entries.items():
+            key = f"{model}:{entry['version']}"
+            ref = ArtifactRef.model_validate(entry["ref"])
+            if self.keys.get(model) == key and self.refs.get(key) == ref:
+                continue
+            try:
+                manifest = local_manifest(ref)
+            except ArtifactError as exc:
+                logger.error("catalog: %s is not served: %s", key, exc)
+                continue
+            self.refs[key] = ref
+            added[model] = (self._target(model, str(entry["version"]), manifest), entry["aliases"])
+        removed = {m for m in self.keys if m not in entries}
+        return revision, added, removed
+
+    def _target(self, model: str, version: str, manifest: Manifest) -> VersionTarget:
+        key = f"{model}:{version}"
+        b = self.catalog.batching
+        metrics = self.telemetry.metrics
+        batcher = MicroBatcher(
+            key,
+            runners.lazy(key, self.resident),
+            max_batch_rows=b.max_batch_rows,
+            max_wait_s=b.max_wait_ms / 1000,
+            max_in_flight=b.max_in_flight,
+            max_queued=b.max_queued,
+            on_batch=metrics.batch_observer(model, version),
+        )
+        timeout_s = None if self.catalog.timeout_ms is None else self.catalog.timeout_ms / 1000
+        return VersionTarget(model, version, manifest, batcher, "colocated", timeout_s)
+
+    def _apply(
+        self,
+        revision: int,
+        added: dict[str, tuple[VersionTarget, dict[str, str]]],
+        removed: set[str],
+    ) -> None:
+        """On the event loop (or in the constructor): the plane changes at once."""
+        if revision == self.revision:
+            return
+        for model in set(added) | removed:
+            old = self.keys.pop(model, None)
+            if old is not None and old != (
+                f"{model}:{added[model][0].version}" if model in added else None
+            ):
+                self.resident.discard(old)
+                self.refs.pop(old, None)
+        for model, (target, _) in added.items():
+            self.keys[model] = f"{model}:{target.version}"
+        self.plane.update_catalog(added, removed)
+        self.revision = revision
+        self.resident.pinned = {self.keys[m] for m in self.catalog.pinned if m in self.keys}
+        with contextlib.suppress(RuntimeError):  # no running loop yet: warmed by the task
+            self.resident.warm(self.resident.pinned)
+
+    def _load(self, key: str) -> Callable[[Feeds], Feeds]:
+        """In a thread: the session, checked against its pinned digests and warmed up."""
+        model, version = key.rsplit(":", 1)
+        runtime = open_runtime(self.refs[key], 1)
+        runtime.warm_up()
+        return self.telemetry.instrument(runtime, model, version)
+
+    async def _run(self) -> None:
+        self.resident.warm(self.resident.pinned)
+        while True:
+            await asyncio.sleep(ROUTER_REFRESH_S)
+            try:
+                await self.refresh()
+                if time.monotonic() - self._ensured > self.ENSURE_S:
+                    await asyncio.to_thread(self._ensure)
+                    self._ensured = time.monotonic()
+            except Exception:
+                logger.warning("could not read the catalog", exc_info=True)
+
+    async def refresh(self) -> None:
+        self._apply(*await asyncio.to_thread(self._read))
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    # -- Triton's model control (serve/protocol/rest.py) ----------------------------------------
+    def loaded(self, model: str) -> bool:
+        key = self.keys.get(model)
+        return key is not None and key in self.resident.resident
+
+    async def load(self, model: str) -> None:
+        await asyncio.to_thread(self.store.request, model, "load")
+        await self._until(lambda: model in self.keys, model, "load")
+        await self.resident.acquire(self.keys[model], time.monotonic() + self.CONTROL_WAIT_S)
+
+    async def unload(self, model: str) -> None:
+        await asyncio.to_thread(self.store.request, model, "unload")
+        await self._until(lambda: model not in self.keys, model, "unload")
+
+    async def _until(self, done: Callable[[], bool], model: str, action: str) -> None:
+        deadline = time.monotonic() + self.CONTROL_WAIT_S
+        while True:
+            await self.refresh()
+            if done():
+                return
+            refused = (await asyncio.to_thread(self.store.refused)).get(model)
+            if refused and action == "load":
+                raise InferenceError(
+                    ErrorCode.INVALID_ARGUMENT, f"model '{model}' cannot be loaded: {refused}"
+                )
+            if time.monotonic() > deadline:
+                raise InferenceError(
+                    ErrorCode.UNAVAILABLE,
+                    f"the catalog did not {action} '{model}' within "
+                    f"{self.CONTROL_WAIT_S:g} s: try again",
+                    retry_after_s=5.0,
+                )
+            await asyncio.sleep(0.2)
 
 
 def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:
@@ -665,6 +850,7 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
         registry_aliases=registry_aliases(resolved),
         follows=follows(args, resolved),
         registry=args.registry,
+        catalog=_catalog_spec(args),
         limits=args.limits,
         telemetry=telemetry,
         auth=args.auth,
@@ -684,6 +870,18 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
         **(router.nodes.deployment_options() if router.nodes is not None else {}),
     }
     return ingress.options(**options).bind(router_spec.model_dump(), handles)
+
+
+def _catalog_spec(args: GatewayConfig) -> dict[str, Any] | None:
+    """The config the catalog's actor works from (serve/ray/catalog.py), its folders absolute:
+    the actor's working directory is not the deploy's."""
+    if args.catalog is None:
+        return None
+    catalog = args.catalog
+    if catalog.artifacts is not None:
+        catalog = catalog.model_copy(update={"artifacts": str(Path(catalog.artifacts).resolve())})
+    update = {"models": [], "catalog": catalog, "artifacts": str(Path(args.artifacts).resolve())}
+    return args.model_copy(update=update).model_dump(mode="json")
 
 
 def _model_deployment(name: str, version: VersionConfig, args: GatewayConfig) -> Any:

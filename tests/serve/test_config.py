@@ -25,7 +25,7 @@ def test_a_minimal_config_gets_sane_defaults() -> None:
 @pytest.mark.parametrize(
     ("doc", "field", "problem"),
     [
-        ({"models": []}, "models", "at least 1 item"),
+        ({"models": []}, "models", "list at least one model, or set a catalog"),
         (
             _config(versions=[{"uri": "models:/m/1", "artifact": "/x"}]),
             "models.0.versions.0",

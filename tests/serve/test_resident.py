@@ -1,0 +1,185 @@
+"""Lazily loaded sessions within a budget (serve/core/resident.py), and the catalog's control
+period (serve/control/catalog.py) on a folder of real artifacts and a KV of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve.control.catalog import CatalogStore, CatalogSync
+from serve.core.config import GatewayConfig
+from serve.core.errors import ErrorCode, InferenceError
+from serve.core.resident import ResidentSet, Session
+from tests.many_models import base_artifact, write_model
+from tests.serve.test_delivery import MemoryKV
+
+
+class Loader:
+    """Counts loads; each takes `delay` seconds of a thread, or fails for keys in `broken`."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.loads: list[str] = []
+        self.broken: set[str] = set()
+        self.gate: threading.Event | None = None
+
+    def __call__(self, key: str) -> Session:
+        self.loads.append(key)
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay)
+        if key in self.broken:
+            raise RuntimeError(f"{key} is broken")
+        return lambda feeds: {"key": np.array([key])}
+
+
+def _set(loader: Callable[[str], Session], **kwargs: int) -> ResidentSet:
+    return ResidentSet(loader, **{"max_resident": 2, **kwargs})  # type: ignore[arg-type]
+
+
+def test_one_load_however_many_wait_and_the_least_recently_used_goes_beyond_the_budget() -> None:
+    async def main() -> None:
+        loader = Loader(delay=0.05)
+        rs = _set(loader, max_resident=2)
+        sessions = await asyncio.gather(*(rs.acquire("a") for _ in range(5)))
+        assert loader.loads == ["a"] and len({id(s) for s in sessions}) == 1
+        await rs.acquire("b")
+        rs.get("a")  # a is now the most recently used
+        await rs.acquire("c")
+        assert rs.resident == ["a", "c"] and rs.stats.evictions == 1  # b went
+        await rs.acquire("b")
+        assert loader.loads == ["a", "b", "c", "b"]
+
+    asyncio.run(main())
+
+
+def test_a_pinned_session_is_never_evicted() -> None:
+    async def main() -> None:
+        rs = ResidentSet(Loader(), max_resident=2, pinned=["a"])
+        for key in ("a", "b", "c", "d"):
+            await rs.acquire(key)
+        assert rs.resident == ["a", "d"]
+
+    asyncio.run(main())
+
+
+def test_loads_that_cannot_keep_up_are_shed_at_once_with_a_retry_hint() -> None:
+    async def main() -> None:
+        loader = Loader()
+        loader.gate = threading.Event()
+        rs = _set(loader, max_loading=1, max_pending=2)
+        waiting = [asyncio.ensure_future(rs.acquire(k)) for k in ("a", "b")]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(InferenceError) as shed:
+            await rs.acquire("c")
+        assert time.monotonic() - started < 1  # refused, not queued
+        assert shed.value.code is ErrorCode.OVERLOADED and shed.value.retry_after_s >= 1
+        assert "2 loads are waiting" in str(shed.value)
+        loader.gate.set()
+        await asyncio.gather(*waiting)
+        await rs.acquire("c")  # room again
+        assert rs.stats.shed == 1
+
+    asyncio.run(main())
+
+
+def test_a_load_past_the_deadline_answers_late_and_the_next_request_finds_it_resident() -> None:
+    async def main() -> None:
+        loader = Loader(delay=0.3)
+        rs = _set(loader)
+        with pytest.raises(InferenceError) as late:
+            await rs.acquire("a", time.monotonic() + 0.05)
+        assert late.value.code is ErrorCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(0.4)
+        assert rs.get("a") is not None and loader.loads == ["a"]
+
+    asyncio.run(main())
+
+
+def test_a_failed_load_is_unavailable_and_tried_again_by_the_next_request() -> None:
+    async def main() -> None:
+        loader = Loader()
+        loader.broken.add("a")
+        rs = _set(loader)
+        with pytest.raises(InferenceError) as failed:
+            await rs.acquire("a")
+        assert failed.value.code is ErrorCode.UNAVAILABLE and "a is broken" in str(failed.value)
+        loader.broken.clear()
+        await rs.acquire("a")
+        assert loader.loads == ["a", "a"] and rs.stats.failed == 1
+
+    asyncio.run(main())
+
+
+def test_a_model_discarded_while_it_loads_is_not_kept() -> None:
+    async def main() -> None:
+        rs = _set(Loader(delay=0.1))
+        pending = asyncio.ensure_future(rs.acquire("a"))
+        await asyncio.sleep(0.02)
+        rs.discard("a")
+        await pending  # the request that waited is answered
+        assert rs.resident == []
+
+    asyncio.run(main())
+
+
+# -- the catalog's control period -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return base_artifact(tmp_path_factory.mktemp("base"))
+
+
+def _sync(folder: Path, kv: MemoryKV, tmp_path: Path) -> CatalogSync:
+    config = GatewayConfig.model_validate(
+        {"catalog": {"artifacts": str(folder)}, "artifacts": str(tmp_path / "store")}
+    )
+    return CatalogSync(config, CatalogStore("app", kv))
+
+
+def test_the_catalog_follows_its_folder_and_the_repository_requests(
+    base: Path, tmp_path: Path
+) -> None:
+    folder, kv = tmp_path / "catalog", MemoryKV()
+    for i in range(3):
+        write_model(folder, base, i)
+    sync, store = _sync(folder, kv, tmp_path), CatalogStore("app", kv)
+    assert sync.tick() and store.revision() == 1
+    assert sorted(store.entries()) == ["m0", "m1", "m2"]
+    assert not sync.tick() and store.revision() == 1  # nothing changed: nothing written
+    write_model(folder, base, 1, version="2")  # re-pointed to a newer version
+    shutil.rmtree(folder / "m2")  # removed
+    write_model(folder, base, 3)  # added
+    assert sync.tick() and store.revision() == 2
+    entries = store.entries()
+    assert sorted(entries) == ["m0", "m1", "m3"] and entries["m1"]["version"] == "2"
+    store.request("m0", "unload")
+    sync.tick()
+    assert sorted(store.entries()) == ["m1", "m3"]
+    assert _sync(folder, kv, tmp_path).tick() is False  # a restarted controller keeps it
+    store.request("m0", "load")
+    sync.tick()
+    assert sorted(store.entries()) == ["m0", "m1", "m3"]
+    store.request("nope", "load")  # no registry: refused, with the reason
+    sync.tick()
+    assert "nope" in store.refused() and "nope" not in store.entries()
+
+
+def test_a_broken_artifact_in_the_folder_is_refused_and_the_rest_serve(
+    base: Path, tmp_path: Path
+) -> None:
+    folder, kv = tmp_path / "catalog", MemoryKV()
+    write_model(folder, base, 0)
+    broken = write_model(folder, base, 1)
+    (broken / "model.onnx").write_bytes(b"not the model the manifest names")
+    sync, store = _sync(folder, kv, tmp_path), CatalogStore("app", kv)
+    sync.tick()
+    assert list(store.entries()) == ["m0"]
+    assert any("not a complete artifact" in reason for reason in store.refused().values())
