@@ -194,7 +194,6 @@ class DataPlane:
             self.catalog_models.add(name)
             self.metrics.shed.labels(name, target.version)
             self.metrics.timeouts.labels(name, target.version)
-        self.metrics.catalog_models.set(len(self.catalog_models))
         touched = set(added) | removed
         if touched & set(self.routing.models):
             try:  # the operator's routing may name catalog models: compiled again with them

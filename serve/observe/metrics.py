@@ -321,53 +321,6 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
-        self.catalog_models = Gauge(
-            "modelgate_catalog_models",
-            "Models in the catalog (serve/control/catalog.py), as router replicas see it: the "
-            "largest count.",
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.resident_models = Gauge(
-            "modelgate_catalog_resident_models",
-            "Catalog models whose session is loaded, summed over router replicas "
-            "(serve/core/resident.py; each replica keeps at most catalog.max_resident).",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.resident = Gauge(
-            "modelgate_catalog_resident",
-            "Router replicas holding the version's session now.",
-            ["model", "version"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.loads = Counter(
-            "modelgate_catalog_loads_total",
-            "Session loads of catalog models, by outcome (ok, failed).",
-            ["model", "version", "outcome"],
-            registry=r,
-        )
-        self.evictions = Counter(
-            "modelgate_catalog_evictions_total",
-            "Sessions dropped as least recently used beyond catalog.max_resident.",
-            ["model", "version"],
-            registry=r,
-        )
-        self.load_seconds = Histogram(
-            "modelgate_catalog_load_seconds",
-            "Time to load a catalog model's session (artifact checked, session built, warmed).",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.last_load_seconds = Gauge(
-            "modelgate_catalog_last_load_seconds",
-            "The version's last load time (cold-load time per model): the largest across "
-            "router replicas.",
-            ["model", "version"],
-            registry=r,
-            multiprocess_mode="livemax",
-        )
         self.alias = Gauge(
             "modelgate_alias_info",
             "1 for each alias and the version it names (join on model, version to put canary "
@@ -493,11 +446,67 @@ class GatewayMetrics:
         return observe
 
 
+class CatalogMetrics:
+    """A router's catalog series (serve/ray/app.py: CatalogWatch), on its GatewayMetrics'
+    registry; made only where there is a catalog, since series without labels are written by
+    every process that defines them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.catalog_models = Gauge(
+            "modelgate_catalog_models",
+            "Models in the catalog (serve/control/catalog.py), as router replicas see it: the "
+            "largest count.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.resident_models = Gauge(
+            "modelgate_catalog_resident_models",
+            "Catalog models whose session is loaded, summed over router replicas "
+            "(serve/core/resident.py; each replica keeps at most catalog.max_resident).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.resident = Gauge(
+            "modelgate_catalog_resident",
+            "Router replicas holding the version's session now.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.loads = Counter(
+            "modelgate_catalog_loads_total",
+            "Session loads of catalog models, by outcome (ok, failed).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "modelgate_catalog_evictions_total",
+            "Sessions dropped as least recently used beyond catalog.max_resident.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "modelgate_catalog_load_seconds",
+            "Time to load a catalog model's session (artifact checked, session built, warmed).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.last_load_seconds = Gauge(
+            "modelgate_catalog_last_load_seconds",
+            "The version's last load time (cold-load time per model): the largest across "
+            "router replicas.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
+
 class ResidentObserver:
     """What a router's ResidentSet (serve/core/resident.py) reports, as GatewayMetrics series;
     keys are '<model>:<version>'."""
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    def __init__(self, metrics: CatalogMetrics) -> None:
         self.m = metrics
 
     def loaded(self, key: str, seconds: float, ok: bool) -> None:

@@ -389,7 +389,7 @@ class CatalogWatch:
         self, app: str, config: GatewayConfig, plane: DataPlane, telemetry: ReplicaTelemetry
     ) -> None:
         from serve.control.catalog import CatalogStore
-        from serve.observe.metrics import ResidentObserver
+        from serve.observe.metrics import CatalogMetrics, ResidentObserver
 
         assert config.catalog is not None
         self.app, self.config, self.catalog = app, config, config.catalog
@@ -398,12 +398,13 @@ class CatalogWatch:
         self.refs: dict[str, ArtifactRef] = {}  # '<model>:<version>' → artifact
         self.keys: dict[str, str] = {}  # model → its key
         c = self.catalog
+        self.metrics = CatalogMetrics(telemetry.metrics.registry)
         self.resident = ResidentSet(
             self._load,
             c.max_resident,
             c.max_loading,
             c.max_pending_loads,
-            observer=ResidentObserver(telemetry.metrics),
+            observer=ResidentObserver(self.metrics),
         )
         self.revision = 0
         self._ensure()
@@ -479,6 +480,7 @@ class CatalogWatch:
         for model, (target, _) in added.items():
             self.keys[model] = f"{model}:{target.version}"
         self.plane.update_catalog(added, removed)
+        self.metrics.catalog_models.set(len(self.keys))
         self.revision = revision
         self.resident.pinned = {self.keys[m] for m in self.catalog.pinned if m in self.keys}
         with contextlib.suppress(RuntimeError):  # no running loop yet: warmed by the task

@@ -1,0 +1,171 @@
+"""Many models (serve/control/catalog.py, serve/core/resident.py) against the real gateway: an
+application beside the session's whose models all come from a catalog, a folder of artifacts
+(tests/many_models.py: `m<i>` answers 0.5 + i), with a budget of a few resident sessions per
+router replica.
+
+- every model answers its own right answer, though at most `max_resident` are loaded at once;
+- models are added, re-pointed and removed in place under load: no failed request, and the
+  router replica serving the others is the same process before and after;
+- Triton's repository load and unload change the catalog; the index says what is loaded;
+- a burst of requests to cold models beyond what loads can keep up with is shed at once with
+  503 and Retry-After, and every request is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import requests
+
+from tests.integration.conftest import Gateway, deploy_beside, metric_value, replica_pids, restore
+from tests.integration.traffic import Traffic
+from tests.many_models import base_artifact, expected, write_model
+
+APP, PREFIX = "catalog", "/catalog"
+MODELS = 40
+MAX_RESIDENT = 6
+MAX_PENDING = 3
+ROW = [0.5] * 30
+
+
+@pytest.fixture(scope="module")
+def catalog(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("catalog")
+    base = base_artifact(tmp_path_factory.mktemp("base"))
+    for i in range(MODELS):
+        write_model(folder, base, i)
+    app = {
+        "name": APP,
+        "route_prefix": PREFIX,
+        "import_path": "serve.app:build_app",
+        "args": {
+            "models": [],
+            "catalog": {
+                "artifacts": str(folder),
+                "max_resident": MAX_RESIDENT,
+                "max_loading": 1,
+                "max_pending_loads": MAX_PENDING,
+                "refresh_s": 1,
+            },
+        },
+    }
+    deploy_beside(gateway, app)
+    try:
+        yield folder
+    finally:
+        restore(gateway)
+
+
+def _url(gateway: Gateway, model: str) -> str:
+    return f"{gateway.base}{PREFIX}/v2/models/{model}/infer"
+
+
+def _body() -> dict[str, object]:
+    return {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
+
+
+def _answer(gateway: Gateway, model: str) -> tuple[int, object]:
+    response = requests.post(_url(gateway, model), json=_body(), timeout=60)
+    doc = response.json()
+    if response.status_code != 200:
+        return response.status_code, doc
+    return 200, doc["outputs"][0]["data"][0]
+
+
+def _until(check: object, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the catalog did not change in time"
+        time.sleep(0.2)
+
+
+def test_every_model_answers_right_within_the_budget(gateway: Gateway, catalog: Path) -> None:
+    loads_before = metric_value(gateway, "modelgate_catalog_loads_total", outcome="ok")
+    for i in range(MODELS):
+        status, value = _answer(gateway, f"m{i}")
+        assert status == 200, value
+        assert value == pytest.approx(expected(i), abs=1e-4), f"m{i}"
+    loaded = sum(
+        metric_value(gateway, "modelgate_catalog_loads_total", model=f"m{i}", version="1")
+        for i in range(MODELS)
+    )
+    assert loaded >= MODELS and loaded > loads_before
+    assert metric_value(gateway, "modelgate_catalog_resident_models") <= MAX_RESIDENT
+    evicted = sum(
+        metric_value(gateway, "modelgate_catalog_evictions_total", model=f"m{i}", version="1")
+        for i in range(MODELS)
+    )
+    assert evicted >= MODELS - MAX_RESIDENT
+    index = requests.post(f"{gateway.base}{PREFIX}/v2/repository/index", timeout=10).json()
+    rows = {row["name"]: row for row in index}
+    assert len(rows) == MODELS and all(r["state"] == "READY" for r in rows.values())
+    assert sum(r["loaded"] for r in rows.values()) <= MAX_RESIDENT
+    assert rows[f"m{MODELS - 1}"]["loaded"] is True  # the last one asked for
+
+
+def test_models_change_in_place_under_load_without_a_restart_or_a_failed_request(
+    gateway: Gateway, catalog: Path, tmp_path: Path
+) -> None:
+    routers = replica_pids(APP, "Router")
+    base = base_artifact(tmp_path)
+    with Traffic(gateway, PREFIX, "m0", rate=40) as traffic:
+        time.sleep(2)
+        write_model(catalog, base, MODELS)  # a new model
+        _until(lambda: _answer(gateway, f"m{MODELS}")[0] == 200)
+        write_model(catalog, base, 1, version="2")  # re-pointed
+        _until(lambda: _answer(gateway, "m1") == (200, pytest.approx(expected(1, "2"))))
+        shutil.rmtree(catalog / "m2")  # removed
+        _until(lambda: _answer(gateway, "m2")[0] == 404)
+        time.sleep(2)
+    assert traffic.outcomes["ok"] > 100 and set(traffic.outcomes) == {"ok"}, traffic.outcomes
+    assert replica_pids(APP, "Router") == routers
+    status, value = _answer(gateway, f"m{MODELS}")
+    assert (status, value) == (200, pytest.approx(expected(MODELS)))
+
+
+def test_triton_load_and_unload_change_the_catalog(gateway: Gateway, catalog: Path) -> None:
+    repo = f"{gateway.base}{PREFIX}/v2/repository/models"
+    assert requests.post(f"{repo}/m3/unload", timeout=150).status_code == 200
+    status, doc = _answer(gateway, "m3")
+    assert status == 404 and "unknown model 'm3'" in doc["error"]  # type: ignore[index]
+    answer = requests.post(f"{repo}/m3/load", timeout=150)
+    assert answer.status_code == 200, answer.text
+    index = requests.post(f"{gateway.base}{PREFIX}/v2/repository/index", timeout=10).json()
+    assert {"name": "m3", "loaded": True}.items() <= next(
+        r for r in index if r["name"] == "m3"
+    ).items()
+    assert _answer(gateway, "m3") == (200, pytest.approx(expected(3)))
+    refused = requests.post(f"{repo}/nope/load", timeout=150)
+    assert refused.status_code == 400 and "nope" in refused.json()["error"]
+    bad = requests.post(f"{repo}/m3/load", json={"parameters": {"config": "{}"}}, timeout=10)
+    assert bad.status_code == 400 and "not supported" in bad.json()["error"]
+
+
+def test_a_burst_to_cold_models_is_shed_at_once_and_nothing_hangs(
+    gateway: Gateway, catalog: Path
+) -> None:
+    # The last MAX_RESIDENT models asked for are resident; these are cold.
+    cold = [f"m{i}" for i in range(4, 4 + 3 * MAX_PENDING + 6)]
+
+    async def one(session: aiohttp.ClientSession, model: str) -> tuple[int, dict[str, str]]:
+        async with session.post(_url(gateway, model), json=_body()) as response:
+            await response.read()
+            return response.status, dict(response.headers)
+
+    async def main() -> list[tuple[int, dict[str, str]]]:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            return await asyncio.gather(*(one(session, m) for m in cold))
+
+    answers = asyncio.run(main())
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses, statuses
+    assert all(int(h["Retry-After"]) >= 1 for s, h in answers if s == 503)
+    for model in cold:  # and each is served once asked again at a pace loads keep up with
+        assert _answer(gateway, model)[0] == 200
