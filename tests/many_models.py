@@ -7,6 +7,7 @@ wrong."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,17 @@ def write_model(into: Path, base: Path, index: int, version: str = "1") -> Path:
         "source_uri": f"models:/{name}/{version}",
         "sha256": sha256_file(folder / ONNX_FILE),
     }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return folder
+
+
+def copy_as(artifact: Path, into: Path, name: str) -> Path:
+    """The artifact again as model `name` (the same graph: the same answers)."""
+    folder = into / name / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifact / ONNX_FILE, folder / ONNX_FILE)
+    manifest = json.loads(read_manifest(artifact).model_dump_json())
+    manifest |= {"name": name, "source_uri": f"models:/{name}/1"}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
     return folder
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,23 @@ class CatalogStore:
             if action in ACTIONS:
                 taken[key[len(prefix) :]] = action
         return taken
+
+    def report_applied(self, replica: str, revision: int) -> None:
+        """A router replica applied `revision` (Triton's load and unload wait for them all)."""
+        self._write(f"applied/{replica}", [revision, time.time()])
+
+    def applied(self, since: float) -> dict[str, int]:
+        """Each router replica's applied revision, among those that reported after `since`."""
+        prefix = self.prefix + "applied/"
+        out = {}
+        for key, text in self.kv.listing(prefix).items():
+            revision, at = json.loads(text)
+            if at >= since:
+                out[key[len(prefix) :]] = int(revision)
+        return out
+
+    def forget_applied(self, replica: str) -> None:
+        self.kv.remove(f"{self.prefix}applied/{replica}")
 
     def clear(self) -> None:
         for key in self.kv.listing(self.prefix):

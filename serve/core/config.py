@@ -340,6 +340,13 @@ class CatalogConfig(_Strict):
         "beyond it are dropped (pinned ones never).",
     )
     max_loading: int = Field(2, ge=1, description="Loads a router replica runs at once.")
+    placement: Literal["hashed", "everywhere"] = Field(
+        "hashed",
+        description="hashed: each model is placed on one router replica (rendezvous hashing "
+        "over the replicas; a router that receives a request for a model placed elsewhere "
+        "sends its batch there over the direct transport), so N replicas hold about N × "
+        "max_resident models; everywhere: every replica loads what it is asked for.",
+    )
     max_pending_loads: int = Field(
         64,
         ge=1,

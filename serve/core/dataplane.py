@@ -87,7 +87,10 @@ class CatalogControl(Protocol):
 
     async def unload(self, model: str) -> None: ...
 
-    def loaded(self, model: str) -> bool: ...
+    def describe(self, model: str) -> dict[str, Any]:
+        """Where the model is: whether this replica holds its session, and the router replica
+        it is placed on."""
+        ...
 
 
 @dataclass
@@ -465,9 +468,8 @@ class DataPlane:
                 else:
                     row |= {"state": "UNAVAILABLE", "reason": target.health.reason}
                 if name in self.catalog_models and self.catalog is not None:
-                    # Servable, loaded on first use; `loaded`: whether this replica holds it.
-                    row |= {"catalog": True, "loaded": self.catalog.loaded(name)}
-                    row["router"] = self.instance
+                    # Servable, loaded on first use: where it is (serve/ray/app.py).
+                    row |= {"catalog": True, **self.catalog.describe(name)}
                 index.append(row)
         return index
 

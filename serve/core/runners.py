@@ -64,12 +64,34 @@ def local(run_now: Callable[[Feeds], Feeds]) -> Runner:
     return run
 
 
-def lazy(key: str, resident: ResidentSet) -> Runner:
-    """A catalog version: its session from the replica's resident set, loaded first when cold
-    (within the batch's deadline; serve/core/resident.py)."""
+class Placement(Protocol):
+    """Where a catalog model's batches run (serve/transport/direct.py: PeerPool): on the router
+    replica the model is placed on; None when that is this one, or it could not take it."""
+
+    async def run_model(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds | None: ...
+
+
+def lazy(
+    key: str,
+    resident: ResidentSet,
+    placement: Placement | None = None,
+    counted: tuple[Counter, Counter] | None = None,
+) -> Runner:
+    """A catalog version: on the router replica it is placed on (`placement`), else its
+    session from this replica's resident set, loaded first when cold (within the batch's
+    deadline; serve/core/resident.py). `counted`: batches sent to a peer, and run here."""
 
     async def run(feeds: Feeds) -> Feeds:
-        session = resident.get(key) or await resident.acquire(key, BATCH_DEADLINE.get())
+        deadline = BATCH_DEADLINE.get()
+        if placement is not None:
+            outputs = await placement.run_model(key, feeds, deadline)
+            if outputs is not None:
+                if counted is not None:
+                    counted[0].inc()
+                return outputs
+        if counted is not None:
+            counted[1].inc()
+        session = resident.get(key) or await resident.acquire(key, deadline)
         return session(feeds)
 
     return run

@@ -263,7 +263,8 @@ class GatewayMetrics:
             "modelgate_transport_batches_total",
             "Batches a router sent to dedicated replicas, by transport: direct "
             "(serve/transport/direct.py) "
-            "or handle (Ray Serve's handle: transport handle, string tensors, fallbacks).",
+            "or handle (Ray Serve's handle: transport handle, string tensors, fallbacks); for "
+            "catalog models, peer (to the router replica the model is placed on) or local.",
             ["model", "version", "transport"],
             registry=r,
         )

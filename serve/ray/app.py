@@ -61,7 +61,7 @@ from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
 from serve.ray import autoscale
 from serve.ray.internals import KVDirectory, serve_details, session_dir
-from serve.transport.direct import DirectPool, DirectServer, FrameLimits, kv_prefix
+from serve.transport.direct import DirectPool, DirectServer, FrameLimits, PeerPool, kv_prefix
 
 logger = logging.getLogger("modelgate")
 
@@ -382,6 +382,8 @@ class CatalogWatch:
 
     FIRST_WAIT_S = 120.0
     ENSURE_S = 10.0
+    #: Seconds between a router's reports of the catalog revision it applied.
+    REPORT_S = 2.0
     #: Seconds a load or unload through the repository API waits for the catalog to change.
     CONTROL_WAIT_S = 120.0
 
@@ -407,6 +409,25 @@ class CatalogWatch:
             observer=ResidentObserver(self.metrics),
         )
         self.revision = 0
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self._reported, self._reported_rev = 0.0, -1
+        self.manifests: dict[str, Manifest] = {}  # key → manifest (a peer's frame limits)
+        self.peers: PeerPool | None = None
+        self.server: DirectServer | None = None
+        if c.placement == "hashed":
+            directory = KVDirectory()
+            secret = directory.shared_secret(app)
+            prefix = kv_prefix(app, PEERS)
+            self.peers = PeerPool(f"{app} routers", directory, prefix, secret)
+            self.server = DirectServer(
+                _refuse_plain,
+                directory,
+                prefix + self.replica,
+                secret,
+                self._frame_limits,
+                lambda reason: telemetry.metrics.direct_refused.labels("", "", reason).inc(),
+                run_model=self._serve_peer,
+            )
         self._ensure()
         self._ensured = time.monotonic()
         deadline = time.monotonic() + self.FIRST_WAIT_S
@@ -441,6 +462,7 @@ class CatalogWatch:
                 logger.error("catalog: %s is not served: %s", key, exc)
                 continue
             self.refs[key] = ref
+            self.manifests[key] = manifest
             added[model] = (self._target(model, str(entry["version"]), manifest), entry["aliases"])
         removed = {m for m in self.keys if m not in entries}
         return revision, added, removed
@@ -449,9 +471,13 @@ class CatalogWatch:
         key = f"{model}:{version}"
         b = self.catalog.batching
         metrics = self.telemetry.metrics
+        counted = (
+            metrics.counter(metrics.transport_batches.labels(model, version, "peer")),
+            metrics.counter(metrics.transport_batches.labels(model, version, "local")),
+        )
         batcher = MicroBatcher(
             key,
-            runners.lazy(key, self.resident),
+            runners.lazy(key, self.resident, self.peers, counted),
             max_batch_rows=b.max_batch_rows,
             max_wait_s=b.max_wait_ms / 1000,
             max_in_flight=b.max_in_flight,
@@ -477,6 +503,7 @@ class CatalogWatch:
             ):
                 self.resident.discard(old)
                 self.refs.pop(old, None)
+                self.manifests.pop(old, None)
         for model, (target, _) in added.items():
             self.keys[model] = f"{model}:{target.version}"
         self.plane.update_catalog(added, removed)
@@ -493,11 +520,37 @@ class CatalogWatch:
         runtime.warm_up()
         return self.telemetry.instrument(runtime, model, version)
 
+    def _frame_limits(self, key: str | None) -> FrameLimits:
+        """What a peer's batch of `key` can be (KeyError: not in this replica's catalog)."""
+        manifest = self.manifests[key or ""]
+        inputs = {
+            spec.name: (spec.numpy_dtype, tuple(spec.shape))
+            for spec in manifest.signature.inputs
+            if spec.datatype != "BYTES"
+        }
+        limits = self.config.limits
+        return FrameLimits(inputs, self.catalog.batching.max_batch_rows, limits.max_elements)
+
+    async def _serve_peer(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds:
+        """A peer router's batch of a model placed here."""
+        if key not in self.refs:
+            raise InferenceError(ErrorCode.UNAVAILABLE, f"{key} is not in this replica's catalog")
+        session = self.resident.get(key) or await self.resident.acquire(key, deadline)
+        return session(feeds)
+
     async def _run(self) -> None:
         self.resident.warm(self.resident.pinned)
+        if self.server is not None and self.peers is not None:
+            try:
+                self.peers.own = await self.server.start(ray.util.get_node_ip_address())
+            except Exception:  # placement off for this replica: it serves what it is asked
+                logger.warning("could not listen for peer routers", exc_info=True)
+                self.server, self.peers.own = None, ""
         while True:
             await asyncio.sleep(ROUTER_REFRESH_S)
             try:
+                if self.peers is not None:
+                    await asyncio.to_thread(self.peers.refresh)
                 await self.refresh()
                 if time.monotonic() - self._ensured > self.ENSURE_S:
                     await asyncio.to_thread(self._ensure)
@@ -507,23 +560,56 @@ class CatalogWatch:
 
     async def refresh(self) -> None:
         self._apply(*await asyncio.to_thread(self._read))
+        if time.monotonic() - self._reported > self.REPORT_S or self._reported_rev != self.revision:
+            await asyncio.to_thread(self.store.report_applied, self.replica, self.revision)
+            self._reported, self._reported_rev = time.monotonic(), self.revision
+
+    async def _everywhere(self) -> None:
+        """Until every router replica of the application has applied this one's revision
+        (each reports what it applied every REPORT_S; one silent for 3 × REPORT_S has gone)."""
+        deadline = time.monotonic() + self.CONTROL_WAIT_S
+        while True:
+            applied = await asyncio.to_thread(self.store.applied, time.time() - 3 * self.REPORT_S)
+            if all(revision >= self.revision for revision in applied.values()):
+                return
+            if time.monotonic() > deadline:
+                raise InferenceError(
+                    ErrorCode.UNAVAILABLE,
+                    "not every router replica applied the catalog's change in time: try again",
+                    retry_after_s=5.0,
+                )
+            await asyncio.sleep(0.2)
 
     def stop(self) -> None:
         self._task.cancel()
+        with contextlib.suppress(Exception):
+            self.store.forget_applied(self.replica)
+        if self.server is not None:
+            self.server.close()  # peers send here no more: what they send runs there
 
     # -- Triton's model control (serve/protocol/rest.py) ----------------------------------------
-    def loaded(self, model: str) -> bool:
+    def describe(self, model: str) -> dict[str, Any]:
+        """`loaded`: this replica holds the session; `placed_on`: the router replica (its
+        peer address) the model's batches run on, "" when every replica loads it; `router`:
+        this replica's own address."""
         key = self.keys.get(model)
-        return key is not None and key in self.resident.resident
+        placed = "" if self.peers is None or key is None else self.peers.owner(key) or ""
+        own = "" if self.peers is None else self.peers.own
+        return {"loaded": key in self.resident.resident, "placed_on": placed, "router": own}
 
     async def load(self, model: str) -> None:
+        """In the catalog, and loaded where it is placed (here when it is placed here)."""
         await asyncio.to_thread(self.store.request, model, "load")
         await self._until(lambda: model in self.keys, model, "load")
-        await self.resident.acquire(self.keys[model], time.monotonic() + self.CONTROL_WAIT_S)
+        await self._everywhere()
+        key = self.keys[model]
+        if self.peers is None or self.peers.owner(key) in (None, self.peers.own):
+            await self.resident.acquire(key, time.monotonic() + self.CONTROL_WAIT_S)
 
     async def unload(self, model: str) -> None:
         await asyncio.to_thread(self.store.request, model, "unload")
         await self._until(lambda: model not in self.keys, model, "unload")
+        await self._everywhere()
 
     async def _until(self, done: Callable[[], bool], model: str, action: str) -> None:
         deadline = time.monotonic() + self.CONTROL_WAIT_S
@@ -544,6 +630,14 @@ class CatalogWatch:
                     retry_after_s=5.0,
                 )
             await asyncio.sleep(0.2)
+
+
+#: The direct transport's directory entry of router replicas taking peers' catalog batches.
+PEERS = "Router:catalog"
+
+
+def _refuse_plain(feeds: Feeds) -> Feeds:
+    raise InferenceError(ErrorCode.INVALID_ARGUMENT, "a router takes catalog batches only")
 
 
 def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:

@@ -44,7 +44,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -203,22 +203,31 @@ def encodable(feeds: Feeds) -> bool:
 
 
 def encode(
-    feeds: Feeds, remaining_s: float | None = None, demand: Demand | None = None
+    feeds: Feeds,
+    remaining_s: float | None = None,
+    demand: Demand | None = None,
+    model: str | None = None,
 ) -> list[bytes]:
     """A frame; `remaining_s`: the batch's time left (a replica refuses one with none left);
-    `demand`: what the sending router holds for the version."""
+    `demand`: what the sending router holds for the version; `model`: the catalog model a
+    router sends to the router replica that holds it (PeerPool)."""
     arrays = [(n, np.ascontiguousarray(v)) for n, v in feeds.items()]
     doc: dict[str, object] = {"tensors": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}
     if remaining_s is not None:
         doc["remaining_s"] = remaining_s
     if demand is not None:
         doc["demand"] = [demand.router, demand.requests, demand.shed]
+    if model is not None:
+        doc["model"] = model
     head = orjson.dumps(doc)
     return [_LENGTH.pack(len(head)), head, *(a.tobytes() for _, a in arrays)]
 
 
 def encode_error(exc: InferenceError) -> list[bytes]:
-    head = orjson.dumps({"error": exc.message, "code": exc.code.value})
+    doc: dict[str, object] = {"error": exc.message, "code": exc.code.value}
+    if exc.retry_after_s is not None:
+        doc["retry_after_s"] = exc.retry_after_s
+    head = orjson.dumps(doc)
     return [_LENGTH.pack(len(head)), head]
 
 
@@ -226,13 +235,19 @@ class Frame(NamedTuple):
     feeds: Feeds
     remaining_s: float | None  # the time its batch had left when sent
     demand: Demand | None  # what its router reported
+    model: str | None = None  # a catalog model's key (router to router)
 
 
-async def read(reader: asyncio.StreamReader, limits: FrameLimits | None = None) -> Feeds:
+#: What a replica reads: one set of limits, or (a router serving catalog models to its peers)
+#: those of the model a frame names, KeyError for one it does not serve.
+Limits = FrameLimits | Callable[[str | None], FrameLimits]
+
+
+async def read(reader: asyncio.StreamReader, limits: Limits | None = None) -> Feeds:
     return (await read_frame(reader, limits)).feeds
 
 
-async def read_frame(reader: asyncio.StreamReader, limits: FrameLimits | None = None) -> Frame:
+async def read_frame(reader: asyncio.StreamReader, limits: Limits | None = None) -> Frame:
     """One frame: three reads (length, header, every tensor's bytes at once). With `limits`
     (a replica reading a router's batch), a frame beyond them is refused before its tensors
     are read."""
@@ -241,10 +256,20 @@ async def read_frame(reader: asyncio.StreamReader, limits: FrameLimits | None = 
         raise FrameError(f"frame header of {length} bytes")
     head = orjson.loads(await reader.readexactly(length))
     if "error" in head:
-        raise InferenceError(ErrorCode(head["code"]), head["error"])
+        retry = head.get("retry_after_s")
+        retry_s = float(retry) if isinstance(retry, int | float) else None
+        raise InferenceError(ErrorCode(head["code"]), head["error"], retry_after_s=retry_s)
     specs = [
         (name, np.dtype(dtype), shape, math.prod(shape)) for name, dtype, shape in head["tensors"]
     ]
+    model = head.get("model")
+    if model is not None and (not isinstance(model, str) or len(model) > 512):
+        raise FrameError(f"frame model {str(model)[:100]!r}")
+    if callable(limits):
+        try:
+            limits = limits(model)
+        except KeyError:
+            raise FrameError(f"frame for a model not served here: {str(model)[:100]!r}") from None
     if limits is not None:
         limits.check(specs)
     total = sum(count * kind.itemsize for _, kind, _, count in specs)
@@ -265,7 +290,7 @@ async def read_frame(reader: asyncio.StreamReader, limits: FrameLimits | None = 
             demand = Demand(str(router)[:64], int(requests), int(shed))
         except (TypeError, ValueError) as exc:
             raise FrameError(f"frame demand {str(reported)[:100]!r}: {exc}") from None
-    return Frame(feeds, None if remaining is None else float(remaining), demand)
+    return Frame(feeds, None if remaining is None else float(remaining), demand, model)
 
 
 class DirectServer:
@@ -280,10 +305,12 @@ class DirectServer:
         directory: Directory,
         key: str,
         secret: bytes,
-        limits: FrameLimits,
+        limits: Limits,
         on_refused: Callable[[str], None] = lambda reason: None,
+        run_model: Callable[[str, Feeds, float | None], Awaitable[Feeds]] | None = None,
     ) -> None:
         self._run = run
+        self._run_model = run_model  # a frame naming a model (catalog, router to router)
         self._directory = directory
         self.key = key
         self._secret = secret
@@ -329,7 +356,7 @@ class DirectServer:
             while not self._draining:
                 self._idle.add(writer)
                 try:
-                    feeds, remaining_s, demand = await read_frame(reader, self._limits)
+                    feeds, remaining_s, demand, model = await read_frame(reader, self._limits)
                 except asyncio.IncompleteReadError:
                     return  # the router closed the connection (or a drain did)
                 finally:
@@ -339,7 +366,11 @@ class DirectServer:
                 try:
                     if remaining_s is not None and remaining_s <= 0:
                         raise expired(self.key)
-                    chunks = encode(self._run(feeds))
+                    if model is not None and self._run_model is not None:
+                        ends = None if remaining_s is None else time.monotonic() + remaining_s
+                        chunks = encode(await self._run_model(model, feeds, ends))
+                    else:
+                        chunks = encode(self._run(feeds))
                 except InferenceError as exc:
                     chunks = encode_error(exc)
                 writer.writelines(chunks)
@@ -477,7 +508,13 @@ class DirectPool:
         finally:
             endpoint.in_flight -= 1
 
-    async def _send(self, endpoint: _Endpoint, feeds: Feeds, remaining_s: float | None) -> Feeds:
+    async def _send(
+        self,
+        endpoint: _Endpoint,
+        feeds: Feeds,
+        remaining_s: float | None,
+        model: str | None = None,
+    ) -> Feeds:
         if endpoint.idle:
             reader, writer = endpoint.idle.pop()
         else:
@@ -487,7 +524,7 @@ class DirectPool:
         if self.report is not None:
             demand = Demand(ROUTER_ID, *self.report())
         try:
-            writer.writelines(encode(feeds, remaining_s, demand))
+            writer.writelines(encode(feeds, remaining_s, demand, model))
             outputs = await read(reader)
         except InferenceError:
             endpoint.idle.append((reader, writer))  # an answer: the connection is sound
@@ -517,6 +554,51 @@ class DirectPool:
             writer.close()
         self._listed = self._listed - {endpoint.address}
         self._unreachable.add(endpoint.address)
+
+
+class PeerPool(DirectPool):
+    """Router to router, for catalog models (serve/core/resident.py): each model is placed on
+    one router replica, the one its key ranks first by rendezvous hashing over the replicas
+    listed, so N replicas hold about N budgets of models rather than each holding the same
+    ones. `run` sends a batch to its model's replica, or returns None when that is this one
+    (`own`), when none is listed, or when the connection fails (the batch then runs here: a
+    prediction is a pure function of its inputs). A replica joining or leaving moves only the
+    models it ranks first."""
+
+    own = ""  # this replica's own address, once it listens
+
+    def owner(self, key: str) -> str | None:
+        listed = self._listed
+        if not listed:
+            return None
+        return max(listed, key=lambda address: _rank(key, address))
+
+    async def run_model(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds | None:
+        owner = self.owner(key)
+        if owner is None or owner == self.own or not encodable(feeds):
+            return None
+        self._reconcile()
+        endpoint = self._endpoints.get(owner)
+        if endpoint is None:
+            return None
+        remaining_s = time_left(self.name, deadline)
+        endpoint.in_flight += 1
+        try:
+            return await self._send(endpoint, feeds, remaining_s, key)
+        except InferenceError as exc:
+            if exc.code is ErrorCode.UNAVAILABLE:  # not (yet) in its catalog, or its load failed
+                return None
+            raise
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            logger.warning("%s: peer %s unreachable (%r); run here", self.name, owner, exc)
+            self._forget(endpoint)
+            return None
+        finally:
+            endpoint.in_flight -= 1
+
+
+def _rank(key: str, address: str) -> bytes:
+    return hashlib.blake2b(f"{key}|{address}".encode(), digest_size=8).digest()
 
 
 #: A peer whose node is gone is found out within about this many seconds, whether a frame is

@@ -306,7 +306,7 @@ def test_a_frame_carries_its_time_left_and_one_with_none_left_is_not_computed() 
 
     _with_replica(scenario)
     frame = b"".join(encode({"x": X}, remaining_s=0.25))
-    feeds, remaining, demand = asyncio.run(_read_frame(frame))
+    feeds, remaining, demand, _ = asyncio.run(_read_frame(frame))
     assert remaining == 0.25 and feeds["x"].tolist() == X.tolist() and demand is None
 
 
@@ -337,3 +337,68 @@ async def _read_frame(frame: bytes) -> Frame:
     reader = asyncio.StreamReader()
     reader.feed_data(frame)
     return await read_frame(reader, LIMITS)
+
+
+# -- router to router: catalog models placed by rendezvous hashing (PeerPool) ------------------
+class Router:
+    """A router replica's peer server on 127.0.0.1: answers a catalog model's batch with its
+    own name, for the models it has."""
+
+    def __init__(self, name: str, directory: MemoryDirectory, models: set[str]) -> None:
+        self.name, self.models, self.refused = name, models, []  # type: ignore[var-annotated]
+        self.server = DirectServer(
+            lambda feeds: feeds,
+            directory,
+            f"{PREFIX}{name}",
+            SECRET,
+            self._limits,
+            self.refused.append,
+            run_model=self._run,
+        )
+
+    def _limits(self, key: str | None) -> FrameLimits:
+        if key not in self.models:
+            raise KeyError(key)
+        return LIMITS
+
+    async def _run(
+        self, key: str, feeds: dict[str, np.ndarray], deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        return {"who": np.array([ord(c) for c in self.name], np.int32)}
+
+
+def test_each_catalog_model_runs_on_the_router_it_is_placed_on_and_here_when_that_is_gone() -> None:
+    from serve.transport.direct import PeerPool
+
+    keys = [f"m{i}:1" for i in range(60)]
+
+    async def main() -> None:
+        directory = MemoryDirectory()
+        a, b = (Router(n, directory, set(keys)) for n in ("a", "b"))
+        own = await a.server.start("127.0.0.1")
+        await b.server.start("127.0.0.1")
+        pool = PeerPool("routers", directory, PREFIX, SECRET)
+        pool.own = own
+        pool.refresh()
+        x = {"x": X}
+        answers = {k: await pool.run_model(k, x, time.monotonic() + 5) for k in keys}
+        here = [k for k, v in answers.items() if v is None]
+        there = [k for k, v in answers.items() if v is not None]
+        assert all(bytes(answers[k]["who"].astype(np.uint8)) == b"b" for k in there)  # type: ignore[index]
+        assert len(here) >= 15 and len(there) >= 15  # spread over both (60 keys, 2 routers)
+        assert all(pool.owner(k) == own for k in here)
+        # The same placement every time, from any router: a's view and b's agree.
+        other = PeerPool("routers", directory, PREFIX, SECRET)
+        other.refresh()
+        assert all(other.owner(k) == pool.owner(k) for k in keys)
+        # A model b does not have: its frame is refused there, and the batch runs here.
+        b.models.discard(there[0])
+        assert await pool.run_model(there[0], x, time.monotonic() + 5) is None
+        assert b.refused == ["frame"]
+        # b gone: everything runs here.
+        b.server.close()
+        pool.refresh()
+        assert all([await pool.run_model(k, x, time.monotonic() + 5) is None for k in there])
+        a.server.close()
+
+    asyncio.run(main())
