@@ -202,3 +202,35 @@ def test_a_burst_to_cold_models_is_shed_at_once_and_nothing_hangs(
     assert all(int(h["Retry-After"]) >= 1 for s, h in answers if s == 503)
     for model in cold:  # and each is served once asked again at a pace loads keep up with
         assert _answer(gateway, model)[0] == 200
+
+
+def test_the_routers_peer_port_binds_the_node_and_drops_a_stranger(
+    gateway: Gateway, catalog: Path
+) -> None:
+    import socket
+
+    import ray
+
+    from serve.ray.app import PEERS
+    from serve.ray.internals import KVDirectory
+    from serve.transport.direct import kv_prefix
+    from tests.integration.conftest import listening_addresses
+
+    peers = KVDirectory().listing(kv_prefix(APP, PEERS))
+    assert len(peers) == ROUTERS
+    node = ray.util.get_node_ip_address()
+    before = metric_value(gateway, "modelgate_direct_refused_total", model="", reason="proof")
+    for address in peers.values():
+        host, port = address.rsplit(":", 1)
+        assert host == node and listening_addresses(int(port)) == {node}
+        with socket.create_connection((host, int(port)), timeout=10) as stranger:
+            stranger.recv(64)  # the challenge
+            stranger.sendall(b"\0" * 64)  # no proof: dropped, nothing computed
+            stranger.settimeout(10)
+            assert stranger.recv(64) == b""
+    _until(
+        lambda: (
+            metric_value(gateway, "modelgate_direct_refused_total", model="", reason="proof")
+            >= before + ROUTERS
+        )
+    )
