@@ -360,6 +360,11 @@ class CatalogConfig(_Strict):
     timeout_ms: float | None = Field(
         30_000, gt=0, description="Default deadline of a catalog model's request (as models')."
     )
+    drift: bool = Field(
+        False,
+        description="Input drift monitors for catalog models (a score series per input "
+        "feature of each model: off by default, for thousands of models).",
+    )
     refresh_s: float = Field(5.0, ge=0.5, description="Seconds between reads of the source.")
 
     @model_validator(mode="after")

@@ -194,9 +194,7 @@ class DataPlane:
                 continue
             table = RouteTable(name, [target.version], ModelRouting(), aliases, None, None)
             self.models[name] = ModelEntry({target.version: target}, aliases, table)
-            self.catalog_models.add(name)
-            self.metrics.shed.labels(name, target.version)
-            self.metrics.timeouts.labels(name, target.version)
+            self.catalog_models.add(name)  # its series appear with its first request
         touched = set(added) | removed
         if touched & set(self.routing.models):
             try:  # the operator's routing may name catalog models: compiled again with them

@@ -26,11 +26,18 @@ class ReplicaTelemetry:
         self.ticker = DriftTicker(drift.interval_s)
 
     def instrument(
-        self, runtime: VersionRuntime, model: str, version: str
+        self,
+        runtime: VersionRuntime,
+        model: str,
+        version: str,
+        drift: bool = True,
+        series: tuple[str, str] | None = None,
     ) -> Callable[[Feeds], Feeds]:
-        """`runtime.run`, timed and counted, its inputs handed to the version's drift monitor."""
-        observe = self.metrics.run_observer(model, version)
-        monitor = self._monitor(runtime, model, version)
+        """`runtime.run`, timed and counted, its inputs handed to the version's drift monitor
+        (`drift`: when the gateway's drift config has it on). `series`: the (model, version)
+        labels its compute is counted under, when not its own (catalog models share one)."""
+        observe = self.metrics.run_observer(*(series or (model, version)))
+        monitor = self._monitor(runtime, model, version) if drift else None
 
         def run(feeds: Feeds) -> Feeds:
             started = time.perf_counter()

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import ray
 from google.protobuf.message import Message
@@ -64,6 +64,7 @@ from serve.ray.internals import KVDirectory, serve_details, session_dir
 from serve.transport.direct import DirectPool, DirectServer, FrameLimits, PeerPool, kv_prefix
 
 logger = logging.getLogger("modelgate")
+T = TypeVar("T")
 
 #: Tries of one batch on a dedicated version whose replica dies under it (the deadline bounds
 #: them too).
@@ -412,6 +413,7 @@ class CatalogWatch:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._reported, self._reported_rev = 0.0, -1
         self.manifests: dict[str, Manifest] = {}  # key → manifest (a peer's frame limits)
+        self._batches = _Lazy(lambda: telemetry.metrics.batch_observer(CATALOG_SERIES, ""))
         self.peers: PeerPool | None = None
         self.server: DirectServer | None = None
         if c.placement == "hashed":
@@ -471,10 +473,16 @@ class CatalogWatch:
         key = f"{model}:{version}"
         b = self.catalog.batching
         metrics = self.telemetry.metrics
+        # Per model: the requests' series (made with its first request, in the data plane)
+        # and these, made with its first batch. The batches' own series (queue wait, batch
+        # time, rows, compute) are the catalog's as a whole: a thousand models with a dozen
+        # histograms each would make the node's exposition megabytes and seconds long.
+        taken = metrics.transport_batches
         counted = (
-            metrics.counter(metrics.transport_batches.labels(model, version, "peer")),
-            metrics.counter(metrics.transport_batches.labels(model, version, "local")),
+            _Lazy(lambda: metrics.counter(taken.labels(model, version, "peer"))),
+            _Lazy(lambda: metrics.counter(taken.labels(model, version, "local"))),
         )
+        observer = self._batches
         batcher = MicroBatcher(
             key,
             runners.lazy(key, self.resident, self.peers, counted),
@@ -482,7 +490,7 @@ class CatalogWatch:
             max_wait_s=b.max_wait_ms / 1000,
             max_in_flight=b.max_in_flight,
             max_queued=b.max_queued,
-            on_batch=metrics.batch_observer(model, version),
+            on_batch=lambda *batch: observer.get()(*batch),
         )
         timeout_s = None if self.catalog.timeout_ms is None else self.catalog.timeout_ms / 1000
         return VersionTarget(model, version, manifest, batcher, "colocated", timeout_s)
@@ -518,7 +526,9 @@ class CatalogWatch:
         model, version = key.rsplit(":", 1)
         runtime = open_runtime(self.refs[key], 1)
         runtime.warm_up()
-        return self.telemetry.instrument(runtime, model, version)
+        return self.telemetry.instrument(
+            runtime, model, version, drift=self.catalog.drift, series=(CATALOG_SERIES, "")
+        )
 
     def _frame_limits(self, key: str | None) -> FrameLimits:
         """What a peer's batch of `key` can be (KeyError: not in this replica's catalog)."""
@@ -632,6 +642,24 @@ class CatalogWatch:
             await asyncio.sleep(0.2)
 
 
+class _Lazy(Generic[T]):
+    """A value made on first use; a counter's `inc` on it makes it then."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._value: T | None = None
+
+    def get(self) -> T:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
+
+    def inc(self) -> None:
+        self.get().inc()  # type: ignore[attr-defined]
+
+
+#: The `model` label of the batch series every catalog model shares (its version is "").
+CATALOG_SERIES = "(catalog)"
 #: The direct transport's directory entry of router replicas taking peers' catalog batches.
 PEERS = "Router:catalog"
 
