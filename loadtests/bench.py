@@ -334,6 +334,22 @@ def _two_node_subprocess(duration_s: float, rounds: int) -> dict[str, list[dict[
     return {"one-node": points["near"], "two-node": points["far"]}
 
 
+def _catalog_subprocess(duration_s: float) -> list[str]:
+    """loadtests/catalog.py's figures, in a process (and a Ray) of its own."""
+    from loadtests import catalog
+
+    out = Path(".modelgate/bench-catalog.json")
+    subprocess.run(
+        [
+            sys.executable, "-m", "loadtests.catalog",
+            "--duration", str(duration_s), "--out", str(out),
+        ],
+        check=True,
+        timeout=900,
+    )  # fmt: skip
+    return catalog.lines(json.loads(out.read_text()))
+
+
 #: The prose under the numbers in RESULTS.md: what they say, from profiling.
 NOTES = Path(__file__).with_name("NOTES.md")
 
@@ -366,6 +382,7 @@ def write_results(
     rounds: int,
     ceiling: float,
     target_rounds: int = 0,
+    catalog: list[str] | None = None,
 ) -> str:
     by = {name: {p["clients"]: p for p in points} for name, points in results.items()}
     lines = [
@@ -392,7 +409,10 @@ def write_results(
         "",
         table(results),
     ]
-    lines += ["", "## Summary", "", *summary(by), "", NOTES.read_text().rstrip()]
+    lines += ["", "## Summary", "", *summary(by)]
+    if catalog:
+        lines += ["", "## Many models, this run", "", *catalog]
+    lines += ["", NOTES.read_text().rstrip()]
     text = "\n".join(lines) + "\n"
     RESULTS.write_text(text)
     return text
@@ -519,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     print("plain Ray Serve (defaults, router → model handle call per request)", flush=True)
     results["plain"] = _plain_subprocess(args.duration)
     results.update(_two_node_subprocess(args.duration, args.target_rounds))
-    print(write_results(results, args.duration, args.rounds, ceiling, args.target_rounds))
+    print("many models (a catalog of small models: loadtests/catalog.py)", flush=True)
+    catalog = _catalog_subprocess(args.duration)
+    print(write_results(results, args.duration, args.rounds, ceiling, args.target_rounds, catalog))
     print(f"bench took {time.monotonic() - started:.0f} s; wrote {RESULTS}")
     return 0
 

@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 import requests
 
+from loadtests.many_models import base_artifact, copy_as, expected, write_model
 from tests.integration.conftest import (
     Gateway,
     deploy_beside,
@@ -34,7 +35,6 @@ from tests.integration.conftest import (
 )
 from tests.integration.slow_model import slow_artifact
 from tests.integration.traffic import Traffic
-from tests.many_models import base_artifact, copy_as, expected, write_model
 
 APP, PREFIX = "catalog", "/catalog"
 MODELS = 1000

@@ -129,3 +129,39 @@ def test_a_partial_run_measures_what_each_named_scenario_compares_with() -> None
     assert bench.chosen(["autoscaled"]) == ["baseline", "dedicated-2", "autoscaled"]
     with pytest.raises(SystemExit, match="unknown scenarios: nope"):
         bench.chosen(["grpc", "nope"])
+
+
+def test_the_report_keeps_the_notes_sections_and_adds_the_many_models_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make bench` rewrites RESULTS.md whole: what earlier work measured lives in NOTES.md and
+    comes back; the catalog's figures of this run are added."""
+    from loadtests import catalog
+
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(bench, "summary", lambda by: ["(the summary)"])  # tested above
+    point = {"clients": 1, "rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0}
+    figures = {
+        "models": 200,
+        "budget": 16,
+        "warm_p50_ms": 1.0,
+        "warm_p99_ms": 3.0,
+        "cold_p50_ms": 5.0,
+        "cold_p99_ms": 9.0,
+        "rss_per_model_mb": 0.4,
+        "router_rss_mb": 250.0,
+        "change_to_answer_s": [0.5, 1.0, 1.0],
+        "fits": {"rps": 1000.0, "cpu_us": 1500.0},
+        "beyond": {"rps": 300.0, "cpu_us": 4500.0},
+    }
+    text = bench.write_results(
+        {"baseline": [point]}, 4.0, 3, 8000.0, catalog=catalog.lines(figures)
+    )
+    assert "## Many models, this run" in text
+    assert (
+        "| cold p50 / p99 (each request's model evicted) | 5.00 / 9.00 ms (5.0× / 3.0× warm) |"
+        in text
+    )
+    assert "300 req/s (0.30×), 4500 µs CPU a request (3.00×)" in text
+    for section in ("## The structure step (issue 17)", "## Progressive delivery (issue 20)"):
+        assert section in text

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtests.many_models import base_artifact, write_model
 from serve.control.catalog import CatalogStore, CatalogSync
 from serve.core.config import GatewayConfig
 from serve.core.errors import ErrorCode, InferenceError
 from serve.core.resident import ResidentSet, Session
-from tests.many_models import base_artifact, write_model
 from tests.serve.test_delivery import MemoryKV
 
 

@@ -1,8 +1,8 @@
-"""Many small models for the catalog's tests, made fast: one tiny ONNX graph (y = mean(x) + b)
-converted and verified once through the real pipeline, then copied as model `m<i>` with its own
-bias b = i, each copy a complete artifact (model.onnx and a manifest naming it, digests
-matching). A request of 30 values of 0.5 to `m<i>` must answer 0.5 + i: a wrong model answers
-wrong."""
+"""Many small models for the catalog's tests and benchmark, made fast: one tiny ONNX graph
+(y = mean(x) + b) converted and verified once through the real pipeline, then copied as model
+`m<i>` with its own bias b = i, each copy a complete artifact (model.onnx and a manifest naming
+it, digests matching). A request of 30 values of 0.5 to `m<i>` must answer 0.5 + i: a wrong
+model answers wrong."""
 
 from __future__ import annotations
 
