@@ -531,14 +531,17 @@ class CatalogWatch:
         )
 
     def _frame_limits(self, key: str | None) -> FrameLimits:
-        """What a peer's batch of `key` can be (KeyError: not in this replica's catalog)."""
-        manifest = self.manifests[key or ""]
+        """What a peer's batch of `key` can be; for a model not (yet) in this replica's
+        catalog, any numeric tensors within the limit (answered UNAVAILABLE: run it there)."""
+        limits = self.config.limits
+        manifest = self.manifests.get(key or "")
+        if manifest is None:
+            return FrameLimits(None, self.catalog.batching.max_batch_rows, limits.max_elements)
         inputs = {
             spec.name: (spec.numpy_dtype, tuple(spec.shape))
             for spec in manifest.signature.inputs
             if spec.datatype != "BYTES"
         }
-        limits = self.config.limits
         return FrameLimits(inputs, self.catalog.batching.max_batch_rows, limits.max_elements)
 
     async def _serve_peer(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds:

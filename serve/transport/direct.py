@@ -65,6 +65,8 @@ HELLO = b"MGD1"
 NONCE = 32
 #: Seconds a peer has to prove itself after connecting.
 HANDSHAKE_S = 2.0
+#: Tensors a frame for a model the replica does not serve may hold (read, then refused).
+MAX_UNKNOWN_TENSORS = 64
 
 
 #: This process's name in the demand it reports (a router replica's).
@@ -174,11 +176,20 @@ class FrameLimits:
     batch's worth of elements. A router's batch holds up to `max_batch_rows` rows, or one
     request of more, and a request's tensor holds at most `max_elements` elements."""
 
-    inputs: dict[str, tuple[np.dtype, tuple[int, ...]]]  # name -> dtype, shape (-1: any)
+    #: name -> dtype, shape (-1: any); None: a model this replica does not serve (a router's
+    #: catalog behind its peer's): any numeric tensors, each within `max_elements`, read so that
+    #: the answer (UNAVAILABLE) keeps the connection in step.
+    inputs: dict[str, tuple[np.dtype, tuple[int, ...]]] | None
     max_batch_rows: int
     max_elements: int
 
     def check(self, specs: list[tuple[str, np.dtype, list[int], int]]) -> None:
+        if self.inputs is None:
+            if len(specs) > MAX_UNKNOWN_TENSORS or any(
+                kind.kind not in "biuf" or count > self.max_elements for _, kind, _, count in specs
+            ):
+                raise FrameError("frame for a model not served here is more than a batch")
+            return
         if sorted(name for name, *_ in specs) != sorted(self.inputs):
             raise FrameError(f"frame tensors {[n for n, *_ in specs][:8]} are not the inputs")
         for name, kind, shape, count in specs:
@@ -239,7 +250,7 @@ class Frame(NamedTuple):
 
 
 #: What a replica reads: one set of limits, or (a router serving catalog models to its peers)
-#: those of the model a frame names, KeyError for one it does not serve.
+#: those of the model a frame names (FrameLimits with no inputs for one it does not serve).
 Limits = FrameLimits | Callable[[str | None], FrameLimits]
 
 
@@ -266,10 +277,7 @@ async def read_frame(reader: asyncio.StreamReader, limits: Limits | None = None)
     if model is not None and (not isinstance(model, str) or len(model) > 512):
         raise FrameError(f"frame model {str(model)[:100]!r}")
     if callable(limits):
-        try:
-            limits = limits(model)
-        except KeyError:
-            raise FrameError(f"frame for a model not served here: {str(model)[:100]!r}") from None
+        limits = limits(model)
     if limits is not None:
         limits.check(specs)
     total = sum(count * kind.itemsize for _, kind, _, count in specs)

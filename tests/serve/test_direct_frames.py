@@ -357,13 +357,13 @@ class Router:
         )
 
     def _limits(self, key: str | None) -> FrameLimits:
-        if key not in self.models:
-            raise KeyError(key)
-        return LIMITS
+        return LIMITS if key in self.models else FrameLimits(None, 4, 30)
 
     async def _run(
         self, key: str, feeds: dict[str, np.ndarray], deadline: float | None
     ) -> dict[str, np.ndarray]:
+        if key not in self.models:
+            raise InferenceError(ErrorCode.UNAVAILABLE, f"{key} is not in this catalog")
         return {"who": np.array([ord(c) for c in self.name], np.int32)}
 
 
@@ -391,9 +391,15 @@ def test_each_catalog_model_runs_on_the_router_it_is_placed_on_and_here_when_tha
         other = PeerPool("routers", directory, PREFIX, SECRET)
         other.refresh()
         assert all(other.owner(k) == pool.owner(k) for k in keys)
-        # A model b does not have: its frame is refused there, and the batch runs here.
+        # A model b does not have (yet): b answers UNAVAILABLE, the batch runs here, and the
+        # connection stays in step and in use.
         b.models.discard(there[0])
         assert await pool.run_model(there[0], x, time.monotonic() + 5) is None
+        assert b.refused == []
+        assert await pool.run_model(there[1], x, time.monotonic() + 5) is not None
+        # Beyond the limits even so (too many elements): dropped and counted.
+        big = {"x": np.zeros((40, 3), np.float32)}
+        assert await pool.run_model(there[0], big, time.monotonic() + 5) is None
         assert b.refused == ["frame"]
         # b gone: everything runs here.
         b.server.close()
