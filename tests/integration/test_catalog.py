@@ -9,7 +9,9 @@ resident sessions per router replica.
   router replica serving the others is the same process before and after;
 - Triton's repository load and unload change the catalog; the index says what is loaded;
 - a burst of requests to cold models beyond what loads can keep up with is shed at once with
-  503 and Retry-After, and every request is answered.
+  503 and Retry-After, and every request is answered;
+- a cold model refuses bad input before loading, and answers 504 at a deadline shorter than
+  its load, which goes on and is kept.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def catalog(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # Models whose load takes seconds (a graph of thousands of layers, warmed up): a burst to
     # them outruns what loads can do, whatever the machine.
     slow = slow_artifact(tmp_path_factory.mktemp("slow"), layers=4800)
-    for i in range(SLOW):
+    for i in range(SLOW + 1):  # one more, for the guarantees of a cold model
         copy_as(slow, folder, f"s{i}")
     app = {
         "name": APP,
@@ -161,7 +163,7 @@ def test_every_model_answers_right_placed_on_one_router_within_its_budget(
     assert peer > 0  # some batches were sent to the router the model is placed on
     index = requests.post(f"{gateway.base}{PREFIX}/v2/repository/index", timeout=10).json()
     rows = {row["name"]: row for row in index}
-    assert len(rows) == MODELS + SLOW and all(r["state"] == "READY" for r in rows.values())
+    assert len(rows) == MODELS + SLOW + 1 and all(r["state"] == "READY" for r in rows.values())
     assert sum(r["loaded"] for r in rows.values()) <= MAX_RESIDENT  # this router's
     placed = {r["placed_on"] for r in rows.values()}
     assert len(placed) == ROUTERS and "" not in placed  # every model placed, on both routers
@@ -263,3 +265,18 @@ def test_the_routers_peer_port_binds_the_node_and_drops_a_stranger(
             >= before + ROUTERS
         )
     )
+
+
+def test_a_cold_model_keeps_the_gateways_guarantees(gateway: Gateway, catalog: Path) -> None:
+    cold = f"s{SLOW}"  # never asked for: its load takes seconds
+    # Bad input is refused as for any model, before anything loads.
+    bad = {"inputs": [{"name": "input", "shape": [1, 29], "datatype": "FP32", "data": ROW[:29]}]}
+    refused = requests.post(_url(gateway, cold), json=bad, timeout=30)
+    assert refused.status_code == 400 and "'input'" in refused.json()["error"]
+    assert _sum(_scrape(gateway), "modelgate_catalog_loads_total", model=cold) == 0
+    # A deadline shorter than the load: 504 at the deadline; the load goes on, and is kept.
+    hurried = _body() | {"parameters": {"timeout": 100_000}}  # microseconds: 100 ms
+    late = requests.post(_url(gateway, cold), json=hurried, timeout=30)
+    assert late.status_code == 504, late.text
+    _until(lambda: _answer(gateway, cold)[0] == 200)
+    assert _sum(_scrape(gateway), "modelgate_catalog_loads_total", model=cold, outcome="ok") == 1

@@ -183,3 +183,39 @@ def test_a_broken_artifact_in_the_folder_is_refused_and_the_rest_serve(
     sync.tick()
     assert list(store.entries()) == ["m0"]
     assert any("not a complete artifact" in reason for reason in store.refused().values())
+
+
+def test_the_catalog_follows_a_registry_alias(tmp_path: Path) -> None:
+    """Every model carrying `@production` is in the catalog at the version the alias names,
+    converted and verified in the control plane; moving the alias re-points it."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from converters.registry import open_registry
+
+    x, y = load_iris(return_X_y=True)
+    registry = open_registry(str(tmp_path / "registry"))
+    for name, versions in (("a", 2), ("b", 1), ("c", 1)):
+        for v in range(versions):
+            model = LogisticRegression(C=1.0 + v, max_iter=500).fit(x, y)
+            registry.publish_sklearn(name, model, x[:5].astype("float32"))
+    registry.set_alias("a", "production", "1")
+    registry.set_alias("b", "production", "1")  # c carries no alias: not in the catalog
+    config = GatewayConfig.model_validate(
+        {
+            "registry": str(tmp_path / "registry"),
+            "artifacts": str(tmp_path / "store"),
+            "catalog": {"alias": "production"},
+        }
+    )
+    kv = MemoryKV()
+    sync, store = CatalogSync(config, CatalogStore("app", kv)), CatalogStore("app", kv)
+    assert sync.tick()
+    entries = store.entries()
+    assert sorted(entries) == ["a", "b"]
+    assert entries["a"]["version"] == "1" and entries["a"]["aliases"] == {"production": "1"}
+    assert Path(entries["a"]["ref"]["path"], "model.onnx").is_file()  # converted, verified
+    registry.set_alias("a", "production", "2")
+    assert sync.tick()
+    assert store.entries()["a"]["version"] == "2"
+    assert store.refused() == {}
