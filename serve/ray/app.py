@@ -506,10 +506,10 @@ class CatalogWatch:
             return
         for model in set(added) | removed:
             old = self.keys.pop(model, None)
-            if old is not None and old != (
-                f"{model}:{added[model][0].version}" if model in added else None
-            ):
-                self.resident.discard(old)
+            if old is None:
+                continue
+            self.resident.discard(old)  # re-pointed, removed, or the same version rebuilt
+            if old != (f"{model}:{added[model][0].version}" if model in added else None):
                 self.refs.pop(old, None)
                 self.manifests.pop(old, None)
         for model, (target, _) in added.items():
