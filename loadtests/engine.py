@@ -59,6 +59,18 @@ class Step:
             return False
         return since_measure_s % self.burst_every_s < self.burst_s
 
+    def next_change(self, since_measure_s: float) -> float:
+        """The next instant after this one (seconds from the window's opening) where the rate
+        may change: the window's opening, a burst's start or end, the window's end."""
+        if since_measure_s < 0:
+            return 0.0
+        end = self.duration_s
+        if self.burst_rate <= 0 or self.burst_every_s <= 0:
+            return end
+        whole, into = divmod(since_measure_s, self.burst_every_s)
+        start = whole * self.burst_every_s
+        return min(end, start + (self.burst_s if into < self.burst_s else self.burst_every_s))
+
     @property
     def burst_seconds(self) -> float:
         """How long the bursts inside the measured window last, together."""
@@ -261,6 +273,10 @@ async def _closed(run: _Run) -> None:
     await asyncio.gather(*(client() for _ in range(run.step.concurrency)))
 
 
+#: Seconds below which two instants of a schedule are one (floating-point rounding).
+_EPS = 1e-9
+
+
 async def _open(run: _Run) -> None:
     step = run.step
     if step.rate <= 0:
@@ -289,8 +305,14 @@ async def _open(run: _Run) -> None:
         task = asyncio.create_task(one(intended, run.payload()))
         pending.add(task)
         task.add_done_callback(pending.discard)
-        rate = step.burst_rate if step.bursting(intended - run.measure_from) else step.rate
-        gap = rng.exponential(1 / rate) if step.arrival == "poisson" else 1 / rate
-        intended += gap
+        since = intended - run.measure_from + _EPS  # the rate from this instant on
+        rate = step.burst_rate if step.bursting(since) else step.rate
+        if step.arrival == "poisson":
+            intended += rng.exponential(1 / rate)
+        else:
+            # At constant arrivals a request falls on each edge (the window's, a burst's): the
+            # count in the window is its schedule's, whatever the clock's value rounds to.
+            change = run.measure_from + step.next_change(since)
+            intended = min(intended + 1 / rate, change)
     if pending:  # each send ends within its timeout
         await asyncio.wait(pending, timeout=step.timeout_s + 5)

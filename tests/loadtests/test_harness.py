@@ -193,3 +193,31 @@ def test_plan_verify_without_a_config_is_refused_before_anything_runs() -> None:
     )
     with pytest.raises(SystemExit, match="needs --config"):
         cmd_plan(args)
+
+
+def test_an_open_loop_at_constant_arrivals_offers_its_schedule_exactly() -> None:
+    """A request on each edge (the window's opening, each burst's start and end), so the count
+    in the window is the schedule's whatever the event loop's clock rounds to (CI once counted
+    594 of 600: the phase had drifted by a rounding at a burst's start)."""
+    import asyncio
+
+    from loadtests.engine import run_step
+
+    step = Step(
+        "open",
+        concurrency=64,
+        rate=100,
+        duration_s=0.3,
+        warmup_s=0.05,
+        burst_rate=400,
+        burst_s=0.05,
+        burst_every_s=0.15,
+    )
+
+    async def answer(payload: object) -> str:
+        return "ok"
+
+    for _ in range(5):  # each run starts at another clock value
+        result = asyncio.run(run_step(answer, [None], step))  # type: ignore[list-item]
+        # 0.2 s at 100 a second and 0.1 s (two bursts of 0.05 s) at 400
+        assert result.offered == 60

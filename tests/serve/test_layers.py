@@ -3,7 +3,7 @@ module of it reaches into Ray's private APIs."""
 
 from __future__ import annotations
 
-import ast
+import functools
 import json
 import subprocess
 import sys
@@ -42,15 +42,36 @@ def test_a_layer_loads_none_of_what_it_must_not(package: str) -> None:
     assert sorted(loaded & set(FORBIDDEN[package])) == []
 
 
-def _imports(path: Path) -> list[str]:
-    """Every module a file imports, at the top or inside a function."""
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text())):
+_IMPORTS = """
+import ast, json, sys
+out = {}
+for path in sys.argv[1:]:
+    names = []
+    for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.append(node.module)
-    return names
+    out[path] = names
+print(json.dumps(out))
+"""
+
+
+@functools.cache
+def _all_imports() -> dict[str, list[str]]:
+    """Every module each source file imports, at the top or inside a function: parsed in a
+    fresh interpreter. Python 3.11.7's `ast` keeps one recursion counter for all threads, so
+    parsing here while another thread of this process (Ray's, in a session that started it)
+    formats a traceback can fail with "AST constructor recursion depth mismatch"."""
+    paths = [str(p) for p in _sources()]
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, *paths], capture_output=True, text=True, check=True
+    )
+    return dict(json.loads(out.stdout))
+
+
+def _imports(path: Path) -> list[str]:
+    return _all_imports()[str(path)]
 
 
 def _sources() -> list[Path]:
