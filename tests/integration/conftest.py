@@ -41,15 +41,14 @@ def deploy_beside(
     gateway: Gateway, app: dict[str, Any], preflight: bool = True, wait: bool = True
 ) -> None:
     """Deploy `app` next to the session's gateway (same artifacts and telemetry, and the same
-    registry unless the app names one). `wait`: until every application runs."""
+    registry, unless the app names its own). `wait`: until every application runs."""
     from serve.ray import internals, launcher
 
     base = copy.deepcopy(gateway.config)
     args = base["applications"][0]["args"]
     app = copy.deepcopy(app)
     for key in ("registry", "artifacts", "metrics", "drift"):
-        if key != "registry" or "registry" not in app["args"]:
-            app["args"][key] = args[key]
+        app["args"].setdefault(key, args[key])
     base["applications"].append(app)
     if preflight:
         launcher.preflight(base)
