@@ -408,3 +408,32 @@ def test_each_catalog_model_runs_on_the_router_it_is_placed_on_and_here_when_tha
         a.server.close()
 
     asyncio.run(main())
+
+
+def test_a_frame_naming_a_model_badly_is_refused_before_its_tensors() -> None:
+    from serve.transport.direct import FrameError
+
+    named = b"".join(encode({"x": X}, model="m1:1"))
+    assert asyncio.run(_read_frame(named)).model == "m1:1"
+    for model in (123, ["m"], "m" * 513):
+        head = orjson.dumps({"tensors": [["x", "<f4", [2, 3]]], "model": model})
+        frame = struct.pack("<I", len(head)) + head  # no tensor bytes: never read
+        with pytest.raises(FrameError, match="frame model"):
+            asyncio.run(_read_frame(frame))
+    # A model this replica does not serve: any numeric tensors, each within the limit, then
+    # answered UNAVAILABLE by its server; more than that is refused before it is read.
+    unknown = FrameLimits(None, max_batch_rows=4, max_elements=30)
+
+    async def read_unknown(head: bytes) -> Frame:
+        reader = asyncio.StreamReader()
+        reader.feed_data(struct.pack("<I", len(head)) + head + b"\0" * (6 * 4))
+        reader.feed_eof()
+        return await read_frame(reader, lambda model: unknown)
+
+    for tensors, refused in (([["x", "<f4", [2, 3]]], False), ([["x", "<f4", [11, 3]]], True)):
+        head = orjson.dumps({"tensors": tensors, "model": "m9:1"})
+        if refused:
+            with pytest.raises(FrameError, match="not served here"):
+                asyncio.run(read_unknown(head))
+        else:
+            assert asyncio.run(read_unknown(head)).model == "m9:1"

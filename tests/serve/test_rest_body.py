@@ -127,3 +127,55 @@ def test_a_body_that_stops_arriving_is_refused_at_its_deadline_with_408() -> Non
     error = asyncio.run(main())
     assert error.code is ErrorCode.REQUEST_TIMEOUT and error.http_status == 408
     assert "not received within 0.2 s (5 bytes came)" in error.message
+
+
+# -- Triton's model control: its body, and a gateway without a catalog -----------------------------
+def _control(body: bytes, with_catalog: bool = True) -> InferenceError | None:
+    from serve.core.config import Limits
+    from serve.observe.metrics import GatewayMetrics
+    from tests.serve.factories import metered_plane
+
+    class Catalog:
+        async def load(self, model: str) -> None:
+            pass
+
+        async def unload(self, model: str) -> None:
+            pass
+
+        def describe(self, model: str) -> dict[str, Any]:
+            return {}
+
+    plane = metered_plane(GatewayMetrics())
+    plane.catalog = Catalog() if with_catalog else None
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v2/repository/models/m/load",
+        "headers": [(b"content-length", str(len(body)).encode())],
+    }
+    messages = _chunks(body)
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    response = asyncio.run(rest.handle(plane, Request(scope, receive), Limits()))
+    if response.status_code == 200:
+        return None
+    doc = json.loads(bytes(response.body))
+    return InferenceError(ErrorCode.INVALID_ARGUMENT, f"{response.status_code}: {doc['error']}")
+
+
+def test_model_control_takes_an_empty_body_and_names_what_it_refuses() -> None:
+    assert _control(b"") is None and _control(b"{}") is None
+    assert _control(b'{"parameters": {}}') is None
+    for body, says in (
+        (b"not json", "400: a model control request's body is a JSON object"),
+        (b"[1, 2]", "400: a model control request's body is a JSON object"),
+        (b'{"other": 1}', "400: a model control request's body is a JSON object"),
+        (b'{"parameters": {"config": "{}"}}', "400: model control 'parameters'"),
+        (b"x" * (64 * 1024 + 1), "413:"),
+    ):
+        refused = _control(body)
+        assert refused is not None and says in refused.message, (body[:20], refused)
+    without = _control(b"", with_catalog=False)
+    assert without is not None and "400: this gateway has no catalog" in without.message
