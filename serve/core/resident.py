@@ -11,7 +11,9 @@ of the least-recently-used order), else waits for its load, within the batch's d
 - more than `max_pending` loads waiting: a request for yet another cold model is shed at once
   (OVERLOADED, 503 with a retry hint from the loads' measured pace), never queued to hang;
 - past `max_resident` sessions, the least recently used one that is not pinned is dropped. A
-  batch running on it keeps its reference until it ends: nothing in flight is cut.
+  batch running on it keeps its reference until it ends: nothing in flight is cut;
+- a load that failed (a broken artifact) is answered UNAVAILABLE at once for `retry_failed_s`,
+  then tried again: requests for it do not each pay for a load.
 
 Counting sessions rather than bytes keeps the budget predictable for an operator: a small
 model's session is a few megabytes of resident memory (loadtests/RESULTS.md measures it), and a
@@ -86,6 +88,7 @@ class ResidentSet:
         max_pending: int = 64,
         pinned: Iterable[str] = (),
         observer: Observer | None = None,
+        retry_failed_s: float = 5.0,
     ) -> None:
         if max_resident < 1 or max_loading < 1 or max_pending < 1:
             raise ValueError("max_resident, max_loading and max_pending must be at least 1")
@@ -100,6 +103,9 @@ class ResidentSet:
         self._dropped: set[str] = set()  # discarded while loading: not kept when it ends
         self.observer: Observer = observer or _Quiet()
         self.stats = ResidentStats()
+        #: A load that failed is not tried again for this long: its error is answered at once.
+        self.retry_failed_s = retry_failed_s
+        self._failed: dict[str, tuple[float, InferenceError]] = {}
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, key: str) -> Session | None:
@@ -129,6 +135,11 @@ class ResidentSet:
         session = self.get(key)
         if session is not None:
             return session
+        failed = self._failed.get(key)
+        if failed is not None:
+            if time.monotonic() - failed[0] < self.retry_failed_s:
+                raise InferenceError(failed[1].code, failed[1].message, retry_after_s=1.0)
+            del self._failed[key]
         future = self._loading.get(key) or self._start(key)
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -179,6 +190,7 @@ class ResidentSet:
                     self.observer.loaded(key, seconds, ok=False)
                     logger.error("could not load %s: %s", key, exc)
                     error = exc if isinstance(exc, InferenceError) else _unloadable(key, exc)
+                    self._failed[key] = (time.monotonic(), error)
                     future.set_exception(error)
                     future.exception()  # retrieved: nobody may be waiting any more
                     return
@@ -218,6 +230,7 @@ class ResidentSet:
         if key in self._loading:
             self._dropped.add(key)
         self.pinned.discard(key)
+        self._failed.pop(key, None)
 
 
 def _retrieve(future: asyncio.Future[Session]) -> None:

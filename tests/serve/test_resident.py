@@ -104,15 +104,20 @@ def test_a_load_past_the_deadline_answers_late_and_the_next_request_finds_it_res
     asyncio.run(main())
 
 
-def test_a_failed_load_is_unavailable_and_tried_again_by_the_next_request() -> None:
+def test_a_failed_load_is_answered_at_once_for_a_while_then_tried_again() -> None:
     async def main() -> None:
         loader = Loader()
         loader.broken.add("a")
-        rs = _set(loader)
+        rs = ResidentSet(loader, max_resident=2, retry_failed_s=0.2)
         with pytest.raises(InferenceError) as failed:
             await rs.acquire("a")
         assert failed.value.code is ErrorCode.UNAVAILABLE and "a is broken" in str(failed.value)
+        with pytest.raises(InferenceError) as again:  # within retry_failed_s: no second load
+            await rs.acquire("a")
+        assert "a is broken" in str(again.value) and again.value.retry_after_s == 1.0
+        assert loader.loads == ["a"]
         loader.broken.clear()
+        await asyncio.sleep(0.25)
         await rs.acquire("a")
         assert loader.loads == ["a", "a"] and rs.stats.failed == 1
 
