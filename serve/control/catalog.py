@@ -15,7 +15,7 @@ actor per application): it lists the source (a registry alias, or a folder of ar
 converts and verifies what is new through the artifact cache as deploys do
 (serve/control/resolve.py), pins each artifact (serve/control/distribute.py: published to the
 registry's MLflow server when there is one), and writes the entries when they changed. Routers
-(serve/ray/app.py: CatalogWatch) add and remove models in place; no replica restarts.
+(serve/ray/catalog.py: CatalogWatch) add and remove models in place; no replica restarts.
 """
 
 from __future__ import annotations

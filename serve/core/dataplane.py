@@ -81,7 +81,7 @@ class VersionTarget:
 
 
 class CatalogControl(Protocol):
-    """Triton's model control, mapped to the catalog (serve/ray/app.py: CatalogWatch)."""
+    """Triton's model control, mapped to the catalog (serve/ray/catalog.py: CatalogWatch)."""
 
     async def load(self, model: str) -> None: ...
 
@@ -466,7 +466,7 @@ class DataPlane:
                 else:
                     row |= {"state": "UNAVAILABLE", "reason": target.health.reason}
                 if name in self.catalog_models and self.catalog is not None:
-                    # Servable, loaded on first use: where it is (serve/ray/app.py).
+                    # Servable, loaded on first use: where it is (serve/ray/catalog.py).
                     row |= {"catalog": True, **self.catalog.describe(name)}
                 index.append(row)
         return index

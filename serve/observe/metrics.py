@@ -448,7 +448,7 @@ class GatewayMetrics:
 
 
 class CatalogMetrics:
-    """A router's catalog series (serve/ray/app.py: CatalogWatch), on its GatewayMetrics'
+    """A router's catalog series (serve/ray/catalog.py: CatalogWatch), on its GatewayMetrics'
     registry; made only where there is a catalog, since series without labels are written by
     every process that defines them."""
 

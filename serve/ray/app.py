@@ -3,6 +3,8 @@
 
 build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
                               ├── colocated versions: ONNX Runtime inside the router replica
+                              ├── catalog models: loaded on first use, each placed on one router
+                              │   replica (serve/ray/catalog.py: CatalogWatch)
                               └── direct transport, else handles ─► ModelVersion deployments
                                   (one per dedicated model version)
 """
@@ -10,13 +12,12 @@ build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, cast
 
 import ray
 from google.protobuf.message import Message
@@ -49,7 +50,6 @@ from serve.core.config import (
 )
 from serve.core.dataplane import DataPlane, Health, VersionTarget
 from serve.core.errors import ErrorCode, InferenceError
-from serve.core.resident import ResidentSet
 from serve.core.routing import Follow, RoutingConfig
 from serve.core.runners import expired, time_left
 from serve.core.runtime import ArtifactError, VersionRuntime
@@ -60,11 +60,11 @@ from serve.protocol import rest
 from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
 from serve.ray import autoscale
+from serve.ray.catalog import CatalogWatch
 from serve.ray.internals import KVDirectory, serve_details, session_dir
-from serve.transport.direct import DirectPool, DirectServer, FrameLimits, PeerPool, kv_prefix
+from serve.transport.direct import DirectPool, DirectServer, FrameLimits, kv_prefix
 
 logger = logging.getLogger("modelgate")
-T = TypeVar("T")
 
 #: Tries of one batch on a dedicated version whose replica dies under it (the deadline bounds
 #: them too).
@@ -238,7 +238,11 @@ class Router:
         if self.spec.catalog is not None:
             config = GatewayConfig.model_validate(self.spec.catalog)
             self.catalog = CatalogWatch(
-                serve.get_replica_context().app_name, config, self.plane, self.telemetry
+                serve.get_replica_context().app_name,
+                config,
+                self.plane,
+                self.telemetry,
+                ROUTER_REFRESH_S,
             )
 
     def __del__(self) -> None:
@@ -368,307 +372,6 @@ class DeliverySync:
 
     def stop(self) -> None:
         self._task.cancel()
-
-
-class CatalogWatch:
-    """One router's catalog models (serve/control/catalog.py), kept as the catalog's entries in
-    Ray's KV say: each `ROUTER_REFRESH_S` it reads the revision, and when it moved, adds,
-    re-points and removes models in place (serve/core/dataplane.py: update_catalog), their
-    sessions loaded on first use within the budget (serve/core/resident.py). It also makes
-    sure the catalog's actor runs, and answers Triton's load and unload (CatalogControl).
-
-    The first entries are waited for in the constructor (at most `FIRST_WAIT_S`), so that a
-    replica is ready with its catalog; later changes never block a request: the KV calls and
-    the manifests' reads run in a thread."""
-
-    FIRST_WAIT_S = 120.0
-    ENSURE_S = 10.0
-    #: Seconds between a router's reports of the catalog revision it applied.
-    REPORT_S = 2.0
-    #: Seconds a load or unload through the repository API waits for the catalog to change.
-    CONTROL_WAIT_S = 120.0
-
-    def __init__(
-        self, app: str, config: GatewayConfig, plane: DataPlane, telemetry: ReplicaTelemetry
-    ) -> None:
-        from serve.control.catalog import CatalogStore
-        from serve.observe.metrics import CatalogMetrics, ResidentObserver
-
-        assert config.catalog is not None
-        self.app, self.config, self.catalog = app, config, config.catalog
-        self.plane, self.telemetry = plane, telemetry
-        self.store = CatalogStore(app, KVDirectory())
-        self.refs: dict[str, ArtifactRef] = {}  # '<model>:<version>' → artifact
-        self.keys: dict[str, str] = {}  # model → its key
-        c = self.catalog
-        self.metrics = CatalogMetrics(telemetry.metrics.registry)
-        self.resident = ResidentSet(
-            self._load,
-            c.max_resident,
-            c.max_loading,
-            c.max_pending_loads,
-            observer=ResidentObserver(self.metrics),
-        )
-        self.revision = 0
-        self.replica = serve.get_replica_context().replica_id.unique_id
-        self._reported, self._reported_rev = 0.0, -1
-        self.manifests: dict[str, Manifest] = {}  # key → manifest (a peer's frame limits)
-        self._batches = _Lazy(lambda: telemetry.metrics.batch_observer(CATALOG_SERIES, ""))
-        self.peers: PeerPool | None = None
-        self.server: DirectServer | None = None
-        if c.placement == "hashed":
-            directory = KVDirectory()
-            secret = directory.shared_secret(app)
-            prefix = kv_prefix(app, PEERS)
-            self.peers = PeerPool(f"{app} routers", directory, prefix, secret)
-            self.server = DirectServer(
-                _refuse_plain,
-                directory,
-                prefix + self.replica,
-                secret,
-                self._frame_limits,
-                lambda reason: telemetry.metrics.direct_refused.labels("", "", reason).inc(),
-                run_model=self._serve_peer,
-            )
-        self._ensure()
-        self._ensured = time.monotonic()
-        deadline = time.monotonic() + self.FIRST_WAIT_S
-        while self.store.revision() == 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self._apply(*self._read())
-        plane.catalog = self
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    # -- the control plane's side -------------------------------------------------------------
-    def _ensure(self) -> None:
-        from serve.ray.catalog import ensure_catalog
-
-        ensure_catalog(self.app, self.config)
-
-    def _read(self) -> tuple[int, dict[str, tuple[VersionTarget, dict[str, str]]], set[str]]:
-        """The catalog's revision, the models to add or re-point (their targets built, their
-        manifests read and checked), and those to remove. In a thread after the first."""
-        revision = self.store.revision()
-        if revision == self.revision:
-            return revision, {}, set()
-        entries = self.store.entries()
-        added: dict[str, tuple[VersionTarget, dict[str, str]]] = {}
-        for model, entry in entries.items():
-            key = f"{model}:{entry['version']}"
-            ref = ArtifactRef.model_validate(entry["ref"])
-            if self.keys.get(model) == key and self.refs.get(key) == ref:
-                continue
-            try:
-                manifest = local_manifest(ref)
-            except ArtifactError as exc:
-                logger.error("catalog: %s is not served: %s", key, exc)
-                continue
-            self.refs[key] = ref
-            self.manifests[key] = manifest
-            added[model] = (self._target(model, str(entry["version"]), manifest), entry["aliases"])
-        removed = {m for m in self.keys if m not in entries}
-        return revision, added, removed
-
-    def _target(self, model: str, version: str, manifest: Manifest) -> VersionTarget:
-        key = f"{model}:{version}"
-        b = self.catalog.batching
-        metrics = self.telemetry.metrics
-        # Per model: the requests' series (made with its first request, in the data plane)
-        # and these, made with its first batch. The batches' own series (queue wait, batch
-        # time, rows, compute) are the catalog's as a whole: a thousand models with a dozen
-        # histograms each would make the node's exposition megabytes and seconds long.
-        taken = metrics.transport_batches
-        counted = (
-            _Lazy(lambda: metrics.counter(taken.labels(model, version, "peer"))),
-            _Lazy(lambda: metrics.counter(taken.labels(model, version, "local"))),
-        )
-        observer = self._batches
-        batcher = MicroBatcher(
-            key,
-            runners.lazy(key, self.resident, self.peers, counted),
-            max_batch_rows=b.max_batch_rows,
-            max_wait_s=b.max_wait_ms / 1000,
-            max_in_flight=b.max_in_flight,
-            max_queued=b.max_queued,
-            on_batch=lambda *batch: observer.get()(*batch),
-        )
-        timeout_s = None if self.catalog.timeout_ms is None else self.catalog.timeout_ms / 1000
-        return VersionTarget(model, version, manifest, batcher, "colocated", timeout_s)
-
-    def _apply(
-        self,
-        revision: int,
-        added: dict[str, tuple[VersionTarget, dict[str, str]]],
-        removed: set[str],
-    ) -> None:
-        """On the event loop (or in the constructor): the plane changes at once."""
-        if revision == self.revision:
-            return
-        for model in set(added) | removed:
-            old = self.keys.pop(model, None)
-            if old is None:
-                continue
-            self.resident.discard(old)  # re-pointed, removed, or the same version rebuilt
-            if old != (f"{model}:{added[model][0].version}" if model in added else None):
-                self.refs.pop(old, None)
-                self.manifests.pop(old, None)
-        for model, (target, _) in added.items():
-            self.keys[model] = f"{model}:{target.version}"
-        self.plane.update_catalog(added, removed)
-        self.metrics.catalog_models.set(len(self.keys))
-        self.revision = revision
-        self.resident.pinned = {self.keys[m] for m in self.catalog.pinned if m in self.keys}
-        with contextlib.suppress(RuntimeError):  # no running loop yet: warmed by the task
-            self.resident.warm(self.resident.pinned)
-
-    def _load(self, key: str) -> Callable[[Feeds], Feeds]:
-        """In a thread: the session, checked against its pinned digests and warmed up."""
-        model, version = key.rsplit(":", 1)
-        runtime = open_runtime(self.refs[key], 1)
-        runtime.warm_up()
-        return self.telemetry.instrument(
-            runtime, model, version, drift=self.catalog.drift, series=(CATALOG_SERIES, "")
-        )
-
-    def _frame_limits(self, key: str | None) -> FrameLimits:
-        """What a peer's batch of `key` can be; for a model not (yet) in this replica's
-        catalog, any numeric tensors within the limit (answered UNAVAILABLE: run it there)."""
-        limits = self.config.limits
-        manifest = self.manifests.get(key or "")
-        if manifest is None:
-            return FrameLimits(None, self.catalog.batching.max_batch_rows, limits.max_elements)
-        inputs = {
-            spec.name: (spec.numpy_dtype, tuple(spec.shape))
-            for spec in manifest.signature.inputs
-            if spec.datatype != "BYTES"
-        }
-        return FrameLimits(inputs, self.catalog.batching.max_batch_rows, limits.max_elements)
-
-    async def _serve_peer(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds:
-        """A peer router's batch of a model placed here."""
-        if key not in self.refs:
-            raise InferenceError(ErrorCode.UNAVAILABLE, f"{key} is not in this replica's catalog")
-        session = self.resident.get(key) or await self.resident.acquire(key, deadline)
-        return session(feeds)
-
-    async def _run(self) -> None:
-        self.resident.warm(self.resident.pinned)
-        if self.server is not None and self.peers is not None:
-            try:
-                self.peers.own = await self.server.start(ray.util.get_node_ip_address())
-            except Exception:  # placement off for this replica: it serves what it is asked
-                logger.warning("could not listen for peer routers", exc_info=True)
-                self.server, self.peers.own = None, ""
-        while True:
-            await asyncio.sleep(ROUTER_REFRESH_S)
-            try:
-                if self.peers is not None:
-                    await asyncio.to_thread(self.peers.refresh)
-                await self.refresh()
-                if time.monotonic() - self._ensured > self.ENSURE_S:
-                    await asyncio.to_thread(self._ensure)
-                    self._ensured = time.monotonic()
-            except Exception:
-                logger.warning("could not read the catalog", exc_info=True)
-
-    async def refresh(self) -> None:
-        self._apply(*await asyncio.to_thread(self._read))
-        if time.monotonic() - self._reported > self.REPORT_S or self._reported_rev != self.revision:
-            await asyncio.to_thread(self.store.report_applied, self.replica, self.revision)
-            self._reported, self._reported_rev = time.monotonic(), self.revision
-
-    async def _everywhere(self) -> None:
-        """Until every router replica of the application has applied this one's revision
-        (each reports what it applied every REPORT_S; one silent for 3 × REPORT_S has gone)."""
-        deadline = time.monotonic() + self.CONTROL_WAIT_S
-        while True:
-            applied = await asyncio.to_thread(self.store.applied, time.time() - 3 * self.REPORT_S)
-            if all(revision >= self.revision for revision in applied.values()):
-                return
-            if time.monotonic() > deadline:
-                raise InferenceError(
-                    ErrorCode.UNAVAILABLE,
-                    "not every router replica applied the catalog's change in time: try again",
-                    retry_after_s=5.0,
-                )
-            await asyncio.sleep(0.2)
-
-    def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(Exception):
-            self.store.forget_applied(self.replica)
-        if self.server is not None:
-            self.server.close()  # peers send here no more: what they send runs there
-
-    # -- Triton's model control (serve/protocol/rest.py) ----------------------------------------
-    def describe(self, model: str) -> dict[str, Any]:
-        """`loaded`: this replica holds the session; `placed_on`: the router replica (its
-        peer address) the model's batches run on, "" when every replica loads it; `router`:
-        this replica's own address."""
-        key = self.keys.get(model)
-        placed = "" if self.peers is None or key is None else self.peers.owner(key) or ""
-        own = "" if self.peers is None else self.peers.own
-        return {"loaded": key in self.resident.resident, "placed_on": placed, "router": own}
-
-    async def load(self, model: str) -> None:
-        """In the catalog, and loaded where it is placed (here when it is placed here)."""
-        await asyncio.to_thread(self.store.request, model, "load")
-        await self._until(lambda: model in self.keys, model, "load")
-        await self._everywhere()
-        key = self.keys[model]
-        if self.peers is None or self.peers.owner(key) in (None, self.peers.own):
-            await self.resident.acquire(key, time.monotonic() + self.CONTROL_WAIT_S)
-
-    async def unload(self, model: str) -> None:
-        await asyncio.to_thread(self.store.request, model, "unload")
-        await self._until(lambda: model not in self.keys, model, "unload")
-        await self._everywhere()
-
-    async def _until(self, done: Callable[[], bool], model: str, action: str) -> None:
-        deadline = time.monotonic() + self.CONTROL_WAIT_S
-        while True:
-            await self.refresh()
-            if done():
-                return
-            refused = (await asyncio.to_thread(self.store.refused)).get(model)
-            if refused and action == "load":
-                raise InferenceError(
-                    ErrorCode.INVALID_ARGUMENT, f"model '{model}' cannot be loaded: {refused}"
-                )
-            if time.monotonic() > deadline:
-                raise InferenceError(
-                    ErrorCode.UNAVAILABLE,
-                    f"the catalog did not {action} '{model}' within "
-                    f"{self.CONTROL_WAIT_S:g} s: try again",
-                    retry_after_s=5.0,
-                )
-            await asyncio.sleep(0.2)
-
-
-class _Lazy(Generic[T]):
-    """A value made on first use; a counter's `inc` on it makes it then."""
-
-    def __init__(self, make: Callable[[], T]) -> None:
-        self._make = make
-        self._value: T | None = None
-
-    def get(self) -> T:
-        if self._value is None:
-            self._value = self._make()
-        return self._value
-
-    def inc(self) -> None:
-        self.get().inc()  # type: ignore[attr-defined]
-
-
-#: The `model` label of the batch series every catalog model shares (its version is "").
-CATALOG_SERIES = "(catalog)"
-#: The direct transport's directory entry of router replicas taking peers' catalog batches.
-PEERS = "Router:catalog"
-
-
-def _refuse_plain(feeds: Feeds) -> Feeds:
-    raise InferenceError(ErrorCode.INVALID_ARGUMENT, "a router takes catalog batches only")
 
 
 def _frame_limits(runtime: VersionRuntime, version: VersionSpec) -> FrameLimits:

@@ -251,7 +251,7 @@ def test_the_routers_peer_port_binds_the_node_and_drops_a_stranger(
 
     import ray
 
-    from serve.ray.app import PEERS
+    from serve.ray.catalog import PEERS
     from serve.ray.internals import KVDirectory
     from serve.transport.direct import kv_prefix
     from tests.integration.conftest import listening_addresses
