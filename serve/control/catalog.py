@@ -32,6 +32,7 @@ from converters.artifacts import cached
 from converters.errors import ModelgateError
 from converters.registry import ModelRef, Registry, open_registry
 from serve.control import distribute
+from serve.control.kvstore import KVStore
 from serve.control.resolve import ConfigError, Resolved, _resolve
 from serve.core.config import CatalogConfig, GatewayConfig, ModelConfig, VersionConfig
 
@@ -44,20 +45,11 @@ def actor_name(app: str) -> str:
     return f"modelgate-catalog:{app}"
 
 
-class CatalogStore:
-    """The catalog's keys in Ray's KV (serve/ray/internals.KVDirectory, or any object with
-    get/publish/listing/remove)."""
+class CatalogStore(KVStore):
+    """The catalog's keys in Ray's KV."""
 
     def __init__(self, app: str, kv: Any) -> None:
-        self.prefix = f"catalog/{app}/"
-        self.kv = kv
-
-    def _read(self, name: str) -> Any:
-        text = self.kv.get(self.prefix + name)
-        return json.loads(text) if text else {}
-
-    def _write(self, name: str, value: Any) -> None:
-        self.kv.publish(self.prefix + name, json.dumps(value, sort_keys=True))
+        super().__init__(f"catalog/{app}/", kv)
 
     def revision(self) -> int:
         return int(self.kv.get(self.prefix + "revision") or 0)
@@ -116,10 +108,6 @@ class CatalogStore:
 
     def forget_applied(self, replica: str) -> None:
         self.kv.remove(f"{self.prefix}applied/{replica}")
-
-    def clear(self) -> None:
-        for key in self.kv.listing(self.prefix):
-            self.kv.remove(key)
 
 
 class CatalogSync:

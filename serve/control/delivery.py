@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from serve.control.follow import Follower
+from serve.control.kvstore import KVStore
 from serve.core import delivery
 from serve.core.delivery import Check, ClusterWindow, DeliveryPolicy, Record
 from serve.observe import scrape
@@ -46,20 +47,11 @@ def actor_name(app: str) -> str:
     return f"modelgate-delivery:{app}"
 
 
-class Store:
-    """The delivery's keys in Ray's KV (any object with get/publish/listing/remove:
-    serve/ray/internals.KVDirectory)."""
+class Store(KVStore):
+    """The delivery's keys in Ray's KV."""
 
     def __init__(self, app: str, kv: Any) -> None:
-        self.prefix = f"delivery/{app}/"
-        self.kv = kv
-
-    def _read(self, name: str) -> Any:
-        text = self.kv.get(self.prefix + name)
-        return json.loads(text) if text else {}
-
-    def _write(self, name: str, value: Any) -> None:
-        self.kv.publish(self.prefix + name, json.dumps(value, sort_keys=True))
+        super().__init__(f"delivery/{app}/", kv)
 
     def _replace(self, name: str, value: dict[str, Any]) -> bool:
         """Writes what the routers publish, unless the store has it already (False)."""
@@ -105,10 +97,6 @@ class Store:
             self.kv.remove(key)
             out[key.rsplit("/", 1)[1]] = json.loads(text)["verb"]
         return out
-
-    def clear(self) -> None:
-        for key in self.kv.listing(self.prefix):
-            self.kv.remove(key)
 
 
 class _Tracked:

@@ -21,7 +21,6 @@ from typing import Any, Generic, TypeVar
 
 import ray
 from ray import serve
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from converters.manifest import Manifest
 from serve.control.catalog import CatalogStore, CatalogSync, actor_name
@@ -36,6 +35,7 @@ from serve.core.resident import ResidentSet
 from serve.core.runtime import ArtifactError
 from serve.core.types import Feeds
 from serve.observe.telemetry import ReplicaTelemetry
+from serve.ray.delivery import ensure_detached
 from serve.ray.internals import KVDirectory, serve_details
 from serve.transport.direct import DirectServer, FrameLimits, PeerPool, kv_prefix
 
@@ -47,25 +47,13 @@ CONFIG_KEY = "config"
 
 def ensure_catalog(app: str, config: GatewayConfig) -> None:
     """Publish the catalog's config and start the application's catalog actor unless it runs
-    (a router calls it, off its event loop): on this node if it can, using no CPU of Ray's
-    accounting."""
+    (a router calls it, off its event loop)."""
     store = CatalogStore(app, KVDirectory())
     fields = {"catalog", "registry", "artifacts", "distribute", "shared_artifacts"}
     text = config.model_dump_json(include=fields)
     if KVDirectory().get(store.prefix + CONFIG_KEY) != text:
         KVDirectory().publish(store.prefix + CONFIG_KEY, text)
-    actor = ray.remote(CatalogActor).options(  # type: ignore[attr-defined]
-        name=actor_name(app),
-        namespace="modelgate",
-        lifetime="detached",
-        get_if_exists=True,
-        num_cpus=0,
-        max_restarts=-1,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=True
-        ),
-    )
-    actor.remote(app)
+    ensure_detached(CatalogActor, actor_name(app), app)
 
 
 class CatalogActor:

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -30,24 +31,29 @@ from serve.ray.internals import KVDirectory, rebuild_app, serve_details, session
 logger = logging.getLogger("modelgate.delivery")
 
 
-def ensure_controller(app: str, host: str, port: int, env: dict[str, str]) -> None:
-    """Start the application's controller unless it runs (a router calls it, off its event
-    loop, whenever its routing holds a delivery): on this node if it can, using no CPU of
-    Ray's accounting; Ray restarts it if it dies. `env`: the replicas' environment (the node's
-    metrics folder)."""
-    actor = ray.remote(DeliveryActor).options(  # type: ignore[attr-defined]
-        name=actor_name(app),
+def ensure_detached(actor: type, name: str, *args: Any, env: dict[str, str] | None = None) -> None:
+    """Start an application's control actor (`name`, in the modelgate namespace) unless it
+    runs: detached, on this node if it can, using no CPU of Ray's accounting, restarted by Ray
+    if it dies. A router calls it off its event loop. `env`: its environment variables."""
+    options: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env is not None else {}
+    ray.remote(actor).options(  # type: ignore[attr-defined]
+        name=name,
         namespace="modelgate",
         lifetime="detached",
         get_if_exists=True,
         num_cpus=0,
         max_restarts=-1,
-        runtime_env={"env_vars": env},
         scheduling_strategy=NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=True
         ),
-    )
-    actor.remote(app, host, port)
+        **options,
+    ).remote(*args)
+
+
+def ensure_controller(app: str, host: str, port: int, env: dict[str, str]) -> None:
+    """Start the application's delivery controller unless it runs (whenever a router's routing
+    holds a delivery). `env`: the replicas' environment (the node's metrics folder)."""
+    ensure_detached(DeliveryActor, actor_name(app), app, host, port, env=env)
 
 
 class DeliveryActor:
