@@ -152,6 +152,11 @@ class _InputSpec:
                 raise invalid(f"input '{name}': binary_data_size {size!r} is not a byte count")
         elif "data" not in item:
             raise invalid(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+        elif not isinstance(item["data"], list):  # the protocol's (and the OpenAPI document's)
+            raise invalid(
+                f"input '{name}': 'data' must be a list (flat, or nested as the shape); "
+                f"got {type(item['data']).__name__}"
+            )
         return cls(name, datatype, shape, dtype, params, item)
 
     def decode(self, binary: memoryview, offset: int, limits: Limits) -> tuple[Tensor, int]:
@@ -185,7 +190,7 @@ def _from_json_data(
     name: str, datatype: str, shape: list[int], dtype: np.dtype, data: Any
 ) -> np.ndarray:
     expected = tensors.element_count(shape)
-    flat = data if isinstance(data, list) else [data]
+    flat = data  # a list (_InputSpec.parse)
     found = set(map(type, flat))
     if list in found:  # nested: exactly the shape's nesting
         flat = _unnest(name, data, shape)
