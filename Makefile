@@ -38,8 +38,15 @@ quickstart: install
 	$(BIN)/modelgate quickstart
 
 # Lint first (ruff + mypy), then pytest; pytest exiting 5 (no test collected) is a failure.
+# pytest's stderr (native crash dumps) is kept and replayed after the run, with the test that was
+# running when the interpreter died, so the end of a CI log names the test and the crashing thread.
 test: install-test $(VENV)/.installed-debian lint
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@rm -f .pytest_cache/current-test; mkdir -p .pytest_cache; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS) 2>.pytest_cache/stderr; rc=$$?; \
+	cat .pytest_cache/stderr >&2; \
+	if [ -s .pytest_cache/current-test ]; then \
+		echo "pytest died (exit $$rc) during: $$(cat .pytest_cache/current-test)"; \
+		sed -n '/^Current thread/,/^$$/p' .pytest_cache/stderr | head -60; fi; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: install-test

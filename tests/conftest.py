@@ -25,6 +25,20 @@ from converters.registry import Registry, open_registry
 
 _HANDED_OUT: set[int] = set()
 
+# The test running now, kept in a file so that when the interpreter dies (a native abort leaves
+# no pytest report) `make test` can name the test it died in (CI keeps only the log's tail).
+_CURRENT_TEST = Path(os.environ.get("MODELGATE_CURRENT_TEST", ".pytest_cache/current-test"))
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    _CURRENT_TEST.parent.mkdir(parents=True, exist_ok=True)
+    _CURRENT_TEST.write_text(f"{nodeid} (started {time.strftime('%H:%M:%S')})\n")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _CURRENT_TEST.unlink(missing_ok=True)
+
+
 
 def free_port() -> int:
     """A port free on every interface, from 20000-32767: below the kernel's ephemeral range
