@@ -39,7 +39,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _CURRENT_TEST.unlink(missing_ok=True)
 
 
-
 def free_port() -> int:
     """A port free on every interface, from 20000-32767: below the kernel's ephemeral range
     (32768-60999 here), where Ray's processes take ports as they start, and above Ray's worker
