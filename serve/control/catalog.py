@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from converters.artifacts import cached
 from converters.errors import ModelgateError
 from converters.registry import ModelRef, Registry, open_registry
 from serve.control import distribute
+from serve.control.follow import FollowState, FollowStore
 from serve.control.kvstore import KVStore
-from serve.control.resolve import ConfigError, Resolved, _resolve
+from serve.control.resolve import ConfigError, Resolved, convert_version
 from serve.core.config import CatalogConfig, GatewayConfig, ModelConfig, VersionConfig
 
 logger = logging.getLogger("modelgate.catalog")
@@ -125,6 +127,7 @@ class CatalogSync:
         self.store = store
         self.registry = registry or functools.cache(lambda: open_registry(config.registry))
         self._pinned: dict[tuple[str, str], dict[str, Any]] = {}  # (model, version) → entry
+        self.follow = FollowStore(store.kv)  # followed aliases' state (serve/control/follow.py)
 
     def tick(self) -> bool:
         """One period: requests taken, the source listed, new versions converted and pinned,
@@ -145,27 +148,44 @@ class CatalogSync:
                 else:
                     listed[model] = found
         entries = {}
-        for model, (version, source, aliases) in sorted(listed.items()):
-            try:
-                entries[model] = self._entry(model, version, source) | {"aliases": aliases}
-            except (ConfigError, ModelgateError) as exc:
-                refused[model] = str(exc)
-                logger.error("catalog: %s v%s is not served: %s", model, version, exc)
+        for model, one in sorted(listed.items()):
+            entry = self._model(model, one, refused)
+            if entry is not None:
+                entries[model] = entry
         self.store.write_refused(refused)
         return self.store.write_entries(entries)
 
+    def _model(self, model: str, one: Listed, refused: dict[str, str]) -> dict[str, Any] | None:
+        """A model's entry: each version converted and pinned. The default route's version
+        failing refuses the model; another version failing leaves it out (a followed alias's
+        candidate is then refused for good, as the follower refuses one)."""
+        versions: dict[str, Any] = {}
+        follow = one.follow
+        for version, source in sorted(one.versions.items()):
+            try:
+                versions[version] = self._entry(model, version, source)
+            except (ConfigError, ModelgateError) as exc:
+                logger.error("catalog: %s v%s is not served: %s", model, version, exc)
+                if version == one.default:
+                    refused[model] = str(exc)
+                    return None
+                refused[f"{model}:{version}"] = str(exc)
+                if follow is not None and follow.get("candidate") == version:
+                    self._refuse_candidate(model, follow["alias"], version, str(exc))
+                    follow = follow | {"candidate": None}
+        aliases = {a: v for a, v in one.aliases.items() if v in versions}
+        return {"versions": versions, "aliases": aliases, "default": one.default, "follow": follow}
+
     # -- the source ---------------------------------------------------------------------------
-    def _listed(self) -> tuple[dict[str, tuple[str, str, dict[str, str]]], dict[str, str]]:
-        """model → (version, source, aliases): what the source lists now; and what it lists
-        but cannot be served."""
-        out: dict[str, tuple[str, str, dict[str, str]]] = {}
+    def _listed(self) -> tuple[dict[str, Listed], dict[str, str]]:
+        """What the source lists now, per model; and what it lists but cannot be served."""
+        out: dict[str, Listed] = {}
         refused: dict[str, str] = {}
         alias = self.catalog.alias
         if alias is not None:
             for info in self.registry().list_models():
                 if alias in info.aliases:
-                    version = info.aliases[alias]
-                    out[info.name] = (version, f"models:/{info.name}/{version}", {alias: version})
+                    out[info.name] = self._aliased(info.name, alias, info.aliases)
         if self.catalog.artifacts is not None:
             for manifest_file in sorted(Path(self.catalog.artifacts).rglob("manifest.json")):
                 folder = manifest_file.parent
@@ -173,12 +193,53 @@ class CatalogSync:
                 if manifest is None:
                     refused[str(folder)] = "not a complete artifact (model.onnx, manifest.json)"
                     continue
-                current = out.get(manifest.name)
-                if current is None or _newer(manifest.version, current[0]):
-                    out[manifest.name] = (manifest.version, str(folder), {})
+                one = out.setdefault(manifest.name, Listed({}, {}, None))
+                if manifest.version not in one.versions:
+                    one.versions[manifest.version] = str(folder)
+                if one.default is None or _newer(manifest.version, one.default):
+                    one.default = manifest.version
         return out, refused
 
-    def _latest(self, model: str) -> tuple[str, str, dict[str, str]] | str:
+    def _aliased(self, model: str, alias: str, registry_aliases: dict[str, str]) -> Listed:
+        """A model carrying the catalog's alias: the version the alias names (with a delivery
+        policy: the version the gateway serves as the alias, and the one the alias moved to as
+        the candidate), and the versions of the `also` aliases."""
+        current = registry_aliases[alias]
+        serving, candidate = current, None
+        if self.catalog.delivery is not None:
+            serving, candidate = self._followed(model, alias, current)
+        versions = {serving: f"models:/{model}/{serving}"}
+        aliases = {alias: serving}
+        for other in self.catalog.also:
+            version = registry_aliases.get(other)
+            if version is not None:
+                versions[version] = f"models:/{model}/{version}"
+                aliases[other] = version
+        if candidate is not None:
+            versions[candidate] = f"models:/{model}/{candidate}"
+        follow = {"alias": alias, "registry": self.config.registry, "candidate": candidate}
+        return Listed(versions, aliases, serving, follow)
+
+    def _followed(self, model: str, alias: str, current: str) -> tuple[str, str | None]:
+        """(serving, candidate) of a followed alias (serve/control/follow.py keeps its state:
+        the delivery controller moves `serving` on promotion, refuses a candidate that failed)."""
+        assert self.config.registry is not None
+        state = self.follow.get(self.config.registry, model, alias)
+        if state is None:  # first seen: served as the registry has it
+            state = FollowState(serving=current)
+            self.follow.put(self.config.registry, model, alias, state)
+        if current == state.serving or current in state.refused:
+            return state.serving, None
+        return state.serving, current
+
+    def _refuse_candidate(self, model: str, alias: str, version: str, reason: str) -> None:
+        assert self.config.registry is not None
+        state = self.follow.get(self.config.registry, model, alias)
+        if state is not None:
+            state.refused[version] = reason
+            self.follow.put(self.config.registry, model, alias, state)
+
+    def _latest(self, model: str) -> Listed | str:
         """A model loaded through the repository API that the source does not list: its
         registry's latest version (or why not)."""
         if self.config.registry is None and self.catalog.alias is None:
@@ -191,9 +252,9 @@ class CatalogSync:
         if info is None or not info.versions:
             return f"the registry has no model '{model}'"
         version = max((v.version for v in info.versions), key=int)
-        return version, f"models:/{model}/{version}", {}
+        return Listed({version: f"models:/{model}/{version}"}, {}, version)
 
-    # -- one entry ----------------------------------------------------------------------------
+    # -- one version --------------------------------------------------------------------------
     def _entry(self, model: str, version: str, source: str) -> dict[str, Any]:
         pinned = self._pinned.get((model, version))
         if pinned is not None and pinned["source"] == source:
@@ -204,12 +265,24 @@ class CatalogSync:
         else:
             config = VersionConfig(artifact=source, placement="colocated")
         where = f"catalog[{model}]"
-        artifact, number = _resolve(self.config, self.registry, config, where)
-        resolved = Resolved(ModelConfig(name=model, versions=[config]), config, artifact, number)
+        artifact, _ = convert_version(self.config, self.registry, config, where)
+        resolved = Resolved(ModelConfig(name=model, versions=[config]), config, artifact, version)
         (ref,) = distribute.pin(self.config, [resolved])
-        entry = {"version": number, "source": source, "ref": ref.model_dump(mode="json")}
+        entry = {"source": source, "ref": ref.model_dump(mode="json")}
         self._pinned[(model, version)] = entry
         return entry
+
+
+@dataclass
+class Listed:
+    """A model as the source lists it: version → source (a registry URI or an artifact
+    folder), the registry's aliases among them, the default route's version, and the alias it
+    follows ({alias, registry, candidate}) when the source is one."""
+
+    versions: dict[str, str]
+    aliases: dict[str, str]
+    default: str | None
+    follow: dict[str, Any] | None = None
 
 
 def _newer(a: str, b: str) -> bool:

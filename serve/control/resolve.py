@@ -53,7 +53,7 @@ def resolve_versions(config: GatewayConfig, follow: FollowStore | None = None) -
             if version.follow and follow is not None:
                 found = _followed(config, registry, follow, model, version, where)
             else:
-                artifact, number = _resolve(config, registry, version, where)
+                artifact, number = convert_version(config, registry, version, where)
                 found = [Resolved(model, version, artifact, number, version.follow * "serving")]
             for r in found:
                 if r.version in seen:
@@ -89,13 +89,13 @@ def _followed(
         state = FollowState(serving=current)
         follow.put(location, ref.name, ref.alias, state)
     pinned = version.model_copy(update={"uri": f"models:/{ref.name}/{state.serving}"})
-    artifact, number = _resolve(config, registry, pinned, where)
+    artifact, number = convert_version(config, registry, pinned, where)
     out = [Resolved(model, version, artifact, number, "serving")]
     if current == state.serving or current in state.refused:
         return out
     candidate = version.model_copy(update={"uri": f"models:/{ref.name}/{current}"})
     try:
-        artifact, number = _resolve(config, registry, candidate, where)
+        artifact, number = convert_version(config, registry, candidate, where)
     except ConfigError as exc:
         state.refused[current] = f"conversion failed: {exc}"
         follow.put(location, ref.name, ref.alias, state)
@@ -104,9 +104,11 @@ def _followed(
     return [*out, Resolved(model, version, artifact, number, "candidate")]
 
 
-def _resolve(
+def convert_version(
     config: GatewayConfig, registry: Callable[[], Registry], version: VersionConfig, where: str
 ) -> tuple[str, str]:
+    """One version's artifact, converted and verified through the cache (or the artifact it
+    names, checked): its folder and version number. ConfigError names `where` when it fails."""
     if version.artifact is not None:
         path = Path(version.artifact).resolve()
         manifest = cached(path)

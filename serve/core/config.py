@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve.core.auth import AuthConfig
+from serve.core.delivery import DeliveryPolicy
 
 
 class _Strict(BaseModel):
@@ -330,8 +331,23 @@ class CatalogConfig(_Strict):
     artifacts: str | None = Field(
         None,
         description="A folder of converted artifacts (<any>/model.onnx + manifest.json, at "
-        "any depth): each is in the catalog under its manifest's name and version (the "
-        "highest version of a name wins). Re-read every `refresh_s`.",
+        "any depth): each is in the catalog under its manifest's name and version; every "
+        "version found is served, the highest on the default route. Re-read every `refresh_s`.",
+    )
+    also: list[str] = Field(
+        [],
+        description="With `alias`: more registry aliases (say `challenger`) whose versions are "
+        "served beside the alias's, addressable by version and alias, for the routing config's "
+        "weights, sticky splits and shadow (`models.<m>` in the Router's user_config). The "
+        "default route stays on `alias`.",
+    )
+    delivery: DeliveryPolicy | None = Field(
+        None,
+        description="With `alias`: when the alias moves to another version of a model, that "
+        "version is delivered under this policy (the alias being the stable one; `stable` and "
+        "`candidate` left out), promoted or rolled back by its own metrics, and a rollback puts "
+        "the registry's alias back. Unset: a moved alias re-points the model at once. The "
+        "routing config's own `delivery` for a model wins over this one. Needs `metrics.port`.",
     )
     max_resident: int = Field(
         32,
@@ -371,6 +387,15 @@ class CatalogConfig(_Strict):
     def _one_source(self) -> CatalogConfig:
         if self.alias is None and self.artifacts is None:
             raise ValueError("catalog: set 'alias' (a registry alias) or 'artifacts' (a folder)")
+        if self.alias is None and (self.also or self.delivery is not None):
+            raise ValueError("catalog: 'also' and 'delivery' follow registry aliases: set 'alias'")
+        if self.alias in self.also:
+            raise ValueError(f"catalog.also: '{self.alias}' is the catalog's alias already")
+        if self.delivery is not None and (self.delivery.stable or self.delivery.candidate):
+            raise ValueError(
+                "catalog.delivery: leave 'stable' and 'candidate' out: the alias is the stable "
+                "one, the version it moved to the candidate"
+            )
         return self
 
 
@@ -416,6 +441,17 @@ class GatewayConfig(_Strict):
     def _some_model(self) -> GatewayConfig:
         if not self.models and self.catalog is None:
             raise ValueError("models: list at least one model, or set a catalog")
+        return self
+
+    @model_validator(mode="after")
+    def _catalog_delivery(self) -> GatewayConfig:
+        c = self.catalog
+        if c is not None and c.alias is not None and self.registry is None:
+            raise ValueError("catalog.alias names a registry alias: set 'registry'")
+        if c is not None and c.delivery is not None and self.metrics.port is None:
+            raise ValueError(
+                "catalog.delivery reads every node's exporter: metrics.port must be set"
+            )
         return self
 
     @model_validator(mode="after")

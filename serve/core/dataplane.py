@@ -24,7 +24,7 @@ import numpy as np
 from converters.manifest import Manifest
 from serve.core.auth import Access, Authenticator
 from serve.core.batching import MicroBatcher
-from serve.core.delivery import Record
+from serve.core.delivery import DeliveryPolicy, Record
 from serve.core.errors import ErrorCode, InferenceError, invalid, not_found
 from serve.core.routing import (
     Follow,
@@ -101,6 +101,19 @@ class ModelEntry:
     registry_aliases: dict[str, str]
     table: RouteTable
     follow: Follow | None = None
+    default: str | None = None  # the default route's version when the routing sets no weights
+
+
+@dataclass
+class CatalogModel:
+    """A catalog model as a router builds it (serve/ray/catalog.py): its versions, the
+    registry's aliases for them, the default route's version, and the alias it follows (with
+    the version that alias moved to, while that one is delivered)."""
+
+    versions: dict[str, VersionTarget]
+    aliases: dict[str, str]
+    default: str | None = None
+    follow: Follow | None = None
 
 
 class DataPlane:
@@ -119,6 +132,8 @@ class DataPlane:
         self.records: dict[str, Record] = {}
         self.catalog: CatalogControl | None = None
         self.catalog_models: set[str] = set()  # models that came from the catalog
+        # A catalog model's delivery when its alias moves, unless the routing config sets one.
+        self.catalog_policy: DeliveryPolicy | None = None
         self._published_aliases: dict[str, dict[str, str]] = {}
         for name, entry in models.items():  # counters exist at 0 from the start (for rate())
             for version in entry.versions:
@@ -158,50 +173,92 @@ class DataPlane:
         Raises ValueError (and changes nothing) if any part names what is not deployed.
         """
         records = self.records if records is None else records
-        tables = compile_routing(
-            {name: list(entry.versions) for name, entry in self.models.items()},
-            {name: entry.registry_aliases for name, entry in self.models.items()},
-            routing,
-            records,
-            {name: entry.follow for name, entry in self.models.items() if entry.follow},
-        )
+        tables = self._compile(self._effective(routing), records, self.models)
         self.routing, self.records = routing, records
         for runner in self.shadows.values():  # first: a new runner may reopen the same log
             runner.close()
-        self.shadows = {
-            name: ShadowRunner(
-                name, self.models[name].versions[table.shadow_version], table.shadow, self.metrics
-            )
-            for name, table in tables.items()
-            if table.shadow is not None and table.shadow_version is not None
-        }
         for name, table in tables.items():
             self.models[name].table = table
+        self.shadows = {
+            name: self._shadow(name, table)
+            for name, table in tables.items()
+            if table.shadow is not None
+        }
         self._publish_routing()
 
-    def update_catalog(
-        self, added: dict[str, tuple[VersionTarget, dict[str, str]]], removed: set[str]
-    ) -> None:
-        """Catalog models added, re-pointed (in `added` again) or removed, in place: the other
+    def _compile(
+        self, routing: RoutingConfig, records: dict[str, Record], models: Mapping[str, ModelEntry]
+    ) -> dict[str, RouteTable]:
+        return compile_routing(
+            {name: list(entry.versions) for name, entry in models.items()},
+            {name: entry.registry_aliases for name, entry in models.items()},
+            routing,
+            records,
+            {name: entry.follow for name, entry in models.items() if entry.follow},
+            {name: entry.default for name, entry in models.items() if entry.default},
+        )
+
+    def _effective(self, routing: RoutingConfig) -> RoutingConfig:
+        """The operator's routing as it applies with a catalog: a catalog model whose alias
+        moved is delivered under the catalog's policy unless the routing sets its own; names
+        the deployment does not have yet are left for when the catalog lists them."""
+        if self.catalog is None and not self.catalog_models:
+            return routing
+        models = {n: r for n, r in routing.models.items() if n in self.models}
+        if self.catalog_policy is not None:
+            for name in self.catalog_models:
+                follow = self.models[name].follow
+                if follow is not None and follow.candidate is not None:
+                    own = models.get(name, ModelRouting())
+                    if own.delivery is None:
+                        models[name] = own.model_copy(update={"delivery": self.catalog_policy})
+        return RoutingConfig(models=models)
+
+    def update_catalog(self, added: dict[str, CatalogModel], removed: set[str]) -> None:
+        """Catalog models added, changed (in `added` again) or removed, in place: the other
         models' entries, batchers and sessions are untouched. A config model of the same name
-        wins over a catalog one."""
-        for name in removed:
-            if name in self.catalog_models:
-                self.catalog_models.discard(name)
-                del self.models[name]
-        for name, (target, aliases) in added.items():
+        wins over a catalog one. A model the routing config no longer fits (it names a version
+        or alias the catalog took away) takes the default route, said in the log."""
+        gone = removed & self.catalog_models
+        for name in gone:
+            self.catalog_models.discard(name)
+            del self.models[name]
+        built: dict[str, ModelEntry] = {}
+        for name, model in added.items():
             if name in self.models and name not in self.catalog_models:
                 continue
-            table = RouteTable(name, [target.version], ModelRouting(), aliases, None, None)
-            self.models[name] = ModelEntry({target.version: target}, aliases, table)
+            versions = model.versions
+            placeholder = RouteTable(name, list(versions), ModelRouting(), model.aliases)
+            built[name] = ModelEntry(
+                versions, model.aliases, placeholder, model.follow, model.default
+            )
             self.catalog_models.add(name)  # its series appear with its first request
-        touched = set(added) | removed
-        if touched & set(self.routing.models):
-            try:  # the operator's routing may name catalog models: compiled again with them
-                self.apply_routing(self.routing)
+        self.models.update(built)
+        routing = self._effective(self.routing)
+        for name, entry in built.items():
+            own = {name: routing.models[name]} if name in routing.models else {}
+            try:
+                (entry.table,) = self._compile(
+                    RoutingConfig(models=own), self.records, {name: entry}
+                ).values()
             except ValueError as exc:
-                logger.error("routing config no longer applies to the catalog: %s", exc)
-        self._publish_routing(touched)
+                logger.error("catalog model '%s' takes the default route: %s", name, exc)
+                (entry.table,) = self._compile(
+                    RoutingConfig(), self.records, {name: entry}
+                ).values()
+        for name in set(built) | gone:
+            runner = self.shadows.pop(name, None)
+            if runner is not None:
+                runner.close()
+            now = self.models.get(name)
+            if now is not None and now.table.shadow is not None:
+                self.shadows[name] = self._shadow(name, now.table)
+        self._publish_routing(set(built) | gone)
+
+    def _shadow(self, name: str, table: RouteTable) -> ShadowRunner:
+        assert table.shadow is not None and table.shadow_version is not None
+        target = self.models[name].versions[table.shadow_version]
+        return ShadowRunner(name, target, table.shadow, self.metrics)
 
     def apply_records(self, records: dict[str, Record]) -> bool:
         """The delivery controller's records changed: the routing they allow, now. False (and
@@ -245,7 +302,11 @@ class DataPlane:
     def follows(self) -> dict[str, Any]:
         """Each model following a registry alias, as built (the delivery controller watches
         the registry for them)."""
-        return {n: e.follow.model_dump() for n, e in self.models.items() if e.follow is not None}
+        return {
+            n: e.follow.model_dump()
+            for n, e in self.models.items()
+            if e.follow is not None and n not in self.catalog_models  # the catalog follows its own
+        }
 
     def _publish_routing(self, only: set[str] | None = None) -> None:
         """Weights and aliases as gauges, so dashboards can put canary and stable side by side."""

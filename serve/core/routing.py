@@ -105,7 +105,10 @@ class RouteTable:
         registry_aliases: dict[str, str] | None = None,
         record: Record | None = None,
         follow: Follow | None = None,
+        default: str | None = None,
     ) -> None:
+        """`default`: the version on the default route when the routing sets no weights (the
+        highest version if None)."""
         self.model = model
         self.versions = list(versions)
         self.aliases = {**(registry_aliases or {}), **routing.aliases}
@@ -121,7 +124,7 @@ class RouteTable:
             routing = _following(routing, follow)
         if routing.delivery is not None:
             routing = self._deliver(routing, routing.delivery, record)
-        raw = routing.weights or {_highest(self.versions): 1.0}
+        raw = routing.weights or {default or _highest(self.versions): 1.0}
         weights: dict[str, float] = {}
         for name, weight in raw.items():
             version = self.aliases.get(name, name)
@@ -231,9 +234,11 @@ def compile_routing(
     routing: RoutingConfig,
     records: dict[str, Record] | None = None,
     follows: dict[str, Follow] | None = None,
+    defaults: dict[str, str] | None = None,
 ) -> dict[str, RouteTable]:
     """Every deployed model's route table; ValueError if the routing names what is not deployed.
-    `records`: each delivering model's record, as the delivery controller left it."""
+    `records`: each delivering model's record, as the delivery controller left it; `defaults`:
+    a model's version on the default route when its routing sets no weights."""
     unknown = sorted(set(routing.models) - set(versions))
     if unknown:
         raise ValueError(f"routing names models that are not deployed: {', '.join(unknown)}")
@@ -245,6 +250,7 @@ def compile_routing(
             registry_aliases.get(name),
             (records or {}).get(name),
             (follows or {}).get(name),
+            (defaults or {}).get(name),
         )
         for name, deployed in versions.items()
     }

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import ray
@@ -29,9 +30,10 @@ from serve.core import runners
 from serve.core.artifact_cache import ArtifactRef, local_manifest, open_runtime
 from serve.core.batching import MicroBatcher
 from serve.core.config import GatewayConfig
-from serve.core.dataplane import DataPlane, VersionTarget
+from serve.core.dataplane import CatalogModel, DataPlane, VersionTarget
 from serve.core.errors import ErrorCode, InferenceError
 from serve.core.resident import ResidentSet
+from serve.core.routing import Follow
 from serve.core.runtime import ArtifactError
 from serve.core.types import Feeds
 from serve.observe.telemetry import ReplicaTelemetry
@@ -137,8 +139,10 @@ class CatalogWatch:
         self.app, self.config, self.catalog = app, config, config.catalog
         self.plane, self.telemetry, self.refresh_s = plane, telemetry, refresh_s
         self.store = CatalogStore(app, KVDirectory())
-        self.refs: dict[str, ArtifactRef] = {}  # '<model>:<version>' → artifact
-        self.keys: dict[str, str] = {}  # model → its key
+        self.refs: dict[str, ArtifactRef] = {}  # '<model>:<version>' (a key) → artifact
+        self.targets: dict[str, VersionTarget] = {}  # key → its target
+        self.keys: dict[str, set[str]] = {}  # model → its versions' keys
+        self.applied: dict[str, Any] = {}  # model → the catalog's entry, as applied
         c = self.catalog
         self.metrics = CatalogMetrics(telemetry.metrics.registry)
         self.resident = ResidentSet(
@@ -174,7 +178,8 @@ class CatalogWatch:
         deadline = time.monotonic() + self.FIRST_WAIT_S
         while self.store.revision() == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
-        self._apply(*self._read())
+        plane.catalog_policy = c.delivery
+        self._apply(self._read())
         plane.catalog = self
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -184,29 +189,43 @@ class CatalogWatch:
 
         ensure_catalog(self.app, self.config)
 
-    def _read(self) -> tuple[int, dict[str, tuple[VersionTarget, dict[str, str]]], set[str]]:
-        """The catalog's revision, the models to add or re-point (their targets built, their
-        manifests read and checked), and those to remove. In a thread after the first."""
+    def _read(self) -> Changes:
+        """The catalog's revision and what changed since the last applied: each changed
+        model built (its new or re-pointed versions' targets made, their manifests read and
+        checked; its other versions' targets kept), and the models removed. In a thread after
+        the first."""
         revision = self.store.revision()
+        changes = Changes(revision)
         if revision == self.revision:
-            return revision, {}, set()
+            return changes
         entries = self.store.entries()
-        added: dict[str, tuple[VersionTarget, dict[str, str]]] = {}
         for model, entry in entries.items():
-            key = f"{model}:{entry['version']}"
-            ref = ArtifactRef.model_validate(entry["ref"])
-            if self.keys.get(model) == key and self.refs.get(key) == ref:
+            if self.applied.get(model) == entry:
                 continue
-            try:
-                manifest = local_manifest(ref)
-            except ArtifactError as exc:
-                logger.error("catalog: %s is not served: %s", key, exc)
-                continue
-            self.refs[key] = ref
-            self.manifests[key] = manifest
-            added[model] = (self._target(model, str(entry["version"]), manifest), entry["aliases"])
-        removed = {m for m in self.keys if m not in entries}
-        return revision, added, removed
+            versions: dict[str, VersionTarget] = {}
+            for version, pinned in entry["versions"].items():
+                key = f"{model}:{version}"
+                ref = ArtifactRef.model_validate(pinned["ref"])
+                target = self.targets.get(key)
+                if target is None or self.refs.get(key) != ref:
+                    try:
+                        manifest = local_manifest(ref)
+                    except ArtifactError as exc:
+                        logger.error("catalog: %s is not served: %s", key, exc)
+                        continue
+                    target = self._target(model, version, manifest)
+                    changes.fresh[key] = (ref, manifest, target)
+                versions[version] = target
+            if entry["default"] not in versions:
+                continue  # said above; the model stays as it was
+            aliases = {a: v for a, v in entry["aliases"].items() if v in versions}
+            follow = None if entry["follow"] is None else Follow(**entry["follow"])
+            changes.added[model] = (
+                CatalogModel(versions, aliases, entry["default"], follow),
+                entry,
+            )
+        changes.removed = {m for m in self.keys if m not in entries}
+        return changes
 
     def _target(self, model: str, version: str, manifest: Manifest) -> VersionTarget:
         key = f"{model}:{version}"
@@ -234,31 +253,38 @@ class CatalogWatch:
         timeout_s = None if self.catalog.timeout_ms is None else self.catalog.timeout_ms / 1000
         return VersionTarget(model, version, manifest, batcher, "colocated", timeout_s)
 
-    def _apply(
-        self,
-        revision: int,
-        added: dict[str, tuple[VersionTarget, dict[str, str]]],
-        removed: set[str],
-    ) -> None:
-        """On the event loop (or in the constructor): the plane changes at once."""
-        if revision == self.revision:
+    def _apply(self, changes: Changes) -> None:
+        """On the event loop (or in the constructor): the plane changes at once. A version
+        removed or re-pointed drops its session here (a request that holds it finishes)."""
+        if changes.revision == self.revision:
             return
-        for model in set(added) | removed:
-            old = self.keys.pop(model, None)
-            if old is None:
-                continue
-            self.resident.discard(old)  # re-pointed, removed, or the same version rebuilt
-            if old != (f"{model}:{added[model][0].version}" if model in added else None):
-                self.refs.pop(old, None)
-                self.manifests.pop(old, None)
-        for model, (target, _) in added.items():
-            self.keys[model] = f"{model}:{target.version}"
-        self.plane.update_catalog(added, removed)
+        for key, (ref, manifest, target) in changes.fresh.items():
+            self.resident.discard(key)  # the same version rebuilt from another artifact
+            self.refs[key], self.manifests[key], self.targets[key] = ref, manifest, target
+        for model in set(changes.added) | changes.removed:
+            kept = set()
+            if model in changes.added:
+                kept = {f"{model}:{v}" for v in changes.added[model][0].versions}
+            for key in self.keys.pop(model, set()) - kept:
+                self.resident.discard(key)
+                self.refs.pop(key, None)
+                self.manifests.pop(key, None)
+                self.targets.pop(key, None)
+            if model in changes.added:
+                self.keys[model] = kept
+                self.applied[model] = changes.added[model][1]
+            else:
+                self.applied.pop(model, None)
+        added = {m: built for m, (built, _) in changes.added.items()}
+        self.plane.update_catalog(added, changes.removed)
         self.metrics.catalog_models.set(len(self.keys))
-        self.revision = revision
-        self.resident.pinned = {self.keys[m] for m in self.catalog.pinned if m in self.keys}
+        self.revision = changes.revision
+        self.resident.pinned = {self._default_key(m) for m in self.catalog.pinned if m in self.keys}
         with contextlib.suppress(RuntimeError):  # no running loop yet: warmed by the task
             self.resident.warm(self.resident.pinned)
+
+    def _default_key(self, model: str) -> str:
+        return f"{model}:{self.applied[model]['default']}"
 
     def _load(self, key: str) -> Callable[[Feeds], Feeds]:
         """In a thread: the session, checked against its pinned digests and warmed up."""
@@ -311,7 +337,7 @@ class CatalogWatch:
                 logger.warning("could not read the catalog", exc_info=True)
 
     async def refresh(self) -> None:
-        self._apply(*await asyncio.to_thread(self._read))
+        self._apply(await asyncio.to_thread(self._read))
         if time.monotonic() - self._reported > self.REPORT_S or self._reported_rev != self.revision:
             await asyncio.to_thread(self.store.report_applied, self.replica, self.revision)
             self._reported, self._reported_rev = time.monotonic(), self.revision
@@ -344,7 +370,7 @@ class CatalogWatch:
         """`loaded`: this replica holds the session; `placed_on`: the router replica (its
         peer address) the model's batches run on, "" when every replica loads it; `router`:
         this replica's own address."""
-        key = self.keys.get(model)
+        key = self._default_key(model) if model in self.keys else None
         placed = "" if self.peers is None or key is None else self.peers.owner(key) or ""
         own = "" if self.peers is None else self.peers.own
         return {"loaded": key in self.resident.resident, "placed_on": placed, "router": own}
@@ -354,7 +380,7 @@ class CatalogWatch:
         await asyncio.to_thread(self.store.request, model, "load")
         await self._until(lambda: model in self.keys, model, "load")
         await self._everywhere()
-        key = self.keys[model]
+        key = self._default_key(model)
         if self.peers is None or self.peers.owner(key) in (None, self.peers.own):
             await self.resident.acquire(key, time.monotonic() + self.CONTROL_WAIT_S)
 
@@ -382,6 +408,18 @@ class CatalogWatch:
                     retry_after_s=5.0,
                 )
             await asyncio.sleep(0.2)
+
+
+@dataclass
+class Changes:
+    """What a router's read of the catalog found (CatalogWatch._read): models added or changed
+    (built, with the entry they were built from), removed, and the targets made anew (with
+    their artifacts and manifests)."""
+
+    revision: int
+    added: dict[str, tuple[CatalogModel, dict[str, Any]]] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    fresh: dict[str, tuple[ArtifactRef, Manifest, VersionTarget]] = field(default_factory=dict)
 
 
 class _Lazy(Generic[T]):

@@ -164,7 +164,8 @@ def test_the_catalog_follows_its_folder_and_the_repository_requests(
     write_model(folder, base, 3)  # added
     assert sync.tick() and store.revision() == 2
     entries = store.entries()
-    assert sorted(entries) == ["m0", "m1", "m3"] and entries["m1"]["version"] == "2"
+    assert sorted(entries) == ["m0", "m1", "m3"]
+    assert sorted(entries["m1"]["versions"]) == ["1", "2"] and entries["m1"]["default"] == "2"
     store.request("m0", "unload")
     sync.tick()
     assert sorted(store.entries()) == ["m1", "m3"]
@@ -218,9 +219,97 @@ def test_the_catalog_follows_a_registry_alias(tmp_path: Path) -> None:
     assert sync.tick()
     entries = store.entries()
     assert sorted(entries) == ["a", "b"]
-    assert entries["a"]["version"] == "1" and entries["a"]["aliases"] == {"production": "1"}
-    assert Path(entries["a"]["ref"]["path"], "model.onnx").is_file()  # converted, verified
+    assert list(entries["a"]["versions"]) == ["1"] and entries["a"]["default"] == "1"
+    assert entries["a"]["aliases"] == {"production": "1"}
+    ref = entries["a"]["versions"]["1"]["ref"]
+    assert Path(ref["path"], "model.onnx").is_file()  # converted, verified
     registry.set_alias("a", "production", "2")
     assert sync.tick()
-    assert store.entries()["a"]["version"] == "2"
+    assert list(store.entries()["a"]["versions"]) == ["2"]
     assert store.refused() == {}
+
+
+def test_a_catalog_alias_with_a_delivery_serves_what_the_follower_says(tmp_path: Path) -> None:
+    """`also` aliases serve their versions beside the catalog's alias; with a delivery policy,
+    the version the alias moved to is a candidate beside the one served as the alias until
+    the delivery ends: promoted, it serves alone; refused (failed), the alias stays."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from converters.registry import open_registry
+    from serve.control.follow import FollowStore
+
+    x, y = load_iris(return_X_y=True)
+    location = str(tmp_path / "registry")
+    registry = open_registry(location)
+    for v in range(4):
+        model = LogisticRegression(C=1.0 + v, max_iter=500).fit(x, y)
+        registry.publish_sklearn("a", model, x[:5].astype("float32"))
+    registry.set_alias("a", "production", "1")
+    registry.set_alias("a", "challenger", "2")
+    config = GatewayConfig.model_validate(
+        {
+            "registry": location,
+            "artifacts": str(tmp_path / "store"),
+            "metrics": {"port": 9999},
+            "catalog": {"alias": "production", "also": ["challenger"], "delivery": {}},
+        }
+    )
+    kv = MemoryKV()
+    sync, store, follow = (
+        CatalogSync(config, CatalogStore("app", kv)),
+        CatalogStore("app", kv),
+        FollowStore(kv),
+    )
+
+    def entry() -> dict[str, object]:
+        sync.tick()
+        e = store.entries()["a"]
+        return {k: e[k] for k in ("default", "aliases", "follow")} | {
+            "versions": sorted(e["versions"])
+        }
+
+    held = {"alias": "production", "registry": location, "candidate": None}
+    assert entry() == {
+        "default": "1",
+        "aliases": {"production": "1", "challenger": "2"},
+        "follow": held,
+        "versions": ["1", "2"],
+    }
+    registry.set_alias("a", "production", "3")  # moved: v3 is delivered, v1 serves meanwhile
+    assert entry() == {
+        "default": "1",
+        "aliases": {"production": "1", "challenger": "2"},
+        "follow": held | {"candidate": "3"},
+        "versions": ["1", "2", "3"],
+    }
+    state = follow.get(location, "a", "production")
+    assert state is not None and state.serving == "1"
+    state.serving = "3"  # the delivery controller promoted it (serve/control/follow.py)
+    follow.put(location, "a", "production", state)
+    assert entry() == {
+        "default": "3",
+        "aliases": {"production": "3", "challenger": "2"},
+        "follow": held,
+        "versions": ["2", "3"],
+    }
+    registry.set_alias("a", "production", "4")
+    state.refused["4"] = "its delivery failed"  # as the controller leaves a failed one
+    follow.put(location, "a", "production", state)
+    assert entry()["versions"] == ["2", "3"] and entry()["default"] == "3"
+
+
+def test_catalog_config_refuses_what_cannot_work() -> None:
+    def refused(catalog: dict[str, object], **more: object) -> str:
+        with pytest.raises(ValueError) as caught:
+            GatewayConfig.model_validate({"catalog": catalog, **more})
+        return str(caught.value)
+
+    assert "set 'registry'" in refused({"alias": "production"})
+    assert "set 'alias'" in refused({"artifacts": "x", "also": ["challenger"]})
+    assert "already" in refused({"alias": "p", "also": ["p"]}, registry="r")
+    off = {"port": None}
+    assert "metrics.port" in refused({"alias": "p", "delivery": {}}, registry="r", metrics=off)
+    assert "leave 'stable'" in refused(
+        {"alias": "p", "delivery": {"candidate": "c"}}, registry="r", metrics={"port": 1}
+    )

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from serve.core.batching import MicroBatcher
-from serve.core.dataplane import DataPlane, Health, VersionTarget
+from serve.core.dataplane import CatalogModel, DataPlane, Health, VersionTarget
+from serve.core.delivery import DeliveryPolicy
 from serve.core.errors import ErrorCode, InferenceError
 from serve.core.routing import DEFAULT_STICKY_HEADER as KEY
-from serve.core.routing import ModelRouting, RouteTable, RoutingConfig
+from serve.core.routing import Follow, ModelRouting, RouteTable, RoutingConfig
+from serve.core.shadow import ShadowConfig
 from tests.serve import factories
 
 
@@ -118,3 +120,43 @@ def test_the_default_route_reads_the_sticky_key_only_when_it_has_a_choice() -> N
     picks = {u: split.target("m", None, {KEY: u}).version for u in ("a", "b", "c", "d")}
     for _ in range(20):  # the key decides, every time
         assert all(split.target("m", None, {KEY: u}).version == v for u, v in picks.items())
+
+
+def _catalog_model(
+    versions: list[str], aliases: dict[str, str], default: str, candidate: str | None = None
+) -> CatalogModel:
+    targets = {
+        v: VersionTarget("c", v, factories.manifest(v), MicroBatcher(f"c:{v}", _never), "colocated")
+        for v in versions
+    }
+    follow = Follow(alias="production", registry="r", candidate=candidate)
+    return CatalogModel(targets, aliases, default, follow)
+
+
+def test_a_catalog_model_keeps_routing_shadow_and_delivery_per_model() -> None:
+    """Catalog models change in place with the operator's routing applied to each: the default
+    route on the catalog's alias (not the highest version), the routing config's shadow on an
+    `also` alias, a moved alias delivered under the catalog's policy; a change that takes away
+    what the routing names leaves that model on its default route, the others untouched."""
+    plane = _plane(["1"], ModelRouting())
+    plane.catalog_policy = DeliveryPolicy(steps=[0, 50])
+    shadow = ShadowConfig(version="challenger", ratio=1.0)
+    routing = RoutingConfig(models={"c": ModelRouting(shadow=shadow), "later": ModelRouting()})
+    both = {"production": "1", "challenger": "2"}
+    plane.update_catalog({"c": _catalog_model(["1", "2"], both, "1")}, set())
+    plane.apply_routing(routing)  # 'later' is not in the catalog yet: kept for when it is
+    table = plane.models["c"].table
+    assert table.weights == {"1": 1.0} and table.shadow_version == "2"
+    assert "c" in plane.shadows and plane.follows() == {}  # the catalog follows its own alias
+    # the alias moved to v3: delivered under the catalog's policy, v1 stable meanwhile
+    plane.update_catalog({"c": _catalog_model(["1", "2", "3"], both, "1", "3")}, set())
+    table = plane.models["c"].table
+    assert table.delivery is not None
+    assert (table.delivery.names.stable, table.delivery.names.candidate) == ("1", "3")
+    assert plane.deliveries()["c"]["follow"]["candidate"] == "3"
+    # the challenger gone: the routing's shadow no longer fits; default route, no shadow
+    plane.update_catalog({"c": _catalog_model(["1"], {"production": "1"}, "1")}, set())
+    assert plane.models["c"].table.weights == {"1": 1.0} and "c" not in plane.shadows
+    assert plane.models["m"].table.weights == {"1": 1.0}
+    plane.update_catalog({}, {"c"})
+    assert "c" not in plane.models and plane.routes()["models"].keys() == {"m"}
