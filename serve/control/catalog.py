@@ -1,8 +1,10 @@
 """The catalog: the models an application serves beside its config's, changed in place.
 
 Where things live (none on a node's disk, all in Ray's KV):
-- `catalog/<app>/entries`: each catalog model's version, aliases and pinned artifact
-  (serve/core/artifact_cache.py: ArtifactRef), written by the control plane;
+- `catalog/<app>/entries`: each catalog model's versions with their pinned artifacts
+  (serve/core/artifact_cache.py: ArtifactRef), the registry's aliases among them, the default
+  route's version and the alias it follows (with the candidate it moved to, while that one is
+  delivered: serve/control/follow.py keeps that state), written by the control plane;
 - `catalog/<app>/revision`: a counter bumped with each change: routers read it every second and
   the entries only when it moved (a thousand entries are a few hundred kilobytes);
 - `catalog/<app>/requests/<model>`: a repository API's load or unload (Triton's model control),

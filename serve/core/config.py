@@ -315,6 +315,26 @@ class DriftConfig(_Strict):
         return self
 
 
+class CatalogPool(_Strict):
+    """A deployment of its own for the catalog's models (`CatalogPool` in the application):
+    each model is placed on one pool replica by rendezvous hashing over them, each replica
+    keeping `max_resident` sessions; router replicas then hold none (they decode, validate,
+    route and batch, and send each batch to the pool replica its model is placed on)."""
+
+    num_replicas: int = Field(2, ge=1, description="Pool replicas.")
+    max_resident: int = Field(
+        64, ge=1, description="Sessions a pool replica keeps loaded; LRU beyond (pinned never)."
+    )
+    max_loading: int = Field(2, ge=1, description="Loads a pool replica runs at once.")
+    max_pending_loads: int = Field(
+        64,
+        ge=1,
+        description="Loads a pool replica lets wait; a batch for one more cold model is shed "
+        "at once (503 with Retry-After).",
+    )
+    num_cpus: float = Field(0.5, ge=0, description="Logical CPUs each pool replica reserves.")
+
+
 class CatalogConfig(_Strict):
     """Models served from a catalog that changes in place (serve/control/catalog.py): added,
     removed and re-pointed without restarting a replica, their sessions loaded on first use
@@ -382,6 +402,13 @@ class CatalogConfig(_Strict):
         "feature of each model: off by default, for thousands of models).",
     )
     refresh_s: float = Field(5.0, ge=0.5, description="Seconds between reads of the source.")
+    pool: CatalogPool | None = Field(
+        None,
+        description="Run the catalog's models on a pool of replicas of their own, with their "
+        "own budget (`pool.max_resident` each), rather than on the router replicas "
+        "(`max_resident`, `max_loading`, `max_pending_loads` and `placement` then do not "
+        "apply: the pool places each model on one of its replicas).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CatalogConfig:

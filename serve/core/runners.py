@@ -76,10 +76,13 @@ def lazy(
     resident: ResidentSet,
     placement: Placement | None = None,
     counted: tuple[Counter, Counter] | None = None,
+    local: bool = True,
 ) -> Runner:
-    """A catalog version: on the router replica it is placed on (`placement`), else its
-    session from this replica's resident set, loaded first when cold (within the batch's
-    deadline; serve/core/resident.py). `counted`: batches sent to a peer, and run here."""
+    """A catalog version: on the replica it is placed on (`placement`), else its session from
+    this replica's resident set, loaded first when cold (within the batch's deadline;
+    serve/core/resident.py). `counted`: batches sent to a peer, and run here. `local` False
+    (a catalog pool): never run here; a batch no placed replica takes is refused UNAVAILABLE
+    with a retry hint."""
 
     async def run(feeds: Feeds) -> Feeds:
         deadline = BATCH_DEADLINE.get()
@@ -89,6 +92,12 @@ def lazy(
                 if counted is not None:
                     counted[0].inc()
                 return outputs
+        if not local:
+            raise InferenceError(
+                ErrorCode.UNAVAILABLE,
+                f"{key}: no catalog pool replica took the batch; try again",
+                retry_after_s=1.0,
+            )
         if counted is not None:
             counted[1].inc()
         session = resident.get(key) or await resident.acquire(key, deadline)

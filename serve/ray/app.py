@@ -4,7 +4,8 @@
 build_app(GatewayConfig) ─► Router (ingress: HTTP + gRPC)
                               ├── colocated versions: ONNX Runtime inside the router replica
                               ├── catalog models: loaded on first use, each placed on one router
-                              │   replica (serve/ray/catalog.py: CatalogWatch)
+                              │   replica (serve/ray/catalog.py: CatalogWatch), or on one replica
+                              │   of the CatalogPool deployment (`catalog.pool`)
                               └── direct transport, else handles ─► ModelVersion deployments
                                   (one per dedicated model version)
 """
@@ -60,7 +61,7 @@ from serve.protocol import rest
 from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
 from serve.ray import autoscale
-from serve.ray.catalog import CatalogWatch
+from serve.ray.catalog import POOL, CatalogPool, CatalogWatch
 from serve.ray.internals import KVDirectory, serve_details, session_dir
 from serve.transport.direct import DirectPool, DirectServer, FrameLimits, kv_prefix
 
@@ -395,6 +396,7 @@ def ray_limits(max_requests: int) -> dict[str, int]:
 
 # `@serve.deployment` turns each class into a Deployment; mypy sees only the class.
 RouterDeployment = cast(Deployment, Router)
+CatalogPoolDeployment = cast(Deployment, CatalogPool)
 ModelVersionDeployment = cast(Deployment, ModelVersion)
 
 
@@ -673,6 +675,14 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
                 spec.deployment, version_config, args
             ).bind(spec.model_dump(), telemetry.model_dump())
         specs.append(spec)
+    catalog = _catalog_spec(args)
+    if args.catalog is not None and args.catalog.pool is not None:
+        pool = args.catalog.pool
+        handles[POOL] = CatalogPoolDeployment.options(
+            name=POOL,
+            num_replicas=pool.num_replicas,
+            ray_actor_options=_actor_options(pool.num_cpus, args, None),
+        ).bind(catalog)
     router = args.router
     router_spec = RouterSpec(
         max_requests=router.max_ongoing_requests,
@@ -680,7 +690,7 @@ def build_gateway(args: dict[str, Any] | GatewayConfig, ingress: Deployment) -> 
         registry_aliases=registry_aliases(resolved),
         follows=follows(args, resolved),
         registry=args.registry,
-        catalog=_catalog_spec(args),
+        catalog=catalog,
         limits=args.limits,
         telemetry=telemetry,
         auth=args.auth,

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -106,6 +106,82 @@ class CatalogActor:
         return self._sync
 
 
+class CatalogSessions:
+    """The catalog versions' sessions on one replica (a router, or a catalog pool replica):
+    the artifacts it knows by key ('<model>:<version>'), their sessions loaded on first use
+    within a budget (serve/core/resident.py), and the batches peers send it."""
+
+    def __init__(
+        self, config: GatewayConfig, telemetry: ReplicaTelemetry, budget: tuple[int, int, int]
+    ) -> None:
+        from serve.observe.metrics import CatalogMetrics, ResidentObserver
+
+        assert config.catalog is not None
+        self.config, self.catalog, self.telemetry = config, config.catalog, telemetry
+        self.refs: dict[str, ArtifactRef] = {}  # key → artifact
+        self.manifests: dict[str, Manifest] = {}  # key → manifest (a peer's frame limits)
+        self.metrics = CatalogMetrics(telemetry.metrics.registry)
+        max_resident, max_loading, max_pending = budget
+        self.resident = ResidentSet(
+            self._load,
+            max_resident,
+            max_loading,
+            max_pending,
+            observer=ResidentObserver(self.metrics),
+        )
+
+    def server(
+        self,
+        app: str,
+        key: str,
+        run_model: Callable[[str, Feeds, float | None], Awaitable[Feeds]] | None = None,
+    ) -> DirectServer:
+        """The listener peers send this replica's models' batches to (started by the owner);
+        `run_model`: what runs one (`serve_peer` if None)."""
+        directory = KVDirectory()
+        refused = self.telemetry.metrics.direct_refused
+        return DirectServer(
+            _refuse_plain,
+            directory,
+            key,
+            directory.shared_secret(app),
+            self.frame_limits,
+            lambda reason: refused.labels("", "", reason).inc(),
+            run_model=run_model or self.serve_peer,
+        )
+
+    def _load(self, key: str) -> Callable[[Feeds], Feeds]:
+        """In a thread: the session, checked against its pinned digests and warmed up."""
+        model, version = key.rsplit(":", 1)
+        runtime = open_runtime(self.refs[key], 1)
+        runtime.warm_up()
+        return self.telemetry.instrument(
+            runtime, model, version, drift=self.catalog.drift, series=(CATALOG_SERIES, "")
+        )
+
+    def frame_limits(self, key: str | None) -> FrameLimits:
+        """What a peer's batch of `key` can be; for a model not (yet) in this replica's
+        catalog, any numeric tensors within the limit (answered UNAVAILABLE: run it there)."""
+        limits = self.config.limits
+        rows = self.catalog.batching.max_batch_rows
+        manifest = self.manifests.get(key or "")
+        if manifest is None:
+            return FrameLimits(None, rows, limits.max_elements)
+        inputs = {
+            spec.name: (spec.numpy_dtype, tuple(spec.shape))
+            for spec in manifest.signature.inputs
+            if spec.datatype != "BYTES"
+        }
+        return FrameLimits(inputs, rows, limits.max_elements)
+
+    async def serve_peer(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds:
+        """A peer's batch of a model placed here."""
+        if key not in self.refs:
+            raise InferenceError(ErrorCode.UNAVAILABLE, f"{key} is not in this replica's catalog")
+        session = self.resident.get(key) or await self.resident.acquire(key, deadline)
+        return session(feeds)
+
+
 class CatalogWatch:
     """One router's catalog models (serve/control/catalog.py), kept as the catalog's entries in
     Ray's KV say: each `refresh_s` (the router's) it reads the revision, and when it moved, adds,
@@ -133,50 +209,42 @@ class CatalogWatch:
         refresh_s: float,
     ) -> None:
         from serve.control.catalog import CatalogStore
-        from serve.observe.metrics import CatalogMetrics, ResidentObserver
 
         assert config.catalog is not None
         self.app, self.config, self.catalog = app, config, config.catalog
         self.plane, self.telemetry, self.refresh_s = plane, telemetry, refresh_s
         self.store = CatalogStore(app, KVDirectory())
-        self.refs: dict[str, ArtifactRef] = {}  # '<model>:<version>' (a key) → artifact
         self.targets: dict[str, VersionTarget] = {}  # key → its target
         self.keys: dict[str, set[str]] = {}  # model → its versions' keys
         self.applied: dict[str, Any] = {}  # model → the catalog's entry, as applied
         c = self.catalog
-        self.metrics = CatalogMetrics(telemetry.metrics.registry)
-        self.resident = ResidentSet(
-            self._load,
-            c.max_resident,
-            c.max_loading,
-            c.max_pending_loads,
-            observer=ResidentObserver(self.metrics),
-        )
+        budget = (c.max_resident, c.max_loading, c.max_pending_loads)
+        self.sessions = CatalogSessions(config, telemetry, budget)
+        self.refs, self.manifests = self.sessions.refs, self.sessions.manifests
+        self.resident, self.metrics = self.sessions.resident, self.sessions.metrics
         self.revision = 0
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._reported, self._reported_rev = 0.0, -1
-        self.manifests: dict[str, Manifest] = {}  # key → manifest (a peer's frame limits)
         self._batches = _Lazy(lambda: telemetry.metrics.batch_observer(CATALOG_SERIES, ""))
         self.peers: PeerPool | None = None
         self.server: DirectServer | None = None
-        if c.placement == "hashed":
-            directory = KVDirectory()
+        directory = KVDirectory()
+        if c.pool is not None:  # the pool's replicas hold the sessions; this one none
             secret = directory.shared_secret(app)
+            self.peers = PeerPool(f"{app} catalog pool", directory, kv_prefix(app, POOL), secret)
+        elif c.placement == "hashed":
             prefix = kv_prefix(app, PEERS)
-            self.peers = PeerPool(f"{app} routers", directory, prefix, secret)
-            self.server = DirectServer(
-                _refuse_plain,
-                directory,
-                prefix + self.replica,
-                secret,
-                self._frame_limits,
-                lambda reason: telemetry.metrics.direct_refused.labels("", "", reason).inc(),
-                run_model=self._serve_peer,
-            )
+            self.peers = PeerPool(f"{app} routers", directory, prefix, directory.shared_secret(app))
+            self.server = self.sessions.server(app, prefix + self.replica)
         self._ensure()
         self._ensured = time.monotonic()
         deadline = time.monotonic() + self.FIRST_WAIT_S
         while self.store.revision() == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        while c.pool is not None and self.peers is not None and time.monotonic() < deadline:
+            self.peers.refresh()  # ready once a pool replica listens (they start beside)
+            if self.peers.live():
+                break
             time.sleep(0.2)
         plane.catalog_policy = c.delivery
         self._apply(self._read())
@@ -243,7 +311,7 @@ class CatalogWatch:
         observer = self._batches
         batcher = MicroBatcher(
             key,
-            runners.lazy(key, self.resident, self.peers, counted),
+            runners.lazy(key, self.resident, self.peers, counted, self.catalog.pool is None),
             max_batch_rows=b.max_batch_rows,
             max_wait_s=b.max_wait_ms / 1000,
             max_in_flight=b.max_in_flight,
@@ -279,42 +347,14 @@ class CatalogWatch:
         self.plane.update_catalog(added, changes.removed)
         self.metrics.catalog_models.set(len(self.keys))
         self.revision = changes.revision
-        self.resident.pinned = {self._default_key(m) for m in self.catalog.pinned if m in self.keys}
-        with contextlib.suppress(RuntimeError):  # no running loop yet: warmed by the task
-            self.resident.warm(self.resident.pinned)
+        if self.catalog.pool is None:  # a pool's replicas warm their own
+            pinned = {self._default_key(m) for m in self.catalog.pinned if m in self.keys}
+            self.resident.pinned = pinned
+            with contextlib.suppress(RuntimeError):  # no running loop yet: warmed by the task
+                self.resident.warm(pinned)
 
     def _default_key(self, model: str) -> str:
         return f"{model}:{self.applied[model]['default']}"
-
-    def _load(self, key: str) -> Callable[[Feeds], Feeds]:
-        """In a thread: the session, checked against its pinned digests and warmed up."""
-        model, version = key.rsplit(":", 1)
-        runtime = open_runtime(self.refs[key], 1)
-        runtime.warm_up()
-        return self.telemetry.instrument(
-            runtime, model, version, drift=self.catalog.drift, series=(CATALOG_SERIES, "")
-        )
-
-    def _frame_limits(self, key: str | None) -> FrameLimits:
-        """What a peer's batch of `key` can be; for a model not (yet) in this replica's
-        catalog, any numeric tensors within the limit (answered UNAVAILABLE: run it there)."""
-        limits = self.config.limits
-        manifest = self.manifests.get(key or "")
-        if manifest is None:
-            return FrameLimits(None, self.catalog.batching.max_batch_rows, limits.max_elements)
-        inputs = {
-            spec.name: (spec.numpy_dtype, tuple(spec.shape))
-            for spec in manifest.signature.inputs
-            if spec.datatype != "BYTES"
-        }
-        return FrameLimits(inputs, self.catalog.batching.max_batch_rows, limits.max_elements)
-
-    async def _serve_peer(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds:
-        """A peer router's batch of a model placed here."""
-        if key not in self.refs:
-            raise InferenceError(ErrorCode.UNAVAILABLE, f"{key} is not in this replica's catalog")
-        session = self.resident.get(key) or await self.resident.acquire(key, deadline)
-        return session(feeds)
 
     async def _run(self) -> None:
         self.resident.warm(self.resident.pinned)
@@ -381,6 +421,8 @@ class CatalogWatch:
         await self._until(lambda: model in self.keys, model, "load")
         await self._everywhere()
         key = self._default_key(model)
+        if self.catalog.pool is not None:
+            return  # loaded by its pool replica on its first batch
         if self.peers is None or self.peers.owner(key) in (None, self.peers.own):
             await self.resident.acquire(key, time.monotonic() + self.CONTROL_WAIT_S)
 
@@ -408,6 +450,139 @@ class CatalogWatch:
                     retry_after_s=5.0,
                 )
             await asyncio.sleep(0.2)
+
+
+@serve.deployment
+class CatalogPool:
+    """A catalog pool replica (`catalog.pool`): the sessions of the catalog models placed on
+    it (rendezvous hashing over the pool's replicas, as the routers rank them), within the
+    pool's budget; routers send it their batches over the direct transport (authenticated by
+    the application's secret, bound to the node's address). It reads the catalog's entries
+    from Ray's KV every `REFRESH_S`, and again before refusing a model it does not know (a
+    router read the new revision first). Stopping, it leaves the directory and answers what
+    is in flight before it goes (DirectServer.drain)."""
+
+    REFRESH_S = 1.0
+
+    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]
+        self.config = GatewayConfig.model_validate(config)
+        catalog = self.config.catalog
+        assert catalog is not None and catalog.pool is not None
+        self.catalog, pool = catalog, catalog.pool
+        self.telemetry = ReplicaTelemetry(self.config.metrics, self.config.drift)
+        context = serve.get_replica_context()
+        self.app = context.app_name
+        self.store = CatalogStore(self.app, KVDirectory())
+        budget = (pool.max_resident, pool.max_loading, pool.max_pending_loads)
+        self.sessions = CatalogSessions(self.config, self.telemetry, budget)
+        prefix = kv_prefix(self.app, POOL)
+        self.server = self.sessions.server(
+            self.app, prefix + context.replica_id.unique_id, run_model=self._serve
+        )
+        directory = KVDirectory()  # the pool as the routers see it: which models are this one's
+        secret = directory.shared_secret(self.app)
+        self.peers = PeerPool(f"{self.app} catalog pool", directory, prefix, secret)
+        self.revision = -1
+        self.defaults: dict[str, str] = {}  # model → its default route's key
+        self._lock = asyncio.Lock()
+        self._stopping = True  # until started: nothing to drain
+        await self.refresh()
+        self.peers.own = await self.server.start(ray.util.get_node_ip_address())
+        self._stopping = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.REFRESH_S)
+            try:
+                await asyncio.to_thread(self.peers.refresh)
+                await self.refresh()
+                self._warm_pinned()
+            except Exception:
+                logger.warning("could not read the catalog", exc_info=True)
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            read = await asyncio.to_thread(self._read)
+            if read is not None:
+                self._apply(*read)
+
+    def _read(
+        self,
+    ) -> tuple[int, dict[str, ArtifactRef], dict[str, Manifest], dict[str, str]] | None:
+        """In a thread: the revision, every version's artifact, the manifests of those new or
+        re-pointed, each model's default key; None when the revision did not move."""
+        revision = self.store.revision()
+        if revision == self.revision:
+            return None
+        entries = self.store.entries()
+        refs: dict[str, ArtifactRef] = {}
+        fresh: dict[str, Manifest] = {}
+        for model, entry in entries.items():
+            for version, pinned in entry["versions"].items():
+                key = f"{model}:{version}"
+                ref = ArtifactRef.model_validate(pinned["ref"])
+                if self.sessions.refs.get(key) != ref:
+                    try:
+                        fresh[key] = local_manifest(ref)
+                    except ArtifactError as exc:
+                        logger.error("catalog: %s is not served: %s", key, exc)
+                        continue
+                refs[key] = ref
+        defaults = {m: f"{m}:{e['default']}" for m, e in entries.items()}
+        return revision, refs, fresh, defaults
+
+    def _apply(
+        self,
+        revision: int,
+        refs: dict[str, ArtifactRef],
+        fresh: dict[str, Manifest],
+        defaults: dict[str, str],
+    ) -> None:
+        s = self.sessions
+        for key in list(s.refs):
+            if key not in refs or key in fresh:  # removed or re-pointed: its session goes
+                s.resident.discard(key)
+                s.refs.pop(key, None)
+                s.manifests.pop(key, None)
+        for key, manifest in fresh.items():
+            s.refs[key], s.manifests[key] = refs[key], manifest
+        self.revision, self.defaults = revision, defaults
+        s.metrics.catalog_models.set(len(defaults))
+
+    def _warm_pinned(self) -> None:
+        """The pinned models placed on this replica: loaded, and never evicted."""
+        pinned = {self.defaults[m] for m in self.catalog.pinned if m in self.defaults}
+        mine = {k for k in pinned if self.peers.owner(k) in (None, self.peers.own)}
+        if mine != self.sessions.resident.pinned:
+            self.sessions.resident.pinned = mine
+        self.sessions.resident.warm(mine)
+
+    async def _serve(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds:
+        if key not in self.sessions.refs:
+            await self.refresh()
+        return await self.sessions.serve_peer(key, feeds, deadline)
+
+    def __del__(self) -> Any:
+        """As a dedicated version's replica (serve/ray/app.py: ModelVersion): Ray Serve awaits
+        the drain when it stops the replica."""
+        if getattr(self, "_stopping", True):
+            return None
+        self._stopping = True
+        task = getattr(self, "_task", None)
+        if task is not None:
+            task.cancel()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self.server.close()
+            self.telemetry.close()
+            return None
+        return self._drain()
+
+    async def _drain(self) -> None:
+        await self.server.drain(notice_s=2 * self.REFRESH_S)
+        self.telemetry.close()
 
 
 @dataclass
@@ -442,6 +617,8 @@ class _Lazy(Generic[T]):
 CATALOG_SERIES = "(catalog)"
 #: The direct transport's directory entry of router replicas taking peers' catalog batches.
 PEERS = "Router:catalog"
+#: The catalog pool's deployment, and its replicas' entry in the direct transport's directory.
+POOL = "CatalogPool"
 
 
 def _refuse_plain(feeds: Feeds) -> Feeds:

@@ -77,3 +77,39 @@ def test_no_transport_taking_it_is_unavailable_and_so_is_an_unloadable_version()
     with pytest.raises(InferenceError, match="m:2 is not ready: no artifact") as raised:
         _run(runners.unavailable("m:2", "no artifact"))
     assert raised.value.code is ErrorCode.UNAVAILABLE
+
+
+class Placed:
+    """A catalog placement that answers `answer` (None: no placed replica took the batch)."""
+
+    def __init__(self, answer: Feeds | None) -> None:
+        self.answer = answer
+
+    async def run_model(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds | None:
+        return self.answer
+
+
+def test_a_pool_catalog_version_never_runs_on_the_router() -> None:
+    """`local` False (a catalog pool): the batch runs where it is placed, and when no placed
+    replica takes it the router refuses it UNAVAILABLE with a retry hint, loading nothing;
+    on a router that may hold sessions it loads and runs there."""
+    from serve.core.resident import ResidentSet
+
+    loaded: list[str] = []
+
+    def load(key: str) -> runners.Runner:  # type: ignore[return]
+        loaded.append(key)
+        return lambda feeds: {"y": feeds["x"] * 2}  # type: ignore[return-value]
+
+    async def main() -> None:
+        resident = ResidentSet(load, 2, 1, 4)  # type: ignore[arg-type]
+        answered = await runners.lazy("m:1", resident, Placed(FEEDS), local=False)(FEEDS)
+        assert answered is FEEDS
+        with pytest.raises(InferenceError) as refused:
+            await runners.lazy("m:1", resident, Placed(None), local=False)(FEEDS)
+        assert refused.value.code is ErrorCode.UNAVAILABLE and refused.value.retry_after_s
+        assert loaded == []
+        here = await runners.lazy("m:1", resident, Placed(None))(FEEDS)
+        assert loaded == ["m:1"] and here["y"].tolist() == (FEEDS["x"] * 2).tolist()
+
+    asyncio.run(main())
