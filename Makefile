@@ -46,7 +46,11 @@ test: install-test $(VENV)/.installed-debian lint
 	cat .pytest_cache/stderr >&2; \
 	if [ -s .pytest_cache/current-test ]; then \
 		echo "pytest died (exit $$rc) during: $$(cat .pytest_cache/current-test)"; \
-		sed -n '/^Current thread/,/^$$/p' .pytest_cache/stderr | head -60; fi; \
+		grep -a -E 'Check failed|\*\*\* SIG|terminate called|Assertion|FATAL|Fatal' \
+			.pytest_cache/stderr | tail -20; \
+		sed -n '/^Current thread/,/^$$/p' .pytest_cache/stderr | head -60; \
+		driver=$$(ls -t /tmp/ray/session_latest/logs/python-core-driver-*.log 2>/dev/null | head -1); \
+		if [ -n "$$driver" ]; then echo "the end of $$driver:"; tail -n 25 "$$driver"; fi; fi; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: install-test

@@ -350,8 +350,18 @@ class CatalogWatch:
         if self.catalog.pool is None:  # a pool's replicas warm their own
             pinned = {self._default_key(m) for m in self.catalog.pinned if m in self.keys}
             self.resident.pinned = pinned
+            # A delivery's candidate is loaded where it is placed before its first copy.
+            candidates = {
+                f"{m}:{built.follow.candidate}"
+                for m, (built, _) in changes.added.items()
+                if built.follow is not None and built.follow.candidate is not None
+            }
+            mine = {k for k in candidates if self._placed_here(k)}
             with contextlib.suppress(RuntimeError):  # no running loop yet: warmed by the task
-                self.resident.warm(pinned)
+                self.resident.warm(pinned | mine)
+
+    def _placed_here(self, key: str) -> bool:
+        return self.peers is None or self.peers.owner(key) in (None, self.peers.own)
 
     def _default_key(self, model: str) -> str:
         return f"{model}:{self.applied[model]['default']}"
@@ -423,7 +433,7 @@ class CatalogWatch:
         key = self._default_key(model)
         if self.catalog.pool is not None:
             return  # loaded by its pool replica on its first batch
-        if self.peers is None or self.peers.owner(key) in (None, self.peers.own):
+        if self._placed_here(key):
             await self.resident.acquire(key, time.monotonic() + self.CONTROL_WAIT_S)
 
     async def unload(self, model: str) -> None:
@@ -484,6 +494,7 @@ class CatalogPool:
         self.peers = PeerPool(f"{self.app} catalog pool", directory, prefix, secret)
         self.revision = -1
         self.defaults: dict[str, str] = {}  # model → its default route's key
+        self.candidates: set[str] = set()  # deliveries' candidates' keys
         self._lock = asyncio.Lock()
         self._stopping = True  # until started: nothing to drain
         await self.refresh()
@@ -507,11 +518,10 @@ class CatalogPool:
             if read is not None:
                 self._apply(*read)
 
-    def _read(
-        self,
-    ) -> tuple[int, dict[str, ArtifactRef], dict[str, Manifest], dict[str, str]] | None:
+    def _read(self) -> _PoolRead | None:
         """In a thread: the revision, every version's artifact, the manifests of those new or
-        re-pointed, each model's default key; None when the revision did not move."""
+        re-pointed, each model's default key, the keys of deliveries' candidates; None when the
+        revision did not move."""
         revision = self.store.revision()
         if revision == self.revision:
             return None
@@ -530,7 +540,12 @@ class CatalogPool:
                         continue
                 refs[key] = ref
         defaults = {m: f"{m}:{e['default']}" for m, e in entries.items()}
-        return revision, refs, fresh, defaults
+        candidates = {
+            f"{m}:{e['follow']['candidate']}"
+            for m, e in entries.items()
+            if e["follow"] is not None and e["follow"]["candidate"] is not None
+        }
+        return revision, refs, fresh, defaults, candidates
 
     def _apply(
         self,
@@ -538,6 +553,7 @@ class CatalogPool:
         refs: dict[str, ArtifactRef],
         fresh: dict[str, Manifest],
         defaults: dict[str, str],
+        candidates: set[str],
     ) -> None:
         s = self.sessions
         for key in list(s.refs):
@@ -547,16 +563,17 @@ class CatalogPool:
                 s.manifests.pop(key, None)
         for key, manifest in fresh.items():
             s.refs[key], s.manifests[key] = refs[key], manifest
-        self.revision, self.defaults = revision, defaults
+        self.revision, self.defaults, self.candidates = revision, defaults, candidates
         s.metrics.catalog_models.set(len(defaults))
 
     def _warm_pinned(self) -> None:
-        """The pinned models placed on this replica: loaded, and never evicted."""
+        """The pinned models placed on this replica: loaded, and never evicted; deliveries'
+        candidates placed here: loaded before their first copy."""
         pinned = {self.defaults[m] for m in self.catalog.pinned if m in self.defaults}
         mine = {k for k in pinned if self.peers.owner(k) in (None, self.peers.own)}
-        if mine != self.sessions.resident.pinned:
-            self.sessions.resident.pinned = mine
-        self.sessions.resident.warm(mine)
+        self.sessions.resident.pinned = mine
+        candidates = {k for k in self.candidates if self.peers.owner(k) in (None, self.peers.own)}
+        self.sessions.resident.warm(mine | candidates)
 
     async def _serve(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds:
         if key not in self.sessions.refs:
@@ -583,6 +600,11 @@ class CatalogPool:
     async def _drain(self) -> None:
         await self.server.drain(notice_s=2 * self.REFRESH_S)
         self.telemetry.close()
+
+
+#: A pool replica's read of the catalog: revision, artifacts, new manifests, default keys,
+#: candidates' keys.
+_PoolRead = tuple[int, dict[str, ArtifactRef], dict[str, Manifest], dict[str, str], set[str]]
 
 
 @dataclass
