@@ -9,7 +9,8 @@ its own (stop other gateways first):
 - resident memory per model: the router's RSS with the budget full, over one model loaded;
 - from a catalog change (a new model's folder written) to that model's first answer;
 - req/s and CPU a request with a working set four times the budget, as a ratio to one that
-  fits (8 closed-loop clients).
+  fits (8 closed-loop clients); and the same working set on a `catalog.pool` of four replicas
+  with that budget each (the router then holds no session).
 """
 
 from __future__ import annotations
@@ -30,12 +31,22 @@ from loadtests.many_models import base_artifact, expected, write_model
 
 MODELS = 200
 BUDGET = 16
+POOL = 4  # pool replicas: four budgets, the working set that thrashes one router
 APP = "catalog"
 ROW = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [0.5] * 30}]}
 BODY = json.dumps(ROW).encode()
 
 
-def _config(folder: Path, port: int) -> dict[str, Any]:
+def _config(folder: Path, port: int, pool: int = 0) -> dict[str, Any]:
+    """The catalog on the router replica (`pool` 0), or on a pool of `pool` replicas with the
+    same budget each."""
+    catalog: dict[str, Any] = {
+        "artifacts": str(folder / "models"),
+        "max_resident": BUDGET,
+        "refresh_s": 1,
+    }
+    if pool:
+        catalog["pool"] = {"num_replicas": pool, "max_resident": BUDGET, "num_cpus": 0}
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -47,11 +58,7 @@ def _config(folder: Path, port: int) -> dict[str, Any]:
                 "args": {
                     "models": [],
                     "artifacts": str(folder / "store"),
-                    "catalog": {
-                        "artifacts": str(folder / "models"),
-                        "max_resident": BUDGET,
-                        "refresh_s": 1,
-                    },
+                    "catalog": catalog,
                 },
             }
         ],
@@ -156,6 +163,9 @@ def run(duration_s: float = 5.0) -> dict[str, Any]:
         changes = [_first_answer(url, folder, base, 10_000 + i) for i in range(3)]
         fits = _rate(url, [f"m{i}" for i in range(BUDGET // 2)], duration_s)
         beyond = _rate(url, [f"m{i}" for i in range(4 * BUDGET)], duration_s)
+        launcher.deploy(_config(folder, port, pool=POOL))  # the same models on a pool
+        asyncio.run(_sequential(url, [f"m{i}" for i in range(4 * BUDGET)], 4 * BUDGET))
+        pooled = _rate(url, [f"m{i}" for i in range(4 * BUDGET)], duration_s)
         return {
             "models": MODELS,
             "budget": BUDGET,
@@ -168,6 +178,8 @@ def run(duration_s: float = 5.0) -> dict[str, Any]:
             "change_to_answer_s": changes,
             "fits": fits,
             "beyond": beyond,
+            "pool": POOL,
+            "pooled": pooled,
         }
     finally:
         launcher.stop_ray()
@@ -197,6 +209,10 @@ def lines(r: dict[str, Any]) -> list[str]:
         f"{r['beyond']['rps']:.0f} req/s ({r['beyond']['rps'] / r['fits']['rps']:.2f}×), "
         f"{r['beyond']['cpu_us']:.0f} µs CPU a request "
         f"({r['beyond']['cpu_us'] / r['fits']['cpu_us']:.2f}×) |",
+        f"| the same on a `catalog.pool` of {r['pool']} replicas × {r['budget']} (it fits the "
+        f"pool) | {r['pooled']['rps']:.0f} req/s ({r['pooled']['rps'] / r['fits']['rps']:.2f}×), "
+        f"{r['pooled']['cpu_us']:.0f} µs CPU a request "
+        f"({r['pooled']['cpu_us'] / r['fits']['cpu_us']:.2f}×) |",
     ]
 
 

@@ -54,7 +54,8 @@ WAIT_FOR_BODY_MS = 1000
 #: a router's answer may rightly take as long as its model's deadline). TCP keepalive probes on
 #: every connection to a router (first after SERVER_KEEPALIVE_S[0] idle, then every [1], dead
 #: after [2] unanswered) and a TCP user timeout (data unacknowledged this long) end such a
-#: connection within seconds, and HAProxy answers the retryable 503 or, for a later request of
+#: connection within seconds, and HAProxy answers the retryable 503 (what it would answer as
+#: 502 or 504, depending on when the connection timed out) or, for a later request of
 #: a client's keep-alive connection, closes that connection unanswered (HAProxy 2.8 re-sends a
 #: request only after a failed connection or a clean close, `RAY_SERVE_HAPROXY_RETRY_ON` in
 #: serve/ray/launcher.py, never after a read error, which it treats as the keep-alive race a
@@ -96,7 +97,6 @@ UNAVAILABLE = _error_page(
     "unavailable: no router replica could answer; retry later",
     "Retry-After: 1",
 )
-TIMEOUT = _error_page("504 Gateway Timeout", "the router replica did not answer in time")
 
 
 class TemplateChanged(RuntimeError):
@@ -125,9 +125,8 @@ def harden(
             lambda m: m.group(1) + str(fitting_maxconn(int(m.group(2)), max_files)),
             config,
         )
-    unavailable, timeout = folder / "modelgate-503.http", folder / "modelgate-504.http"
+    unavailable = folder / "modelgate-503.http"
     unavailable.write_bytes(UNAVAILABLE)
-    timeout.write_bytes(TIMEOUT)
     strip = "".join(f"    http-request del-header {h}\n" for h in STRIPPED_HEADERS)
     # An answer (up to a buffer's worth) is taken whole before any of it goes to the client,
     # and one shorter than its Content-Length (its router died mid-answer) becomes the
@@ -154,7 +153,9 @@ def harden(
         (r"(?m)^(    server \S+ \S+ .*)$", rf"\1 tcp-ut {SERVER_USER_TIMEOUT_S}s"),
         (r"(?m)^    errorfile 502 \S+$", f"    errorfile 502 {unavailable}"),
         (r"(?m)^    errorfile 503 \S+$", f"    errorfile 503 {unavailable}"),
-        (r"(?m)^    errorfile 504 \S+$", f"    errorfile 504 {timeout}"),
+        # HAProxy sets no server timeout here (nor does Ray): its own 504 comes only from a
+        # lost router's connection timing out (keepalive, user timeout), as its 502 does
+        (r"(?m)^    errorfile 504 \S+$", f"    errorfile 504 {unavailable}"),
         (_after_bind("http_frontend"), rf"\g<1>{strip}{whole}"),
         (_after_bind("grpc_frontend"), rf"\g<1>{strip}"),
     ]

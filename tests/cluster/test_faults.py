@@ -103,6 +103,8 @@ class Load:
                     status = str(response.status_code)
                     if status == "503":
                         assert "error" in response.json() and response.headers.get("retry-after")
+                    elif status != "200":  # who answered it, for the failure's message
+                        status = f"{status} {response.text[:120]!r}"
                 except requests.ConnectionError as exc:
                     unanswered = "RemoteDisconnected" in repr(exc)
                     status = CLOSED_UNANSWERED if unanswered else type(exc).__name__

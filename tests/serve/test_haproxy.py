@@ -112,12 +112,14 @@ def test_the_real_binary_is_never_a_launcher(monkeypatch: pytest.MonkeyPatch) ->
 
 
 class _Backend(threading.Thread):
-    """A stand-in router: /truncated dies mid-answer; anything else echoes the request head."""
+    """A stand-in router: /truncated dies mid-answer, /silent never answers (its connection
+    held open); anything else echoes the request head."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
 
     def run(self) -> None:
         while True:
@@ -125,8 +127,11 @@ class _Backend(threading.Thread):
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            head = conn.recv(65536)
+            if b"/silent" in head:
+                self.held.append(conn)
+                continue
             with conn:
-                head = conn.recv(65536)
                 if b"/truncated" in head:
                     conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"outp')
                 else:
@@ -138,10 +143,13 @@ class _Backend(threading.Thread):
 def test_the_hardened_front_strips_opt_outs_and_turns_a_truncated_answer_into_a_503(
     tmp_path: Path,
 ) -> None:
-    """Ray's configuration, hardened, run by the real HAProxy in front of a stand-in router."""
+    """Ray's configuration, hardened, run by the real HAProxy in front of a stand-in router.
+    HAProxy's own 504 (a router's connection timing out: in production only a lost host's, as
+    no server timeout is set; here a test-only one of 1 s) is the same retryable 503."""
     backend = _Backend()
     backend.start()
     config = haproxy.harden(_ray_config(tmp_path), tmp_path)
+    config = config.replace("\ndefaults\n", "\ndefaults\n    timeout server 1s\n", 1)
     config = re.sub(r"127\.0\.0\.1:(30\d\d\d|8500)\b", f"127.0.0.1:{backend.port}", config)
     front = free_port()
     config = config.replace("bind 127.0.0.1:51611", f"bind 127.0.0.1:{front}")
@@ -170,10 +178,15 @@ def test_the_hardened_front_strips_opt_outs_and_turns_a_truncated_answer_into_a_
         assert cut.json() == {"error": "unavailable: no router replica could answer; retry later"}
         head = requests.head(f"{url}/v2/echo", timeout=10)  # a HEAD answer has no body
         assert head.status_code == 200
+        silent = requests.get(f"{url}/v2/silent", timeout=10)
+        assert silent.status_code == 503 and silent.headers["retry-after"] == "1"
+        assert silent.json() == cut.json()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         backend.sock.close()
+        for conn in backend.held:
+            conn.close()
 
 
 def test_ingress_env_makes_a_new_folder_private_and_never_takes_a_shared_one(
