@@ -196,7 +196,9 @@ def preflight(config: dict[str, Any]) -> dict[str, list[Resolved]]:
 
 
 def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:
-    """The Router's user_config must name only deployed versions and aliases."""
+    """The Router's user_config must name only deployed versions and aliases (with a
+    catalog, a model the config does not list may be the catalog's: checked by the routers
+    when the catalog lists it)."""
     from serve.core.routing import RoutingConfig, compile_routing
     from serve.ray.app import follows, registry_aliases
 
@@ -207,8 +209,11 @@ def check_routing(app: dict[str, Any], resolved: list[Resolved]) -> None:
     versions: dict[str, list[str]] = {}
     for model, _, _, version, _ in resolved:
         versions.setdefault(model.name, []).append(version)
+    args = GatewayConfig.model_validate(app.get("args") or {})
+    if args.catalog is not None:
+        listed = {n: r for n, r in routing.models.items() if n in versions}
+        routing = RoutingConfig(models=listed)
     try:  # the same compilation the Router's reconfigure() runs
-        args = GatewayConfig.model_validate(app.get("args") or {})
         compile_routing(
             versions, registry_aliases(resolved), routing, None, follows(args, resolved)
         )
