@@ -366,8 +366,9 @@ class CatalogConfig(_Strict):
         description="With `alias`: when the alias moves to another version of a model, that "
         "version is delivered under this policy (the alias being the stable one; `stable` and "
         "`candidate` left out), promoted or rolled back by its own metrics, and a rollback puts "
-        "the registry's alias back. Unset: a moved alias re-points the model at once. The "
-        "routing config's own `delivery` for a model wins over this one. Needs `metrics.port`.",
+        "the registry's alias back. Unset: a moved alias re-points the model at once. A model "
+        "whose routing config sets its own `delivery`, `weights` or `shadow` is routed as that "
+        "says instead. Needs `metrics.port`.",
     )
     max_resident: int = Field(
         32,

@@ -116,6 +116,16 @@ class CatalogModel:
     follow: Follow | None = None
 
 
+def _held(follow: Follow, routing: ModelRouting | None) -> Follow:
+    """A followed alias whose model the operator routes by weights or a shadow (no delivery):
+    the version it moved to serves as any version, undelivered, while that routing holds."""
+    if routing is None or routing.delivery is not None or follow.candidate is None:
+        return follow
+    if routing.weights or routing.shadow is not None:
+        return follow.model_copy(update={"candidate": None})
+    return follow
+
+
 class DataPlane:
     def __init__(
         self,
@@ -194,13 +204,18 @@ class DataPlane:
             {name: entry.registry_aliases for name, entry in models.items()},
             routing,
             records,
-            {name: entry.follow for name, entry in models.items() if entry.follow},
+            {
+                name: _held(entry.follow, routing.models.get(name))
+                for name, entry in models.items()
+                if entry.follow
+            },
             {name: entry.default for name, entry in models.items() if entry.default},
         )
 
     def _effective(self, routing: RoutingConfig) -> RoutingConfig:
         """The operator's routing as it applies with a catalog: a catalog model whose alias
-        moved is delivered under the catalog's policy unless the routing sets its own; names
+        moved is delivered under the catalog's policy unless the routing sets its own delivery,
+        weights or shadow for it (the operator's routing wins); names
         the deployment does not have yet are left for when the catalog lists them."""
         if self.catalog is None and not self.catalog_models:
             return routing
@@ -210,7 +225,7 @@ class DataPlane:
                 follow = self.models[name].follow
                 if follow is not None and follow.candidate is not None:
                     own = models.get(name, ModelRouting())
-                    if own.delivery is None:
+                    if own.delivery is None and not own.weights and own.shadow is None:
                         models[name] = own.model_copy(update={"delivery": self.catalog_policy})
         return RoutingConfig(models=models)
 

@@ -136,8 +136,9 @@ def _catalog_model(
 def test_a_catalog_model_keeps_routing_shadow_and_delivery_per_model() -> None:
     """Catalog models change in place with the operator's routing applied to each: the default
     route on the catalog's alias (not the highest version), the routing config's shadow on an
-    `also` alias, a moved alias delivered under the catalog's policy; a change that takes away
-    what the routing names leaves that model on its default route, the others untouched."""
+    `also` alias, a moved alias delivered under the catalog's policy unless the operator routes
+    the model by weights (a sticky split), a change that takes away what the routing names
+    leaves that model on its default route; the others untouched."""
     plane = _plane(["1"], ModelRouting())
     plane.catalog_policy = DeliveryPolicy(steps=[0, 50])
     shadow = ShadowConfig(version="challenger", ratio=1.0)
@@ -148,12 +149,22 @@ def test_a_catalog_model_keeps_routing_shadow_and_delivery_per_model() -> None:
     table = plane.models["c"].table
     assert table.weights == {"1": 1.0} and table.shadow_version == "2"
     assert "c" in plane.shadows and plane.follows() == {}  # the catalog follows its own alias
+    plane.apply_routing(RoutingConfig())
+    assert "c" not in plane.shadows
     # the alias moved to v3: delivered under the catalog's policy, v1 stable meanwhile
     plane.update_catalog({"c": _catalog_model(["1", "2", "3"], both, "1", "3")}, set())
     table = plane.models["c"].table
     assert table.delivery is not None
     assert (table.delivery.names.stable, table.delivery.names.candidate) == ("1", "3")
     assert plane.deliveries()["c"]["follow"]["candidate"] == "3"
+    # a sticky 50/50 split between the catalog's two aliases: the operator's routing wins
+    split = ModelRouting(weights={"production": 1, "challenger": 1})
+    plane.apply_routing(RoutingConfig(models={"c": split}))
+    assert plane.models["c"].table.delivery is None and plane.deliveries() == {}
+    picks = {u: plane.target("c", None, {KEY: u}).version for u in map(str, range(40))}
+    assert set(picks.values()) == {"1", "2"}
+    assert all(plane.target("c", None, {KEY: u}).version == v for u, v in picks.items())
+    plane.apply_routing(routing)
     # the challenger gone: the routing's shadow no longer fits; default route, no shadow
     plane.update_catalog({"c": _catalog_model(["1"], {"production": "1"}, "1")}, set())
     assert plane.models["c"].table.weights == {"1": 1.0} and "c" not in plane.shadows
