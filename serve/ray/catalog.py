@@ -6,6 +6,9 @@
   replica, and ends by itself once its application is gone.
 - `CatalogWatch`: a router replica's side: its catalog models in the data plane, their sessions
   within the budget, the batches it sends to (and takes from) the router each model is placed on.
+- `CatalogPool`: with `catalog.pool`, the deployment whose replicas hold the catalog's sessions
+  instead of the routers (each model placed on one of them); `CatalogSessions` is what a router
+  and a pool replica share: the artifacts, the resident set, the peers' batches.
 """
 
 from __future__ import annotations
