@@ -154,6 +154,7 @@ def test_the_report_keeps_the_notes_sections_and_adds_the_many_models_figures(
         "fits": {"rps": 1000.0, "cpu_us": 1500.0},
         "beyond": {"rps": 300.0, "cpu_us": 4500.0},
         "pool": 4,
+        "pool_resident": 24,
         "pooled": {"rps": 800.0, "cpu_us": 2000.0},
     }
     text = bench.write_results(
@@ -165,6 +166,6 @@ def test_the_report_keeps_the_notes_sections_and_adds_the_many_models_figures(
         in text
     )
     assert "300 req/s (0.30×), 4500 µs CPU a request (3.00×)" in text
-    assert "pool` of 4 replicas × 16 (it fits the pool) | 800 req/s (0.80×), 2000 µs" in text
+    assert "pool` of 4 replicas × 24 (it fits the pool) | 800 req/s (0.80×), 2000 µs" in text
     for section in ("## The structure step (issue 17)", "## Progressive delivery (issue 20)"):
         assert section in text
