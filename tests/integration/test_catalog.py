@@ -33,8 +33,8 @@ from tests.integration.conftest import (
     deploy_beside,
     replica_pids,
     restore,
-    settle_metrics,
 )
+from tests.integration.readings import Sample, samples, total
 from tests.integration.slow_model import slow_artifact
 from tests.integration.traffic import Traffic
 
@@ -113,29 +113,9 @@ def _until(check: object, timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
-Sample = tuple[str, dict[str, str], float]
-
-
 def _scrape(gateway: Gateway) -> list[Sample]:
-    """Every sample of the node's metrics, from one scrape (a thousand models' series)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    settle_metrics()
-    text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=60).text
-    return [
-        (sample.name, sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
-
-
-def _sum(samples: list[Sample], name: str, **labels: str) -> float:
-    """A series summed over every sample matching `labels`."""
-    return sum(
-        value
-        for found, have, value in samples
-        if found == name and all(have.get(k) == v for k, v in labels.items())
-    )
+    """Every sample of the catalog's own exporter, from one scrape (a thousand models' series)."""
+    return samples(METRICS_PORT)
 
 
 def test_every_model_answers_right_placed_on_one_router_within_its_budget(
@@ -148,11 +128,11 @@ def test_every_model_answers_right_placed_on_one_router_within_its_budget(
             value = response.json()["outputs"][0]["data"][0]
             assert value == pytest.approx(expected(i), abs=1e-3), f"m{i}"
     samples = _scrape(gateway)
-    assert _sum(samples, "modelgate_catalog_loads_total", outcome="ok") >= MODELS
-    assert _sum(samples, "modelgate_catalog_evictions_total") >= MODELS - ROUTERS * MAX_RESIDENT
+    assert total(samples, "modelgate_catalog_loads_total", outcome="ok") >= MODELS
+    assert total(samples, "modelgate_catalog_evictions_total") >= MODELS - ROUTERS * MAX_RESIDENT
     # Each model's requests are counted as its own; its batches as the catalog's.
-    assert _sum(samples, "modelgate_requests_total", model="m7", code="ok") >= 1
-    batches = _sum(samples, "modelgate_batch_duration_seconds_count", model="(catalog)")
+    assert total(samples, "modelgate_requests_total", model="m7", code="ok") >= 1
+    batches = total(samples, "modelgate_batch_duration_seconds_count", model="(catalog)")
     assert batches >= MODELS
     # The last few models, each asked again through both routers (HAProxy spreads the
     # connections): each is resident on one router only, the one it is placed on; together
@@ -162,12 +142,12 @@ def test_every_model_answers_right_placed_on_one_router_within_its_budget(
         for model in last:
             assert _answer(gateway, model)[0] == 200
     samples = _scrape(gateway)
-    held = {m: _sum(samples, "modelgate_catalog_resident", model=m, version="1") for m in last}
+    held = {m: total(samples, "modelgate_catalog_resident", model=m, version="1") for m in last}
     assert set(held.values()) == {1.0}, held
-    resident = _sum(samples, "modelgate_catalog_resident_models")
+    resident = total(samples, "modelgate_catalog_resident_models")
     assert MAX_RESIDENT < resident <= ROUTERS * MAX_RESIDENT
     peer = sum(
-        _sum(samples, "modelgate_transport_batches_total", model=m, transport="peer") for m in last
+        total(samples, "modelgate_transport_batches_total", model=m, transport="peer") for m in last
     )
     assert peer > 0  # some batches were sent to the router the model is placed on
     index = requests.post(f"{gateway.base}{PREFIX}/v2/repository/index", timeout=10).json()
@@ -259,7 +239,7 @@ def test_the_routers_peer_port_binds_the_node_and_drops_a_stranger(
     peers = KVDirectory().listing(kv_prefix(APP, PEERS))
     assert len(peers) == ROUTERS
     node = ray.util.get_node_ip_address()
-    before = _sum(_scrape(gateway), "modelgate_direct_refused_total", model="", reason="proof")
+    before = total(_scrape(gateway), "modelgate_direct_refused_total", model="", reason="proof")
     for address in peers.values():
         host, port = address.rsplit(":", 1)
         assert host == node and listening_addresses(int(port)) == {node}
@@ -270,7 +250,7 @@ def test_the_routers_peer_port_binds_the_node_and_drops_a_stranger(
             assert stranger.recv(64) == b""
     _until(
         lambda: (
-            _sum(_scrape(gateway), "modelgate_direct_refused_total", model="", reason="proof")
+            total(_scrape(gateway), "modelgate_direct_refused_total", model="", reason="proof")
             >= before + ROUTERS
         )
     )
@@ -282,10 +262,10 @@ def test_a_cold_model_keeps_the_gateways_guarantees(gateway: Gateway, catalog: P
     bad = {"inputs": [{"name": "input", "shape": [1, 29], "datatype": "FP32", "data": ROW[:29]}]}
     refused = requests.post(_url(gateway, cold), json=bad, timeout=30)
     assert refused.status_code == 400 and "'input'" in refused.json()["error"]
-    assert _sum(_scrape(gateway), "modelgate_catalog_loads_total", model=cold) == 0
+    assert total(_scrape(gateway), "modelgate_catalog_loads_total", model=cold) == 0
     # A deadline shorter than the load: 504 at the deadline; the load goes on, and is kept.
     hurried = _body() | {"parameters": {"timeout": 100_000}}  # microseconds: 100 ms
     late = requests.post(_url(gateway, cold), json=hurried, timeout=30)
     assert late.status_code == 504, late.text
     _until(lambda: _answer(gateway, cold)[0] == 200)
-    assert _sum(_scrape(gateway), "modelgate_catalog_loads_total", model=cold, outcome="ok") == 1
+    assert total(_scrape(gateway), "modelgate_catalog_loads_total", model=cold, outcome="ok") == 1

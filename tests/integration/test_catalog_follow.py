@@ -21,10 +21,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from converters.registry import ModelRef, open_registry
-from serve.control.delivery import Store
-from serve.ray.internals import KVDirectory
 from tests.conftest import MlflowServer
 from tests.integration.conftest import Gateway, deploy_beside, replica_pids, restore
+from tests.integration.readings import route_table, wait_decision
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.mlflow_server
@@ -78,9 +77,7 @@ def registry(gateway: Gateway, mlflow_server: MlflowServer) -> Iterator[Any]:
 
 
 def _routes(gateway: Gateway, model: str) -> dict[str, Any]:
-    url = f"{gateway.base}{PREFIX}/modelgate/routes"
-    table: dict[str, Any] = requests.get(url, timeout=5).json()["models"][model]
-    return table
+    return route_table(gateway, PREFIX, model)
 
 
 def _infer(gateway: Gateway, model: str, version: str | None = None) -> dict[str, Any]:
@@ -122,22 +119,8 @@ def test_an_also_alias_serves_beside_and_the_routing_shadows_one_catalog_model(
     )
 
 
-def _events(since: float) -> list[dict[str, Any]]:
-    return [
-        d
-        for d in Store(APP, KVDirectory()).status().get("decisions", [])
-        if d["time"] >= since and d["model"] == DELIVERED
-    ]
-
-
 def _wait_event(since: float, outcome: str, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        found = [e for e in _events(since) if e["outcome"] == outcome]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"{what}: {_events(since)}"
-        time.sleep(0.5)
+    return wait_decision(APP, DELIVERED, since, outcome, what, DEADLINE_S)
 
 
 def _production(registry: Any) -> str:

@@ -15,13 +15,8 @@ import requests
 
 from loadtests.many_models import base_artifact, expected, write_model
 from tests.conftest import free_port
-from tests.integration.conftest import (
-    Gateway,
-    deploy_beside,
-    replica_pids,
-    restore,
-    settle_metrics,
-)
+from tests.integration.conftest import Gateway, deploy_beside, replica_pids, restore
+from tests.integration.readings import samples, total
 
 APP, PREFIX = "catpool", "/catpool"
 METRICS_PORT = free_port()
@@ -73,26 +68,6 @@ def _answer(gateway: Gateway, model: str) -> tuple[int, object]:
     return 200, doc["outputs"][0]["data"][0]
 
 
-def _samples() -> list[tuple[str, dict[str, str], float]]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    settle_metrics()
-    text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=60).text
-    return [
-        (sample.name, sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
-
-
-def _sum(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-    return sum(
-        value
-        for found, have, value in samples
-        if found == name and all(have.get(k) == v for k, v in labels.items())
-    )
-
-
 def test_the_pool_holds_every_session_within_its_budget_and_the_router_none(
     gateway: Gateway, pool: Path
 ) -> None:
@@ -104,18 +79,18 @@ def test_the_pool_holds_every_session_within_its_budget_and_the_router_none(
     assert len(rows) == MODELS
     assert not any(row["loaded"] for row in rows)  # the router holds no session
     assert len({row["placed_on"] for row in rows}) == POOL  # both pool replicas hold models
-    samples = _samples()
+    found = samples(METRICS_PORT)
     batches = "modelgate_transport_batches_total"
-    assert _sum(samples, batches, transport="local") == 0
-    assert _sum(samples, batches, transport="peer") >= MODELS
+    assert total(found, batches, transport="local") == 0
+    assert total(found, batches, transport="peer") >= MODELS
     resident = [
-        _sum(samples, "modelgate_catalog_resident", model=f"m{i}", version="1")
+        total(found, "modelgate_catalog_resident", model=f"m{i}", version="1")
         for i in range(MODELS)
     ]
     assert all(count <= 1 for count in resident)  # each model on its one pool replica
     assert POOL_RESIDENT < sum(resident) <= POOL * POOL_RESIDENT  # each within its budget
     assert resident[0] == 1  # pinned: never evicted
-    assert _sum(samples, "modelgate_catalog_evictions_total") > 0
+    assert total(found, "modelgate_catalog_evictions_total") > 0
 
 
 def test_the_pools_models_change_in_place(gateway: Gateway, pool: Path, tmp_path: Path) -> None:

@@ -11,17 +11,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-import requests
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from converters.registry import ModelRef, open_registry
-from serve.control.delivery import Store
-from serve.ray.internals import KVDirectory
 from tests.conftest import MlflowServer
 from tests.integration.conftest import Gateway, deploy_beside, restore
+from tests.integration.readings import decisions, route_table, wait_decision
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.mlflow_server
@@ -76,27 +74,15 @@ def followed(gateway: Gateway, mlflow_server: MlflowServer) -> Iterator[Any]:
 
 
 def _events(since: float) -> list[dict[str, Any]]:
-    return [
-        d
-        for d in Store(APP, KVDirectory()).status().get("decisions", [])
-        if d["time"] >= since and d["model"] == MODEL
-    ]
+    return decisions(APP, MODEL, since)
 
 
 def _wait_event(since: float, outcome: str, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        found = [e for e in _events(since) if e["outcome"] == outcome]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"{what}: {_events(since)}"
-        time.sleep(0.5)
+    return wait_decision(APP, MODEL, since, outcome, what, DEADLINE_S)
 
 
 def _routes(gateway: Gateway) -> dict[str, Any]:
-    url = f"{gateway.base}{PREFIX}/modelgate/routes"
-    table: dict[str, Any] = requests.get(url, timeout=5).json()["models"][MODEL]
-    return table
+    return route_table(gateway, PREFIX, MODEL)
 
 
 def _champion(registry: Any) -> str:

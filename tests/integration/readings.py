@@ -1,0 +1,67 @@
+"""What the integration tests read back from a running gateway: a node exporter's samples, the
+delivery controller's decisions, a router's route table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+from serve.control.delivery import Store
+from serve.ray.internals import KVDirectory
+from tests.integration.conftest import Gateway, settle_metrics
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def samples(port: int) -> list[Sample]:
+    """Every sample of the exporter on 127.0.0.1:`port`, from one scrape (once the replicas'
+    latest values are written)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settle_metrics()
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def total(found: list[Sample], name: str, **labels: str) -> float:
+    """A series summed over every sample matching `labels`."""
+    return sum(
+        value
+        for sample, have, value in found
+        if sample == name and all(have.get(k) == v for k, v in labels.items())
+    )
+
+
+def decisions(app: str, model: str, since: float) -> list[dict[str, Any]]:
+    """The delivery controller's decisions about `model` since `since` (wall clock)."""
+    return [
+        d
+        for d in Store(app, KVDirectory()).status().get("decisions", [])
+        if d["time"] >= since and d["model"] == model
+    ]
+
+
+def wait_decision(
+    app: str, model: str, since: float, outcome: str, what: str, timeout_s: float
+) -> dict[str, Any]:
+    """The first decision with `outcome` since `since`; fails saying `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [e for e in decisions(app, model, since) if e["outcome"] == outcome]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"{what}: {decisions(app, model, since)}"
+        time.sleep(0.5)
+
+
+def route_table(gateway: Gateway, prefix: str, model: str) -> dict[str, Any]:
+    """`model`'s route table as the router that answers describes it."""
+    url = f"{gateway.base}{prefix}/modelgate/routes"
+    table: dict[str, Any] = requests.get(url, timeout=5).json()["models"][model]
+    return table
