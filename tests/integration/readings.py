@@ -65,3 +65,33 @@ def route_table(gateway: Gateway, prefix: str, model: str) -> dict[str, Any]:
     url = f"{gateway.base}{prefix}/modelgate/routes"
     table: dict[str, Any] = requests.get(url, timeout=5).json()["models"][model]
     return table
+
+
+def check_drops_strangers(app: str, entry: str, count: int, metrics_port: int) -> None:
+    """Each of the `count` listeners published under the direct transport's `entry` of `app`
+    binds the node's address only, and a stranger that connects and answers the challenge with
+    no proof is dropped unanswered, counted as refused (`reason="proof"`) on the exporter."""
+    import socket
+
+    import ray
+
+    from serve.transport.direct import kv_prefix
+    from tests.integration.conftest import listening_addresses
+
+    listeners = KVDirectory().listing(kv_prefix(app, entry))
+    assert len(listeners) == count, listeners
+    node = ray.util.get_node_ip_address()
+    refused = "modelgate_direct_refused_total"
+    before = total(samples(metrics_port), refused, model="", reason="proof")
+    for address in listeners.values():
+        host, port = address.rsplit(":", 1)
+        assert host == node and listening_addresses(int(port)) == {node}
+        with socket.create_connection((host, int(port)), timeout=10) as stranger:
+            stranger.recv(64)  # the challenge
+            stranger.sendall(b"\0" * 64)  # no proof: dropped, nothing computed
+            stranger.settimeout(10)
+            assert stranger.recv(64) == b""
+    deadline = time.monotonic() + 60
+    while total(samples(metrics_port), refused, model="", reason="proof") < before + count:
+        assert time.monotonic() < deadline, "the strangers were not counted"
+        time.sleep(0.2)

@@ -34,7 +34,7 @@ from tests.integration.conftest import (
     replica_pids,
     restore,
 )
-from tests.integration.readings import Sample, samples, total
+from tests.integration.readings import Sample, check_drops_strangers, samples, total
 from tests.integration.slow_model import slow_artifact
 from tests.integration.traffic import Traffic
 
@@ -227,33 +227,9 @@ def test_a_burst_to_cold_models_is_shed_at_once_and_nothing_hangs(
 def test_the_routers_peer_port_binds_the_node_and_drops_a_stranger(
     gateway: Gateway, catalog: Path
 ) -> None:
-    import socket
-
-    import ray
-
     from serve.ray.catalog import PEERS
-    from serve.ray.internals import KVDirectory
-    from serve.transport.direct import kv_prefix
-    from tests.integration.conftest import listening_addresses
 
-    peers = KVDirectory().listing(kv_prefix(APP, PEERS))
-    assert len(peers) == ROUTERS
-    node = ray.util.get_node_ip_address()
-    before = total(_scrape(gateway), "modelgate_direct_refused_total", model="", reason="proof")
-    for address in peers.values():
-        host, port = address.rsplit(":", 1)
-        assert host == node and listening_addresses(int(port)) == {node}
-        with socket.create_connection((host, int(port)), timeout=10) as stranger:
-            stranger.recv(64)  # the challenge
-            stranger.sendall(b"\0" * 64)  # no proof: dropped, nothing computed
-            stranger.settimeout(10)
-            assert stranger.recv(64) == b""
-    _until(
-        lambda: (
-            total(_scrape(gateway), "modelgate_direct_refused_total", model="", reason="proof")
-            >= before + ROUTERS
-        )
-    )
+    check_drops_strangers(APP, PEERS, ROUTERS, METRICS_PORT)
 
 
 def test_a_cold_model_keeps_the_gateways_guarantees(gateway: Gateway, catalog: Path) -> None:

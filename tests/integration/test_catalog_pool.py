@@ -1,7 +1,7 @@
 """A catalog on a pool of its own (`catalog.pool`: the CatalogPool deployment) against the real
 gateway: the router replica holds no session, the pool's replicas hold every model's, each model
 on one of them and each within the pool's budget; models change in place with no pool or router
-replica restarting."""
+replica restarting; each pool replica's port binds the node's address and drops a stranger."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import requests
 from loadtests.many_models import base_artifact, expected, write_model
 from tests.conftest import free_port
 from tests.integration.conftest import Gateway, deploy_beside, replica_pids, restore
-from tests.integration.readings import samples, total
+from tests.integration.readings import check_drops_strangers, samples, total
 
 APP, PREFIX = "catpool", "/catpool"
 METRICS_PORT = free_port()
@@ -109,3 +109,9 @@ def test_the_pools_models_change_in_place(gateway: Gateway, pool: Path, tmp_path
         time.sleep(0.2)
     assert _answer(gateway, f"m{MODELS}") == (200, pytest.approx(expected(MODELS)))
     assert replica_pids(APP, "CatalogPool") + replica_pids(APP, "Router") == replicas
+
+
+def test_the_pools_port_binds_the_node_and_drops_a_stranger(gateway: Gateway, pool: Path) -> None:
+    from serve.ray.catalog import POOL as ENTRY
+
+    check_drops_strangers(APP, ENTRY, POOL, METRICS_PORT)
