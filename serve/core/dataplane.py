@@ -116,12 +116,18 @@ class CatalogModel:
     follow: Follow | None = None
 
 
+def _routed_by_operator(routing: ModelRouting | None) -> bool:
+    """The operator's routing decides the model's default route itself (weights or a shadow,
+    no delivery): a catalog delivery does not apply to it."""
+    if routing is None or routing.delivery is not None:
+        return False
+    return bool(routing.weights) or routing.shadow is not None
+
+
 def _held(follow: Follow, routing: ModelRouting | None) -> Follow:
-    """A followed alias whose model the operator routes by weights or a shadow (no delivery):
-    the version it moved to serves as any version, undelivered, while that routing holds."""
-    if routing is None or routing.delivery is not None or follow.candidate is None:
-        return follow
-    if routing.weights or routing.shadow is not None:
+    """A followed alias whose model the operator routes itself: the version it moved to serves
+    as any version, undelivered, while that routing holds."""
+    if follow.candidate is not None and _routed_by_operator(routing):
         return follow.model_copy(update={"candidate": None})
     return follow
 
@@ -225,7 +231,7 @@ class DataPlane:
                 follow = self.models[name].follow
                 if follow is not None and follow.candidate is not None:
                     own = models.get(name, ModelRouting())
-                    if own.delivery is None and not own.weights and own.shadow is None:
+                    if own.delivery is None and not _routed_by_operator(own):
                         models[name] = own.model_copy(update={"delivery": self.catalog_policy})
         return RoutingConfig(models=models)
 
