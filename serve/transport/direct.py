@@ -351,7 +351,7 @@ class DirectServer:
     async def _keep_published(self) -> None:
         """A router that could not reach this replica removes its key: put it back."""
         while True:
-            await asyncio.sleep(10)
+            await asyncio.sleep(REPUBLISH_S)
             with contextlib.suppress(Exception):
                 self._publish()
 
@@ -477,6 +477,11 @@ class DirectPool:
     def live(self) -> int:
         """The replicas listed as reachable now (0 while none is: the handle takes batches)."""
         return len(self._listed)
+
+    @property
+    def listed(self) -> frozenset[str]:
+        """The addresses listed as reachable now."""
+        return self._listed
 
     def _reconcile(self) -> None:
         listed = self._listed
@@ -608,6 +613,11 @@ class PeerPool(DirectPool):
 def _rank(key: str, address: str) -> bytes:
     return hashlib.blake2b(f"{key}|{address}".encode(), digest_size=8).digest()
 
+
+#: How often a replica puts its address back in the directory (a router that could not reach
+#: it removed it): the longest a live replica can be missing from a listing, give or take a
+#: read.
+REPUBLISH_S = 10.0
 
 #: A peer whose node is gone is found out within about this many seconds, whether a frame is
 #: unacknowledged (TCP_USER_TIMEOUT) or an answer is awaited on a quiet connection (keepalive

@@ -14,6 +14,9 @@ import pytest
 import requests
 
 from loadtests.many_models import base_artifact, expected, write_model
+from serve.ray.catalog import POOL as ENTRY
+from serve.ray.internals import KVDirectory
+from serve.transport.direct import kv_prefix
 from tests.conftest import free_port
 from tests.integration.conftest import Gateway, deploy_beside, replica_pids, restore
 from tests.integration.readings import check_drops_strangers, samples, total
@@ -89,7 +92,9 @@ def test_the_pool_holds_every_session_within_its_budget_and_the_router_none(
     ]
     assert all(count <= 1 for count in resident)  # each model on its one pool replica
     assert POOL_RESIDENT < sum(resident) <= POOL * POOL_RESIDENT  # each within its budget
-    assert resident[0] == 1  # pinned: never evicted
+    # pinned: never evicted (the message says where it was placed and what the pool listed)
+    listing = KVDirectory().listing(kv_prefix(APP, ENTRY))
+    assert resident[0] == 1, ([row for row in rows if row["name"] == "m0"], listing)
     assert total(found, "modelgate_catalog_evictions_total") > 0
 
 
@@ -112,6 +117,4 @@ def test_the_pools_models_change_in_place(gateway: Gateway, pool: Path, tmp_path
 
 
 def test_the_pools_port_binds_the_node_and_drops_a_stranger(gateway: Gateway, pool: Path) -> None:
-    from serve.ray.catalog import POOL as ENTRY
-
     check_drops_strangers(APP, ENTRY, POOL, METRICS_PORT)
