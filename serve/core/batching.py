@@ -92,6 +92,7 @@ class MicroBatcher:
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._calls: dict[object, tuple[float, int]] = {}  # in flight: when each left, rows
         self._on_batch = on_batch
         self._pace = (
             None if target_s is None else LatencyTarget(target_s, max_batch_rows, max_in_flight)
@@ -171,14 +172,28 @@ class MicroBatcher:
         alone = self._alone()
         self._busy += 1
         started = time.monotonic()
+        call, ahead_s = self._leave(started, rows)
         token = BATCH_DEADLINE.set(deadline)
         try:
             return await self._run(feeds)
         finally:
             BATCH_DEADLINE.reset(token)
             self._busy -= 1
+            del self._calls[call]
             self._release()
-            self._record(1, rows, 0.0, time.monotonic() - started, alone)
+            self._record(1, rows, 0.0, time.monotonic() - started, alone, ahead_s)
+
+    def _leave(self, now: float, rows: int) -> tuple[object, float]:
+        """A call of `rows` rows leaves now: its entry among the calls in flight (deleted
+        when it ends), and the least that a call already in flight has left to run by the
+        latency target's line (0 without a target)."""
+        ahead = 0.0
+        if self._pace is not None and self._calls:
+            pace = self._pace
+            ahead = min(pace.remaining_s(r, now - at) for at, r in self._calls.values())
+        call = object()
+        self._calls[call] = (now, rows)
+        return call, ahead
 
     def _live(self) -> int:
         return 1 if self._replicas is None else max(1, self._replicas())
@@ -266,6 +281,8 @@ class MicroBatcher:
     async def _execute(self, batch: list[_Queued], alone: bool = True) -> None:
         started = time.monotonic()
         queue_s = sum(started - p.enqueued for p in batch) / len(batch)
+        rows = sum(p.rows for p in batch)
+        call, ahead_s = self._leave(started, rows)
         BATCH_DEADLINE.set(_latest(p.deadline for p in batch))
         self._busy += len(batch)
         try:
@@ -274,8 +291,9 @@ class MicroBatcher:
             results = [exc] * len(batch)
         finally:
             self._busy -= len(batch)
+            del self._calls[call]
         compute_s = time.monotonic() - started
-        self._record(len(batch), sum(p.rows for p in batch), queue_s, compute_s, alone)
+        self._record(len(batch), rows, queue_s, compute_s, alone, ahead_s)
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue
@@ -310,10 +328,16 @@ class MicroBatcher:
         return results
 
     def _record(
-        self, requests: int, rows: int, queue_s: float, compute_s: float, alone: bool = True
+        self,
+        requests: int,
+        rows: int,
+        queue_s: float,
+        compute_s: float,
+        alone: bool = True,
+        ahead_s: float = 0.0,
     ) -> None:
         if self._pace is not None:
-            self._pace.observe(rows, compute_s, alone)
+            self._pace.observe(rows, compute_s, alone, ahead_s)
             if self._on_pace is not None:
                 limit = self._pace.batch_rows()
                 self._on_pace(limit, self._pace.flight, self._pace.cost_hi(limit))

@@ -15,9 +15,13 @@ target, the rest being the margin for what no estimate sees. From that:
   more calls in flight than replicas). Now and then (every PROBE_EVERY calls alone) it tries
   one more; calls that ran in company and took SLOWER times the line or more (they queued
   inside the replica: a replica that computes one batch at a time gains nothing from company
-  but the round trip hidden) take it back down; CONFIRM calls in company that kept the line's
-  pace make it trusted. Admission counts trusted batches in flight only, and a batch that
-  leaves in untrusted company must fit its wait behind the call ahead of it too;
+  but the round trip hidden) take it back down, and so does one that took its own cost and
+  half of what the calls ahead of it had left to run (by the line, when it left). CONFIRM
+  calls in company that kept the line's pace make it trusted; only a call that left while the
+  ones ahead had at least half its own cost left to run tells: beside a call about to end, a
+  replica that queues looks like one that does not. Admission counts trusted batches in
+  flight only, and a batch that leaves in untrusted company must fit its wait behind the call
+  ahead of it too;
 - **how many requests it admits**: a request is taken only if its predicted answer, after the
   rows queued ahead of it (in rounds of `slots` batches) and behind the calls in flight, comes
   within the plan; otherwise it is shed at once (503 + Retry-After / UNAVAILABLE). A queued
@@ -67,11 +71,12 @@ class LatencyTarget:
         self._tail = 1.0
 
     # -- learning ------------------------------------------------------------------------------
-    def observe(self, rows: int, seconds: float, alone: bool = True) -> None:
+    def observe(self, rows: int, seconds: float, alone: bool = True, ahead_s: float = 0.0) -> None:
         """One call done: `rows` in `seconds` (its round trip); `alone`: no more calls were in
-        flight than replicas when it left."""
+        flight than replicas when it left; `ahead_s`: then, the least that any call in flight
+        had left to run by the line (`remaining_s`)."""
         if not alone:
-            self._company(rows, seconds)
+            self._company(rows, seconds, ahead_s)
             return
         if self._calls:
             self._ratios.append(seconds / max(self.cost(rows), 1e-9))
@@ -87,17 +92,25 @@ class LatencyTarget:
             self.flight += 1
             self._paced = 0
 
-    def _company(self, rows: int, seconds: float) -> None:
+    def _company(self, rows: int, seconds: float, ahead_s: float) -> None:
         if not self.known:
             return
-        if seconds > SLOWER * self.cost(rows):
+        own = self.cost(rows)
+        telling = ahead_s >= own / 2  # a replica that queues would have shown it
+        if seconds > SLOWER * own or (telling and seconds > own + ahead_s / 2):
             self.flight = max(1, self.flight - 1)  # it queued: company costs latency
             self.trusted = min(self.trusted, self.flight)
             self._paced = 0
             return
+        if not telling:
+            return
         self._paced += 1
         if self._paced >= CONFIRM:
             self.trusted = self.flight
+
+    def remaining_s(self, rows: int, running_s: float) -> float:
+        """What a call of `rows` rows that has run `running_s` has left, by the line."""
+        return max(0.0, self.cost(rows) - running_s) if self.known else 0.0
 
     @property
     def known(self) -> bool:

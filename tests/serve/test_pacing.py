@@ -52,7 +52,7 @@ def test_one_more_in_flight_is_tried_now_and_then_and_given_back_when_company_qu
     assert pace.too_late(0.075, 4) is False
     assert pace.too_late(0.075, 4, company=True) is True  # it may wait behind the call ahead
     for _ in range(CONFIRM):  # in company, at the line's pace: a replica that runs two at once
-        pace.observe(4, 0.011, alone=False)
+        pace.observe(4, 0.011, alone=False, ahead_s=0.008)
     assert pace.flight == pace.trusted == 2
     assert pace.too_late(0.075, 4, company=True) is False
     for _ in range(PROBE_EVERY):
@@ -67,6 +67,22 @@ def test_one_more_in_flight_is_tried_now_and_then_and_given_back_when_company_qu
     pace.observe(4, 0.020, alone=False)
     assert pace.flight == pace.trusted == 1  # never below one
     assert pace.cost(4) == pytest.approx(0.010)  # company never taught the line
+
+
+def test_company_beside_a_call_ending_tells_nothing_and_waiting_behind_one_gives_back() -> None:
+    pace = LatencyTarget(target_s=0.1, max_batch_rows=8, max_in_flight=2)
+    for _ in range(PROBE_EVERY):
+        pace.observe(4, 0.010)
+    assert pace.flight == 2 and pace.trusted == 1
+    # A replica that computes one call at a time: beside a call with 1 ms left, a call takes
+    # its own 10 ms and that 1 ms, which looks like a replica running two at once.
+    for _ in range(2 * CONFIRM):
+        pace.observe(4, 0.011, alone=False, ahead_s=0.001)
+    assert pace.flight == 2 and pace.trusted == 1  # not trusted on calls that cannot tell
+    # Beside a call with 8 ms left, it takes 14.5 ms: within SLOWER times its own cost, but
+    # more than its own and half of what was ahead of it: it waited for that call.
+    pace.observe(4, 0.0145, alone=False, ahead_s=0.008)
+    assert pace.flight == pace.trusted == 1
 
 
 def test_no_slope_to_tell_overestimates_larger_batches_rather_than_allowing_any() -> None:
