@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable
 
@@ -13,8 +15,28 @@ from serve.observe.drift import DriftMonitor, DriftTicker
 from serve.observe.metrics import GatewayMetrics
 
 
+def surface_warnings() -> None:
+    """modelgate's warnings, written where an operator finds them, in a replica's process.
+
+    Ray Serve's high-throughput mode (RAY_SERVE_LOG_TO_STDERR=0) turns a replica's stderr into
+    its Serve logger, whose file handler sits behind a buffer flushed only when full or on an
+    error: a warning (a peer refused, a catalog that could not be read) waited there unseen
+    and was lost when the replica stopped. Where stderr was replaced so, the `modelgate`
+    loggers write to the process's own stderr instead: the worker's `.err` file in Ray's log
+    folder, which Ray also streams to the driver. Elsewhere (tests, the CLI) nothing changes."""
+    logger = logging.getLogger("modelgate")
+    if sys.stderr is sys.__stderr__ or sys.__stderr__ is None or logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.__stderr__)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s -- %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 class ReplicaTelemetry:
     def __init__(self, metrics: MetricsConfig, drift: DriftConfig) -> None:
+        surface_warnings()
         exporter.prepare()  # before the first metric value is created
         self.metrics = GatewayMetrics()
         self.node_exporter = None

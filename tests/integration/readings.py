@@ -4,6 +4,7 @@ delivery controller's decisions, a router's route table."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -83,6 +84,7 @@ def check_drops_strangers(app: str, entry: str, count: int, metrics_port: int) -
     node = ray.util.get_node_ip_address()
     refused = "modelgate_direct_refused_total"
     before = total(samples(metrics_port), refused, model="", reason="proof")
+    warned = len(replica_warnings("direct port: refused"))
     for address in listeners.values():
         host, port = address.rsplit(":", 1)
         assert host == node and listening_addresses(int(port)) == {node}
@@ -95,3 +97,17 @@ def check_drops_strangers(app: str, entry: str, count: int, metrics_port: int) -
     while total(samples(metrics_port), refused, model="", reason="proof") < before + count:
         assert time.monotonic() < deadline, "the strangers were not counted"
         time.sleep(0.2)
+    # and warned of, where an operator reads a replica's warnings (surface_warnings)
+    assert len(replica_warnings("direct port: refused")) >= warned + count
+
+
+def replica_warnings(text: str) -> list[str]:
+    """The replicas' warnings containing `text` so far: each worker's stderr file in this Ray's
+    log folder (serve/observe/telemetry.py: surface_warnings)."""
+    logs = Path("/tmp/ray/session_latest/logs")
+    return [
+        f"{path.name}: {line.strip()}"
+        for path in sorted(logs.glob("worker-*.err"))
+        for line in path.read_text(errors="replace").splitlines()
+        if text in line
+    ]

@@ -19,7 +19,7 @@ from serve.ray.internals import KVDirectory
 from serve.transport.direct import kv_prefix
 from tests.conftest import free_port
 from tests.integration.conftest import Gateway, deploy_beside, replica_pids, restore
-from tests.integration.readings import check_drops_strangers, samples, total
+from tests.integration.readings import check_drops_strangers, replica_warnings, samples, total
 
 APP, PREFIX = "catpool", "/catpool"
 METRICS_PORT = free_port()
@@ -90,12 +90,28 @@ def test_the_pool_holds_every_session_within_its_budget_and_the_router_none(
         total(found, "modelgate_catalog_resident", model=f"m{i}", version="1")
         for i in range(MODELS)
     ]
-    assert all(count <= 1 for count in resident)  # each model on its one pool replica
-    assert POOL_RESIDENT < sum(resident) <= POOL * POOL_RESIDENT  # each within its budget
-    # pinned: never evicted (the message says where it was placed and what the pool listed)
-    listing = KVDirectory().listing(kv_prefix(APP, ENTRY))
-    assert resident[0] == 1, ([row for row in rows if row["name"] == "m0"], listing)
+    # Each model on its one pool replica, each replica within its budget, the pinned one never
+    # evicted. Should the pool's listing have moved models meanwhile, the message says why.
+    why = _placement_story(rows)
+    assert all(count <= 1 for count in resident), (resident, why)
+    assert POOL_RESIDENT < sum(resident) <= POOL * POOL_RESIDENT, (resident, why)
+    assert resident[0] == 1, (resident, why)
     assert total(found, "modelgate_catalog_evictions_total") > 0
+
+
+def _placement_story(rows: list[dict[str, object]]) -> dict[str, object]:
+    """Where the index placed each model, what the pool lists, and what the replicas warned of
+    peers missing or unreachable."""
+    lines = [
+        line
+        for text in ("catalog pool:", "unreachable", "could not")
+        for line in replica_warnings(text)
+    ]
+    return {
+        "placed": {row["name"]: row["placed_on"] for row in rows},
+        "listed": KVDirectory().listing(kv_prefix(APP, ENTRY)),
+        "logged": lines[-20:],
+    }
 
 
 def test_the_pools_models_change_in_place(gateway: Gateway, pool: Path, tmp_path: Path) -> None:
