@@ -233,27 +233,6 @@ class ResidentSet:
         self._failed.pop(key, None)
 
 
-class Placement:
-    """The keys placed on this replica now, or within the last `keep_s` (a pool replica's
-    pinned models: serve/ray/catalog.py). Placement follows a listing of replicas that can miss
-    one for a while; a key stays here that long after it moved, so that while the listing
-    flaps it is held by two replicas, never by none."""
-
-    def __init__(self, keep_s: float) -> None:
-        self.keep_s = keep_s
-        self._placed_at: dict[str, float] = {}
-
-    def update(self, keys: Iterable[str], here: Callable[[str], bool], now: float) -> set[str]:
-        """Of `keys` (those to hold), the ones held here: placed here now (`here`), or less
-        than `keep_s` ago."""
-        keys = set(keys)
-        self._placed_at = {k: at for k, at in self._placed_at.items() if k in keys}
-        for key in keys:
-            if here(key):
-                self._placed_at[key] = now
-        return {k for k, at in self._placed_at.items() if now - at < self.keep_s}
-
-
 def _retrieve(future: asyncio.Future[Session]) -> None:
     if not future.cancelled():
         future.exception()

@@ -35,14 +35,14 @@ from serve.core.batching import MicroBatcher
 from serve.core.config import GatewayConfig
 from serve.core.dataplane import CatalogModel, DataPlane, VersionTarget
 from serve.core.errors import ErrorCode, InferenceError
-from serve.core.resident import Placement, ResidentSet
+from serve.core.resident import ResidentSet
 from serve.core.routing import Follow
 from serve.core.runtime import ArtifactError
 from serve.core.types import Feeds
 from serve.observe.telemetry import ReplicaTelemetry
 from serve.ray.delivery import ensure_detached
 from serve.ray.internals import KVDirectory, serve_details
-from serve.transport.direct import REPUBLISH_S, DirectServer, FrameLimits, PeerPool, kv_prefix
+from serve.transport.direct import DirectServer, FrameLimits, PeerPool, kv_prefix
 
 logger = logging.getLogger("modelgate.catalog")
 T = TypeVar("T")
@@ -476,7 +476,6 @@ class CatalogPool:
     is in flight before it goes (DirectServer.drain)."""
 
     REFRESH_S = 1.0
-    KEEP_S = REPUBLISH_S + 5 * REFRESH_S
 
     async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]
         self.config = GatewayConfig.model_validate(config)
@@ -499,7 +498,6 @@ class CatalogPool:
         self.revision = -1
         self.defaults: dict[str, str] = {}  # model → its default route's key
         self.candidates: set[str] = set()  # deliveries' candidates' keys
-        self._pinned_here = Placement(self.KEEP_S)
         self._lock = asyncio.Lock()
         self._stopping = True  # until started: nothing to drain
         await self.refresh()
@@ -578,20 +576,12 @@ class CatalogPool:
 
     def _warm_pinned(self) -> None:
         """The pinned models placed on this replica: loaded, and never evicted; deliveries'
-        candidates placed here: loaded before their first copy.
-
-        A pinned model stays pinned here for KEEP_S after the pool's listing last placed it
-        here: a replica missing from a listing for a while (a router that could not reach it
-        removed its address until it puts it back: REPUBLISH_S) moves its models to the others
-        and back, and the model is held by both meanwhile, never by neither."""
+        candidates placed here: loaded before their first copy. While the pool's listing
+        lacks this replica, it keeps the pinned models it holds (PeerPool.placed)."""
+        resident = self.sessions.resident
         pinned = {self.defaults[m] for m in self.catalog.pinned if m in self.defaults}
-        mine = self._pinned_here.update(pinned, self._placed_here, time.monotonic())
-        self.sessions.resident.pinned = mine
-        candidates = {k for k in self.candidates if self._placed_here(k)}
-        self.sessions.resident.warm(mine | candidates)
-
-    def _placed_here(self, key: str) -> bool:
-        return self.peers.owner(key) in (None, self.peers.own)
+        resident.pinned = self.peers.placed(pinned, resident.pinned)
+        resident.warm(resident.pinned | self.peers.placed(self.candidates, ()))
 
     async def _serve(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds:
         if key not in self.sessions.refs:

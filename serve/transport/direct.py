@@ -44,7 +44,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -585,6 +585,17 @@ class PeerPool(DirectPool):
         if not listed:
             return None
         return max(listed, key=lambda address: _rank(key, address))
+
+    def placed(self, keys: Iterable[str], before: Iterable[str]) -> set[str]:
+        """Of `keys`, those placed on this replica. While the listing lacks this replica (a
+        router that could not reach it removed its address, until it puts it back:
+        REPUBLISH_S), the ones of `before` instead (what it held): a listing without it says
+        nothing about what it should hold, and following it would drop its models while the
+        others take them, for a while held by none."""
+        keys = set(keys)
+        if self._listed and self.own not in self._listed:
+            return keys & set(before)
+        return {k for k in keys if self.owner(k) in (None, self.own)}
 
     async def run_model(self, key: str, feeds: Feeds, deadline: float | None) -> Feeds | None:
         owner = self.owner(key)

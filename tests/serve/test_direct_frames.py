@@ -410,6 +410,34 @@ def test_each_catalog_model_runs_on_the_router_it_is_placed_on_and_here_when_tha
     asyncio.run(main())
 
 
+def test_a_replica_missing_from_the_listing_keeps_what_it_held_rather_than_follow_it() -> None:
+    from serve.transport.direct import PeerPool
+
+    directory = MemoryDirectory()
+    directory.publish(PREFIX + "a", "10.0.0.1:1")
+    directory.publish(PREFIX + "b", "10.0.0.2:1")
+    keys = {f"m{i}:1" for i in range(40)}
+    a, b = (PeerPool("pool", directory, PREFIX, SECRET) for _ in range(2))
+    a.own, b.own = "10.0.0.1:1", "10.0.0.2:1"
+    a.refresh()
+    b.refresh()
+    held_a, held_b = a.placed(keys, ()), b.placed(keys, ())
+    assert held_a | held_b == keys and not held_a & held_b and held_a and held_b
+    # A router could not reach b and removed its address (until b puts it back): a takes
+    # every model, and b keeps those it held, rather than drop them.
+    directory.remove(PREFIX + "b")
+    a.refresh()
+    b.refresh()
+    assert a.placed(keys, held_a) == keys
+    assert b.placed(keys, held_b) == held_b
+    assert b.placed(keys - {min(held_b)}, held_b) == held_b - {min(held_b)}  # not a removed one
+    # b listed again: each holds its own share once more.
+    directory.publish(PREFIX + "b", "10.0.0.2:1")
+    a.refresh()
+    b.refresh()
+    assert (a.placed(keys, keys), b.placed(keys, held_b)) == (held_a, held_b)
+
+
 def test_a_frame_naming_a_model_badly_is_refused_before_its_tensors() -> None:
     from serve.transport.direct import FrameError
 

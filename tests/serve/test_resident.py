@@ -17,7 +17,7 @@ from loadtests.many_models import base_artifact, write_model
 from serve.control.catalog import CatalogStore, CatalogSync
 from serve.core.config import GatewayConfig
 from serve.core.errors import ErrorCode, InferenceError
-from serve.core.resident import Placement, ResidentSet, Session
+from serve.core.resident import ResidentSet, Session
 from tests.serve.test_delivery import MemoryKV
 
 
@@ -313,24 +313,3 @@ def test_catalog_config_refuses_what_cannot_work() -> None:
     assert "leave 'stable'" in refused(
         {"alias": "p", "delivery": {"candidate": "c"}}, registry="r", metrics={"port": 1}
     )
-
-
-def test_a_placed_key_is_held_for_its_keep_time_after_it_moves_so_never_by_no_replica() -> None:
-    a, b = Placement(keep_s=15.0), Placement(keep_s=15.0)
-    owner = {"m0:1": "a", "m1:1": "b"}
-
-    def held(now: float) -> tuple[set[str], set[str]]:
-        keys = set(owner)
-        return (
-            a.update(keys, lambda k: owner[k] == "a", now),
-            b.update(keys, lambda k: owner[k] == "b", now),
-        )
-
-    assert held(0.0) == ({"m0:1"}, {"m1:1"})
-    owner["m0:1"] = "b"  # a is missing from b's listing for a while: m0 moves to b
-    assert held(1.0) == ({"m0:1"}, {"m0:1", "m1:1"})  # both hold it
-    owner["m0:1"] = "a"  # a is listed again
-    assert held(2.0) == ({"m0:1"}, {"m0:1", "m1:1"})
-    assert held(16.5) == ({"m0:1"}, {"m1:1"})  # b lets it go once its keep time is over
-    del owner["m1:1"]  # no longer pinned: held by none at once
-    assert held(17.0) == ({"m0:1"}, set())
