@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -54,8 +55,29 @@ def deploy_beside(
         launcher.preflight(base)
     if wait:
         launcher.deploy(base)
+        if app.get("route_prefix"):
+            wait_routed(gateway, app["route_prefix"])
     else:
         internals.start_serve_and_deploy(base)
+
+
+def wait_routed(gateway: Gateway, prefix: str, timeout_s: float = 60.0) -> None:
+    """Until the application at `prefix` answers through the front door. Ray reports an
+    application RUNNING before HAProxy routes its prefix: Ray's HAProxy manager rewrites the
+    configuration and restarts HAProxy once the controller's broadcast of the new targets
+    reaches it, and until then HAProxy answers its own 404 (a test's first request failed so,
+    a second after the deploy)."""
+    import requests
+
+    url = f"{gateway.base}{prefix.rstrip('/')}/v2/health/live"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(requests.RequestException, ValueError):
+            answer = requests.get(url, timeout=5)
+            if answer.status_code == 200 and answer.json().get("live") is True:
+                return
+        assert time.monotonic() < deadline, f"{prefix} is not routed after {timeout_s} s"
+        time.sleep(0.1)
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
