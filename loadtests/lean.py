@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from loadtests.testserver import free_port, stop
+
 SERVERS = ("uvicorn", "uvicorn-h11", "granian", "raw")
 MODEL = "bc"
 
@@ -177,16 +179,10 @@ def available(server: str) -> bool:
     return server != "granian" or Path(sys.executable).with_name("granian").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running(server: str, artifact: str, metrics_dir: str) -> Iterator[tuple[int, str]]:
     """`server` started and ready: (its process id, its URL); stopped after."""
-    port = _free_port()
+    port = free_port()
     command, env = _command(server, artifact, port)
     env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
@@ -203,12 +199,7 @@ def running(server: str, artifact: str, metrics_dir: str) -> Iterator[tuple[int,
                 time.sleep(0.2)
         yield process.pid, url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def process_cpu_s(pid: int) -> float:
