@@ -42,8 +42,16 @@ class _Strict(BaseModel):
 
 class Guardrails(_Strict):
     """Judged on the candidate against the stable version, over the current step's window (from
-    the step's start, or the controller's restart, to now). A guardrail with too few samples
-    behind it is pending: it neither passes a step nor fails one."""
+    the step's start, or the controller's restart, to now). Each limit is on a share: of
+    requests that failed, of rows whose labels disagree, of requests above a latency or a
+    difference (a p99 over a limit is more than 1% of requests above it). Once `min_samples`
+    stand behind it, a guardrail **breaches** when the share seen is beyond what a candidate
+    within the limit gives by chance (one-sided binomial test at `false_alarm`), **holds** when
+    the share seen is within the limit, and is **pending** in between: over the limit on too
+    few requests to tell (a step neither advances nor fails on it; more requests decide it). So
+    a handful of slow or failed requests in a small window, which a good candidate meets on a
+    busy host too, holds a step rather than fail it; a real fault is beyond chance within a few
+    requests."""
 
     max_error_ratio: float = Field(
         0.01,
@@ -76,8 +84,9 @@ class Guardrails(_Strict):
     min_latency_samples: int = Field(
         100,
         ge=1,
-        description="Requests each version needs in the window before p99s are compared "
-        "(a p99 of fewer is its maximum).",
+        description="The stable version's requests in the window before its p99 draws the "
+        "line, and the candidate's before its p99 can hold (a p99 of fewer is its maximum); "
+        "a candidate beyond chance above the line breaches on fewer.",
     )
     min_label_agreement: float = Field(
         0.95,
@@ -111,6 +120,14 @@ class Guardrails(_Strict):
         20,
         ge=1,
         description="Requests (or compared copies) behind a ratio before it is judged.",
+    )
+    false_alarm: float = Field(
+        1e-4,
+        gt=0,
+        lt=0.5,
+        description="Chance that one judgement breaches a guardrail a candidate within its "
+        "limit meets: the binomial test's level (its Chernoff bound, so the chance is lower). "
+        "Smaller waits for more requests before a rollback; larger rolls back on less.",
     )
 
 
@@ -337,25 +354,24 @@ def judge(
     shadow_failed = w.get(("shadow", "error"), 0.0)
     tried = c.requests + shadow_ok + shadow_failed
     failed = c.failed + shadow_failed
-    ratio = failed / tried if tried else 0.0
     checks = [
         Check(
             "error_ratio",
-            ratio if tried else None,
+            failed / tried if tried else None,
             g.max_error_ratio,
-            None if tried < g.min_samples else ratio <= g.max_error_ratio,
+            verdict(g, failed, tried, g.max_error_ratio),
             f"{failed:.0f} of {tried:.0f} failed",
         )
     ]
     if live:
-        enough = c.requests >= g.min_samples and s.requests >= g.min_samples
         over = c.error_ratio - s.error_ratio
+        limit = min(1.0, s.error_ratio + g.max_error_ratio_over_stable)
         checks.append(
             Check(
                 "error_ratio_over_stable",
-                over if enough else None,
+                over if c.requests and s.requests else None,
                 g.max_error_ratio_over_stable,
-                None if not enough else over <= g.max_error_ratio_over_stable,
+                None if s.requests < g.min_samples else verdict(g, c.failed, c.requests, limit),
                 f"candidate {c.error_ratio:.4f}, stable {s.error_ratio:.4f}",
             )
         )
@@ -368,21 +384,21 @@ def judge(
                 "label_agreement",
                 agree / rows,
                 g.min_label_agreement,
-                None if rows < g.min_samples else agree / rows >= g.min_label_agreement,
+                verdict(g, disagree, rows, 1 - g.min_label_agreement),
                 f"{agree:.0f} of {rows:.0f} rows",
             )
         )
     diffs = sorted((float(k[1]), v) for k, v in w.items() if k[0] == "diff")
     if g.max_abs_diff is not None and diffs:
-        p99 = quantile(0.99, diffs)
         compared = diffs[-1][1]
+        apart = above(g.max_abs_diff, diffs)
         checks.append(
             Check(
                 "max_abs_diff_p99",
-                p99,
+                quantile(0.99, diffs),
                 g.max_abs_diff,
-                None if p99 is None or compared < g.min_samples else p99 <= g.max_abs_diff,
-                f"{compared:.0f} compared",
+                verdict(g, apart, compared, TAIL),
+                f"{apart:.0f} of {compared:.0f} compared above it",
             )
         )
     if unready:
@@ -395,20 +411,73 @@ def judge(
     return checks, c.requests if live else shadow_ok
 
 
+#: The share of requests above a p99.
+TAIL = 0.01
+
+
+def beyond_chance(k: float, n: float, share: float, false_alarm: float) -> bool:
+    """Whether `k` or more of `n` is less likely than `false_alarm` when each is one with
+    probability `share`: the binomial's upper tail, bounded by Chernoff's
+    exp(-n KL(k/n || share)), which needs no table and holds for any n."""
+    if n <= 0 or k <= share * n:
+        return False
+    if share <= 0:
+        return True
+    q = min(k / n, 1.0)
+    kl = q * math.log(q / share)
+    if q < 1:
+        kl += (1 - q) * math.log((1 - q) / (1 - share))
+    return n * kl >= math.log(1 / false_alarm)
+
+
+def verdict(g: Guardrails, k: float, n: float, share: float, hold_from: int = 0) -> bool | None:
+    """A guardrail on a share (at most `share` of `n` may be `k`): breached when the share seen
+    is beyond chance, holding when it is within the limit (on at least `hold_from` samples),
+    else pending; never judged on fewer than `min_samples`."""
+    if n < g.min_samples:
+        return None
+    if beyond_chance(k, n, share, g.false_alarm):
+        return False
+    if k <= share * n and n >= hold_from:
+        return True
+    return None
+
+
+def above(x: float, cumulative: list[tuple[float, float]]) -> float:
+    """How many of a histogram's samples lie above `x` (linear within the bucket, as
+    `quantile`; everything in the +Inf bucket is above)."""
+    if not cumulative:
+        return 0.0
+    total = cumulative[-1][1]
+    lower_le, lower_count = 0.0, 0.0
+    for le, count in cumulative:
+        if x <= le:
+            if math.isinf(le) or le == lower_le:
+                return total - lower_count
+            return total - (lower_count + (count - lower_count) * (x - lower_le) / (le - lower_le))
+        lower_le, lower_count = le, count
+    return total - lower_count
+
+
 def _latency(g: Guardrails, s: VersionCounts, c: VersionCounts) -> Check:
+    """The candidate's p99 against `max_p99_ratio` times the stable version's (at least the
+    floor): breached when more of the candidate's requests lie above that line than a p99
+    within it gives by chance; holding once its own p99 is within it on `min_latency_samples`."""
     n_s = s.latency[-1][1] if s.latency else 0.0
     n_c = c.latency[-1][1] if c.latency else 0.0
     p_s, p_c = quantile(0.99, s.latency), quantile(0.99, c.latency)
-    if p_s is None or p_c is None or min(n_s, n_c) < g.min_latency_samples:
+    if p_s is None or p_c is None or n_s < g.min_latency_samples:
         return Check("p99_ratio", None, g.max_p99_ratio, None, f"{n_c:.0f} candidate samples")
     base = max(p_s, g.min_latency_ms / 1000)
-    ratio = p_c / base
+    line = g.max_p99_ratio * base
+    slow = above(line, c.latency)
     return Check(
         "p99_ratio",
-        ratio,
+        p_c / base,
         g.max_p99_ratio,
-        ratio <= g.max_p99_ratio,
-        f"candidate {p_c * 1000:.1f} ms, stable {p_s * 1000:.1f} ms",
+        verdict(g, slow, n_c, TAIL, hold_from=g.min_latency_samples),
+        f"candidate {p_c * 1000:.1f} ms, stable {p_s * 1000:.1f} ms; {slow:.0f} of the "
+        f"candidate's {n_c:.0f} above {line * 1000:.1f} ms",
     )
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -108,16 +109,45 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
     return {c.name: c for c in checks}
 
 
-def test_the_error_ratio_waits_for_its_samples_then_breaches() -> None:
+def test_the_error_ratio_waits_for_its_samples_then_breaches_beyond_chance() -> None:
     g = Guardrails()
     few = by_name(judge(g, window(v2={"internal": 3}), "1", "2", live=True)[0])
-    assert few["error_ratio"].ok is None  # 3 requests: pending
+    assert few["error_ratio"].ok is None  # 3 requests: not judged
+    # 2 of 20 is over the 1% limit, but a candidate within it fails 2 of 20 one time in 60:
+    # pending, the step held
     checks, taken = judge(
         g, window(v1={"ok": 500}, v2={"ok": 18, "internal": 2}), "1", "2", live=True
     )
     assert taken == 20
+    assert by_name(checks)["error_ratio"].ok is None
+    assert by_name(checks)["error_ratio_over_stable"].ok is None
+    # 10 of 100 is beyond chance: both breach
+    checks, _ = judge(g, window(v1={"ok": 500}, v2={"ok": 90, "internal": 10}), "1", "2", live=True)
     assert by_name(checks)["error_ratio"].ok is False
     assert by_name(checks)["error_ratio_over_stable"].ok is False
+    assert "10 of 100 failed" in by_name(checks)["error_ratio"].describe()
+    # the same 2 failures among 200 requests: within the 1% limit; 0.5% over the stable
+    # version's is not yet, but is within chance (pending); among 400, both hold
+    checks, _ = judge(g, window(v1={"ok": 500}, v2={"ok": 198, "internal": 2}), "1", "2", live=True)
+    assert by_name(checks)["error_ratio"].ok is True
+    assert by_name(checks)["error_ratio_over_stable"].ok is None
+    checks, _ = judge(g, window(v1={"ok": 500}, v2={"ok": 398, "internal": 2}), "1", "2", live=True)
+    assert by_name(checks)["error_ratio"].ok is True
+    assert by_name(checks)["error_ratio_over_stable"].ok is True
+
+
+def test_beyond_chance_is_the_binomial_upper_tail_bounded() -> None:
+    alarm = Guardrails().false_alarm
+    assert not delivery.beyond_chance(1, 1, 0.01, alarm)  # one request tells nothing
+    assert delivery.beyond_chance(3, 3, 0.01, alarm)
+    assert not delivery.beyond_chance(2, 20, 0.01, alarm)  # P = 0.017
+    assert delivery.beyond_chance(10, 100, 0.01, alarm)  # P < 1e-6
+    assert not delivery.beyond_chance(1, 100, 0.01, alarm)  # within the share
+    assert delivery.beyond_chance(1, 20, 0.0, alarm)  # a limit of 0: any is too many
+    # the bound is conservative: 5 of 40 at 1% is P = 4.6e-5, but its bound (2.5e-4) is not
+    # under 1e-4; 6 of 50 (P = 1.0e-5, bound 5.9e-5) is
+    assert not delivery.beyond_chance(5, 40, 0.01, alarm)
+    assert delivery.beyond_chance(6, 50, 0.01, alarm)
 
 
 def test_client_errors_are_not_the_candidates_and_sheds_and_deadlines_are() -> None:
@@ -128,7 +158,7 @@ def test_client_errors_are_not_the_candidates_and_sheds_and_deadlines_are() -> N
     assert by_name(judge(g, shed, "1", "2", live=True)[0])["error_ratio"].value == 0.05
 
 
-def test_p99_ratio_compares_against_a_floor_and_needs_its_samples() -> None:
+def test_p99_ratio_compares_against_a_floor_and_breaches_only_beyond_chance() -> None:
     g = Guardrails(min_latency_samples=100)
     fast: Snapshot = {
         ("lat", "1", "0.001"): 200.0,
@@ -145,11 +175,37 @@ def test_p99_ratio_compares_against_a_floor_and_needs_its_samples() -> None:
         ("lat", "2", "0.05"): 150.0,
         ("lat", "2", "+Inf"): 150,
     }
+
+    def p99(w: Snapshot) -> Check:
+        return by_name(judge(g, fast | w, "1", "2", live=True)[0])["p99_ratio"]
+
     # below the 10 ms floor: jitter, not judged against a 1 ms stable p99
-    assert by_name(judge(g, fast | similar, "1", "2", live=True)[0])["p99_ratio"].ok is True
-    assert by_name(judge(g, fast | slow, "1", "2", live=True)[0])["p99_ratio"].ok is False
-    thin = {k: v / 3 for k, v in slow.items()}
-    assert by_name(judge(g, fast | thin, "1", "2", live=True)[0])["p99_ratio"].ok is None
+    assert p99(similar).ok is True
+    assert p99(slow).ok is False
+    # every one of 50 slow: beyond chance before a p99 of its own could hold
+    assert p99({k: v / 3 for k, v in slow.items()}).ok is False
+    assert p99({k: v / 3 for k, v in similar.items()}).ok is None  # 50 fast: too few to hold
+    # a restart's few slow requests (4 of 150 between 10 and 25 ms): a p99 of 19 ms, 1.9x the
+    # floor, but 3 requests above the 15 ms line is a 1% tail's chance: pending, not a breach
+    hiccup: Snapshot = {
+        ("lat", "2", "0.01"): 146.0,
+        ("lat", "2", "0.025"): 150.0,
+        ("lat", "2", "+Inf"): 150,
+    }
+    check = p99(hiccup)
+    assert check.ok is None and check.value is not None and check.value > 1.5, check
+    assert "3 of the candidate's 150 above 15.0 ms" in check.describe()
+    # more requests dilute them: its p99 is back under the line, and it holds
+    diluted = {k: v + 450 for k, v in hiccup.items()}
+    assert p99(diluted).ok is True
+
+
+def test_above_counts_a_histograms_samples_past_a_value() -> None:
+    cumulative = [(0.01, 146.0), (0.025, 150.0), (math.inf, 150.0)]
+    assert delivery.above(0.015, cumulative) == pytest.approx(4 * 2 / 3)
+    assert delivery.above(0.005, cumulative) == pytest.approx(150 - 73)
+    assert delivery.above(1.0, cumulative) == 0
+    assert delivery.above(1.0, [(0.5, 3.0), (math.inf, 5.0)]) == 2  # the +Inf bucket's
 
 
 def test_shadow_step_judges_agreement_differences_and_failed_copies() -> None:
