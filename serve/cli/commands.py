@@ -4,6 +4,7 @@ serve.ingress), its arguments parsed by serve/cli/parsing.py."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from serve.ingress import lean
     from serve.ray import launcher
 
     config = launcher.load_config(args.config)
@@ -116,6 +118,9 @@ def _serve(args: argparse.Namespace) -> int:
         getattr(args, "grpcs_port", 9443),
         getattr(args, "tls_client_ca", None),
     )
+    if getattr(args, "ingress", None) and not args.address:  # a cluster's nodes have their own
+        os.environ[lean.INGRESS_ENV] = args.ingress  # the local Ray's processes inherit it
+    lean.ingress()  # a wrong setting is refused here, by name
     launcher.start_ray(
         args.address, args.dashboard, args.ray_metrics_port, launcher.ingress_env(config)
     )
@@ -246,12 +251,13 @@ def cmd_ingress_env(args: argparse.Namespace) -> int:
     node: Ray's HAProxy hardened in a private folder, gRPC messages capped at the body limit."""
     import shlex
 
-    from serve.ingress import haproxy
+    from serve.ingress import haproxy, lean
     from serve.ray import launcher
 
     folder = haproxy.own_folder(Path(args.folder))
     config = launcher.load_config(args.config) if args.config else {"applications": []}
     env = {**haproxy.ray_env(folder.resolve()), **launcher.ingress_env(config)}
+    env[lean.INGRESS_ENV] = args.ingress
     for key, value in {**launcher.HIGH_THROUGHPUT_ENV, **env}.items():
         print(f"export {key}={shlex.quote(value)}")
     return 0

@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         "folder", help="a folder of HAProxy's own: made private (0700) if new, else must be"
     )
     ingress.add_argument("--config", help="the Ray Serve config to deploy (its body limit)")
+    ingress.add_argument(
+        "--ingress",
+        choices=["ray", "lean"],
+        default="ray",
+        help="Ray Serve's ingress, or the routers' own listeners (every node the same)",
+    )
     ingress.set_defaults(func=cmd_ingress_env)
 
     run = sub.add_parser("serve", help="start Ray (or join --address) and deploy a config")
@@ -154,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run Ray in this process and exit if it stops (default with a local Ray: a "
         "supervisor starts it again and redeploys the config)",
+    )
+    run.add_argument(
+        "--ingress",
+        choices=["ray", "lean"],
+        default=None,
+        help="how a local Ray's HAProxy reaches the routers: Ray Serve's ingress, or the "
+        "routers' own listeners (serve/ingress/lean.py); default: $MODELGATE_INGRESS, else ray",
     )
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS and gRPC over TLS")

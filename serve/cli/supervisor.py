@@ -25,7 +25,7 @@ def supervise(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "serve.cli", "serve", args.config, "--supervised"]
     command += ["--ray-metrics-port", str(args.ray_metrics_port)]
     command += ["--dashboard"] if args.dashboard else []
-    for flag in ("tls_cert", "tls_key", "tls_client_ca", "https_port", "grpcs_port"):
+    for flag in ("tls_cert", "tls_key", "tls_client_ca", "https_port", "grpcs_port", "ingress"):
         value = getattr(args, flag, None)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]

@@ -38,9 +38,9 @@ import tempfile
 from pathlib import Path
 
 from converters.errors import ModelgateError
+from serve.ingress import lean
+from serve.ingress.lean import HEAD_TIMEOUT_S
 
-#: Seconds a client has to send a request's head (headers): slow-header clients are dropped.
-HEAD_TIMEOUT_S = 10
 #: Seconds a connection may stay silent (Ray's default is 3600).
 IDLE_TIMEOUT_S = 60
 #: Connections HAProxy holds at once (Ray's default is 4096; an idle one costs ~16 KiB).
@@ -111,14 +111,21 @@ MARK = "# hardened by modelgate (serve/ingress/haproxy.py)\n"
 
 
 def harden(
-    config: str, folder: Path, internal_host: str = "127.0.0.1", max_files: int | None = None
+    config: str,
+    folder: Path,
+    internal_host: str = "127.0.0.1",
+    max_files: int | None = None,
+    lean: bool = False,
 ) -> str:
     """Ray's generated configuration with modelgate's rules; error pages are written to
     `folder` (the configuration's own). `max_files`: the process's hard limit on open files,
-    which caps `maxconn` (`fitting_maxconn`). A configuration already hardened is left as it
-    is."""
+    which caps `maxconn` (`fitting_maxconn`). `lean`: router replicas serve HTTP on their own
+    listeners (serve/ingress/lean.py), and their server lines point there. A configuration
+    already hardened is left as it is."""
     if config.startswith(MARK):
         return config
+    if lean:
+        config = point_at_lean_listeners(config)
     if max_files is not None:
         config = re.sub(
             r"(?m)^(\s+maxconn )(\d+)$",
@@ -166,6 +173,32 @@ def harden(
     return MARK + config
 
 
+#: A router replica's server line: its name ends in `-Router-<replica id>`.
+_ROUTER_SERVER = re.compile(
+    r"(?m)^(    server SERVE_REPLICA_\S*-Router-(?P<id>[A-Za-z0-9]+) \S+):\d+\b"
+)
+#: A section of the configuration: its unindented first line and what follows until the next.
+_SECTION = re.compile(r"(?m)^\S[^\n]*\n(?:(?:[ \t][^\n]*)?\n)*")
+
+
+def point_at_lean_listeners(config: str) -> str:
+    """In each HTTP backend (`backend http-<app>`; gRPC's stay on Ray's ports): each router
+    replica's server line at its lean listener's port (derived from its replica id:
+    `lean.lean_port`), and the route prefix told to the routers (`lean.ROOT_HEADER`, from the
+    frontend's match; a client's own is replaced)."""
+    header = f"    http-request set-header {lean.ROOT_HEADER} %[var(txn.serve_route)]\n"
+
+    def section(m: re.Match[str]) -> str:
+        text = m.group(0)
+        if not text.startswith("backend http-"):
+            return text
+        head, body = text.split("\n", 1)
+        body = _ROUTER_SERVER.sub(lambda s: f"{s.group(1)}:{lean.lean_port(s.group('id'))}", body)
+        return f"{head}\n{header}{body}"
+
+    return _SECTION.sub(section, config)
+
+
 def _after_bind(frontend: str) -> str:
     """A frontend's head: its name line, comments, and its bind line (new rules go after)."""
     return rf"(?m)^(frontend {frontend}\n(?:[ \t]*#[^\n]*\n)*[ \t]+bind [^\n]+\n)"
@@ -203,6 +236,7 @@ def main(argv: list[str], real_binary: str) -> int:
             path.parent,
             os.environ.get(INTERNAL_HOST_ENV, "127.0.0.1"),
             max_open_files(),
+            lean=lean.ingress() == "lean",
         )
         staged = path.with_name(path.name + ".modelgate")
         staged.write_text(hardened)

@@ -55,6 +55,8 @@ from serve.core.routing import Follow, RoutingConfig
 from serve.core.runners import expired, time_left
 from serve.core.runtime import ArtifactError, VersionRuntime
 from serve.core.types import Feeds
+from serve.ingress import lean
+from serve.ingress.lean import LeanListener
 from serve.observe.exporter import MULTIPROC_ENV
 from serve.observe.telemetry import ReplicaTelemetry
 from serve.protocol import rest
@@ -62,7 +64,7 @@ from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
 from serve.ray import autoscale
 from serve.ray.catalog import POOL, CatalogPool, CatalogWatch
-from serve.ray.internals import KVDirectory, serve_details, session_dir
+from serve.ray.internals import KVDirectory, http_host, serve_details, session_dir
 from serve.transport.direct import DirectPool, DirectServer, FrameLimits, kv_prefix
 
 logger = logging.getLogger("modelgate")
@@ -246,7 +248,36 @@ class Router:
                 ROUTER_REFRESH_S,
             )
 
-    def __del__(self) -> None:
+        self.lean: LeanListener | None = None
+        if lean.ingress() == "lean":  # this node's routers serve HTTP on listeners of their own
+            replica = serve.get_replica_context().replica_id.unique_id
+            self.lean = LeanListener(self._http, http_host(), lean.lean_port(replica))
+            self.lean.start()
+
+    def __del__(self) -> Any:
+        """Ray Serve calls it when it stops the replica (after its own drain), on the replica's
+        event loop, and awaits what it returns: the lean listener's drain, so that a rollout
+        or a scale-down fails no request. Called again by the garbage collector, or first
+        without a running loop, it just stops."""
+        if getattr(self, "_stopped", False):
+            return None
+        self._stopped = True
+        listener = getattr(self, "lean", None)
+        if listener is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                listener.close()
+            else:
+                return self._drain(listener)
+        self._stop()
+        return None
+
+    async def _drain(self, listener: LeanListener) -> None:
+        await listener.drain()
+        self._stop()
+
+    def _stop(self) -> None:
         for task in (getattr(self, "delivery", None), getattr(self, "catalog", None)):
             if task is not None:
                 task.stop()
@@ -281,6 +312,10 @@ class Router:
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
+        return await self._http(request)
+
+    async def _http(self, request: Request) -> Response:
+        """One HTTP request, from Ray Serve's ingress or the lean listener."""
         if not self.admission.enter():
             return rest.error_response(self.admission.refusal())
         try:

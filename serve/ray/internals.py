@@ -68,6 +68,12 @@ def serve_details() -> dict[str, Any]:
     return details
 
 
+def http_host() -> str:
+    """The host Ray Serve binds its HTTP listeners to (`http_options.host`)."""
+    options = serve_details().get("http_options") or {}
+    return str(options.get("host") or "127.0.0.1")
+
+
 def start_serve_and_deploy(config: dict[str, Any]) -> list[str]:
     """Start Serve with a config file's HTTP/gRPC/proxy options and apply its applications, as
     `serve run config.yaml` does; returns the applications' names.

@@ -1,0 +1,218 @@
+"""The lean data path: a router replica's own HTTP listener, outside Ray Serve's per-request
+wrapper (issue 21).
+
+Through Ray Serve's ingress a request costs ~475 us of CPU, of which the gateway's own work is
+20-40 us: the rest is Ray's per-request machinery around the user's ASGI call. With
+`MODELGATE_INGRESS=lean` in every node's environment (set by `modelgate serve`; on a cluster,
+by whoever starts its nodes), each router replica serves HTTP itself:
+
+- it listens on `lean_port(replica id)`, a port derived from its replica id alone, on the host
+  Ray binds its own direct-ingress port to (`http_options.host`), with uvicorn on httptools
+  and the replica's own event loop (loadtests/lean.py chose it by measurement);
+- the hardened HAProxy configuration (serve/ingress/haproxy.py, `harden`, on every node and
+  every reload) points each router replica's server line at that port instead of Ray's, and
+  tells the router its application's route prefix in a header it sets itself
+  (`ROOT_HEADER`): Ray Serve keeps placement, health, rollouts and scaling; HAProxy balances;
+  requests no longer pass through Ray's wrapper;
+- the listener answers HAProxy's health check (`GET /-/healthz`: 503 once the replica drains),
+  and every other request goes to the Router's own HTTP path (admission, limits, routing),
+  exactly as through Ray's ingress;
+- stopping, the router first stays reachable while Ray's deregistration window lasts (Ray
+  holds the replica up that long), then stops accepting and answers what it holds
+  (`drain`), so a rollout or a scale-down fails no request: HAProxy re-sends a refused
+  connection to another router replica.
+
+A port that is taken fails the replica's start; Ray Serve then starts another replica, with
+another id and so another port. The ports lie in `PORTS`, below Linux's ephemeral range and
+apart from Ray's own ranges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+logger = logging.getLogger("modelgate.lean")
+
+#: The node setting that chooses the ingress: "lean" (the routers' own listeners) or "ray"
+#: (Ray Serve's direct ingress). It must be the same on every node: HAProxy and the routers
+#: each read it.
+INGRESS_ENV = "MODELGATE_INGRESS"
+INGRESSES = ("ray", "lean")
+#: Router replicas' lean ports: below the kernel's ephemeral ports (32768-), above Ray's worker
+#: ports (10002-19999 by default), apart from Ray's direct-ingress ranges (30000-31000 HTTP,
+#: 40000-41000 gRPC).
+PORTS = range(20000, 28000)
+#: The header HAProxy sets to the application's route prefix on each request it sends a lean
+#: listener (a client's own is replaced): the router's routes are below it.
+ROOT_HEADER = "x-modelgate-root-path"
+HEALTH_PATH = "/-/healthz"
+#: Seconds a client has to send a request's head (headers), at HAProxy (serve/ingress/haproxy.py)
+#: and at a lean listener: slow-header clients are answered 408 and dropped.
+HEAD_TIMEOUT_S = 10
+#: Seconds a connection may stay idle between requests (HAProxy reuses its connections).
+KEEP_ALIVE_S = 60
+#: Connections the kernel holds for the listener before it accepts them.
+BACKLOG = 2048
+#: Seconds the listener gives what it holds to finish once it stops accepting.
+DRAIN_S = 30
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class IngressError(ValueError):
+    pass
+
+
+def ingress() -> str:
+    """This node's ingress setting."""
+    value = os.environ.get(INGRESS_ENV, "ray").strip() or "ray"
+    if value not in INGRESSES:
+        raise IngressError(f"{INGRESS_ENV}={value!r}: expected one of {', '.join(INGRESSES)}")
+    return value
+
+
+def lean_port(replica_id: str) -> int:
+    """The port a router replica listens on, from its id alone: HAProxy's configuration on any
+    node computes the same without asking anyone."""
+    digest = hashlib.sha256(replica_id.encode()).digest()
+    return PORTS.start + int.from_bytes(digest[:4], "big") % len(PORTS)
+
+
+class _HeadTimed(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on each request's head (uvicorn has none):
+    from the connection's start, and from each request's first byte, the head must be whole
+    within HEAD_TIMEOUT_S, or the client gets 408 and the connection closes. (A body has its
+    own deadline: the router's body reader, `limits.body_timeout_s`.)"""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        body = f'{{"error": "request head not received within {HEAD_TIMEOUT_S} s"}}'.encode()
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn on a loop it is given, leaving the process's signals to Ray."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class LeanListener:
+    """One router replica's HTTP listener: `handler` answers each request (the Router's own
+    HTTP path); this answers HAProxy's health check and drains."""
+
+    def __init__(self, handler: Handler, host: str, port: int) -> None:
+        self.handler, self.host, self.port = handler, host, port
+        self.draining = False
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Binds and listens now, or raises OSError (the port taken: the replica then fails to
+        start); serves on the running event loop (connections wait in the backlog until its
+        first turn)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        config = uvicorn.Config(
+            self._asgi,
+            http=_HeadTimed,
+            interface="asgi3",
+            proxy_headers=False,
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            timeout_graceful_shutdown=DRAIN_S,
+            server_header=False,
+            date_header=False,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        logger.info("lean listener on %s:%d", self.host, self.port)
+
+    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == HEALTH_PATH:
+            status, body = (503, b"draining") if self.draining else (200, b"success")
+            await Response(body, status, media_type="text/plain")(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == ROOT_HEADER.encode():
+                root = value.decode("latin-1").rstrip("/")
+                scope = {**scope, "root_path": root}
+                break
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def drain(self) -> None:
+        """Health checks fail, new connections are refused (HAProxy sends them elsewhere),
+        idle keep-alive connections close, and the requests in flight are answered (for up
+        to DRAIN_S)."""
+        self.draining = True
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._task), DRAIN_S + 5)
+
+    def close(self) -> None:
+        """Without a loop to wait on (the garbage collector's call): stop at once."""
+        if self._server is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
