@@ -27,9 +27,17 @@ class Target:
 
 
 class Sender(Protocol):
+    #: The first answer of each failed outcome ("http_503" -> its status line, Retry-After and
+    #: body): what a test's failure message shows.
+    answers: dict[str, str]
+
     async def __call__(self, payload: Payload) -> str: ...
 
     async def close(self) -> None: ...
+
+
+#: Characters of a failed answer's body kept in `answers`.
+ANSWER_CHARS = 300
 
 
 class HttpSender:
@@ -43,6 +51,7 @@ class HttpSender:
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         )
         self.errors = (aiohttp.ClientError, OSError)
+        self.answers: dict[str, str] = {}
 
     async def __call__(self, payload: Payload) -> str:
         if self.binary:
@@ -51,8 +60,17 @@ class HttpSender:
             body, headers = payload.json, {"content-type": "application/json"}
         try:
             async with self.session.post(self.url, data=body, headers=headers) as response:
-                await response.read()
-                return "ok" if response.status == 200 else f"http_{response.status}"
+                data = await response.read()
+                if response.status == 200:
+                    return "ok"
+                outcome = f"http_{response.status}"
+                if outcome not in self.answers:
+                    retry = response.headers.get("retry-after")
+                    self.answers[outcome] = (
+                        f"{response.status} {response.reason} (retry-after: {retry}): "
+                        + data[:ANSWER_CHARS].decode(errors="replace")
+                    )
+                return outcome
         except TimeoutError:
             return "timeout"
         except self.errors:
@@ -74,6 +92,7 @@ class GrpcSender:
         self.timeout_s = timeout_s
         app = target.grpc_application
         self.metadata = (("application", app),) if app else None
+        self.answers: dict[str, str] = {}
 
     async def __call__(self, payload: Payload) -> str:
         try:
@@ -82,7 +101,9 @@ class GrpcSender:
         except self.grpc.aio.AioRpcError as exc:
             if exc.code() == self.grpc.StatusCode.DEADLINE_EXCEEDED:
                 return "timeout"
-            return f"grpc_{exc.code().name}"
+            outcome = f"grpc_{exc.code().name}"
+            self.answers.setdefault(outcome, str(exc.details())[:ANSWER_CHARS])
+            return outcome
 
     async def close(self) -> None:
         await self.channel.close()

@@ -105,6 +105,8 @@ class StepResult:
     offered: int = 0  # open loop: requests due inside the window (Poisson: varies around rate)
     burst_ok: int = 0  # successful answers that arrived inside a burst
     where: str = ""  # the generator's host (its node's address, for a Ray task)
+    #: The first answer of each failed outcome (the sender's `answers`).
+    answers: dict[str, str] = field(default_factory=dict)
     #: Merged: each generator's share (where it ran, what it sent and measured).
     shares: list[dict[str, Any]] = field(default_factory=list)
 
@@ -120,6 +122,7 @@ class StepResult:
             "offered": self.offered,
             "burst_ok": self.burst_ok,
             "where": self.where,
+            "answers": self.answers,
         }
 
     @classmethod
@@ -133,6 +136,7 @@ class StepResult:
             merged.completed_ok += part["completed_ok"]
             merged.offered += part["offered"]
             merged.burst_ok += part.get("burst_ok", 0)
+            merged.answers = part.get("answers", {}) | merged.answers
             merged.shares.append(
                 {
                     "where": part.get("where", ""),

@@ -110,7 +110,9 @@ async def _generate_async(
         await asyncio.sleep(max(0.0, start_at - time.time()))
     client = sender(target, step.concurrency, step.timeout_s)
     try:
-        return await run_step(client, payloads, step, progress)
+        result = await run_step(client, payloads, step, progress)
+        result.answers = dict(client.answers)
+        return result
     finally:
         await client.close()
 

@@ -175,7 +175,7 @@ def test_models_change_in_place_under_load_without_a_restart_or_a_failed_request
         shutil.rmtree(catalog / "m2")  # removed
         _until(lambda: _answer(gateway, "m2")[0] == 404)
         time.sleep(2)
-    assert traffic.outcomes["ok"] > 100 and set(traffic.outcomes) == {"ok"}, traffic.outcomes
+    assert traffic.outcomes["ok"] > 100 and set(traffic.outcomes) == {"ok"}, traffic.failures()
     assert replica_pids(APP, "Router") == routers
     status, value = _answer(gateway, f"m{MODELS}")
     assert (status, value) == (200, pytest.approx(expected(MODELS)))

@@ -233,7 +233,7 @@ def test_a_good_candidate_walks_every_step_to_promotion_paused_resumed_and_resta
     assert [e["outcome"] for e in mine] == outcomes
     assert mine[-1]["sources"] == {v: f"models:/{MODEL}/{v}" for v in ("1", candidate)}
     assert final["step"] >= step
-    assert traffic.outcomes.keys() == {"ok"}, traffic.outcomes  # nothing failed on the way
+    assert traffic.outcomes.keys() == {"ok"}, traffic.failures()  # nothing failed on the way
     # promoted: the candidate takes the default route and the stable alias names it, once the
     # router has read the record (it reads them every ROUTER_REFRESH_S)
     table = routed(gateway, {candidate: 1.0})
@@ -287,7 +287,7 @@ def test_a_bad_candidate_is_rolled_back_within_the_share_of_the_step_it_failed_i
     assert share <= failed_at / 100, (share, taken)
     if kind == "disagreeing":  # caught while shadowed: no live request ever reached it
         assert failed_at == 0 and taken[candidate] == 0
-    assert traffic.outcomes.keys() == {"ok"}, traffic.outcomes
+    assert traffic.outcomes.keys() == {"ok"}, traffic.failures()
 
 
 def test_a_candidate_whose_replicas_cannot_start_is_rolled_back_saying_why(
@@ -323,4 +323,4 @@ def test_a_candidate_whose_replicas_cannot_start_is_rolled_back_saying_why(
     outcomes = [d["outcome"] for d in decisions(since) if d["model"] == MODEL]
     assert outcomes == ["started", "rolled_back"]
     routed(gateway, {VERSIONS["stable"]: 1.0})
-    assert traffic.outcomes.keys() == {"ok"}, traffic.outcomes
+    assert traffic.outcomes.keys() == {"ok"}, traffic.failures()

@@ -20,6 +20,8 @@ class Traffic:
         self.payloads = runner.load_payloads(self.target)
         self.rate = rate
         self.outcomes: Counter[str] = Counter()
+        #: The first answer of each failed outcome: `traffic.outcomes` assertions show it.
+        self.answers: dict[str, str] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -34,4 +36,10 @@ class Traffic:
     def _run(self) -> None:
         step = Step(mode="open", rate=self.rate, concurrency=64, duration_s=3, warmup_s=0)
         while not self.stop.is_set():
-            self.outcomes.update(runner.run(self.target, self.payloads, step).outcomes)
+            result = runner.run(self.target, self.payloads, step)
+            self.outcomes.update(result.outcomes)
+            self.answers = result.answers | self.answers
+
+    def failures(self) -> str:
+        """The outcomes, with the first answer of each failed one."""
+        return f"{dict(self.outcomes)}; first answers: {self.answers}"

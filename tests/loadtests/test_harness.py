@@ -221,3 +221,15 @@ def test_an_open_loop_at_constant_arrivals_offers_its_schedule_exactly() -> None
         result = asyncio.run(run_step(answer, [None], step))  # type: ignore[list-item]
         # 0.2 s at 100 a second and 0.1 s (two bursts of 0.05 s) at 400
         assert result.offered == 60
+
+
+def test_the_first_answer_of_each_failed_outcome_is_kept() -> None:
+    with local_server() as url:
+        target = Target(url, "m")
+        payloads = load_payloads(target)
+        missing = Target(url + "/nowhere", "m")  # the server answers 404 there
+        step = Step("closed", concurrency=2, duration_s=0.5, warmup_s=0)
+        result = run(missing, payloads, step)
+        assert result.errors.keys() == {"http_404"}
+        assert result.answers["http_404"].startswith("404 Not Found (retry-after: None): ")
+        assert run(target, payloads, step).answers == {}
