@@ -21,6 +21,8 @@ Scenarios on one Ray instance in high-throughput mode, every app deployed side b
   baseline-100, colocated-100, dedicated-100    100 rows per request
 and, in a separate Ray instance on Serve's defaults (no high-throughput flags):
   plain           router → model through a handle, one call per request
+and, in a `modelgate serve` of each setting (loadtests/ingress.py), 1 and 32 clients:
+  ray, lean       Ray Serve's ingress against the routers' own listeners (MODELGATE_INGRESS)
 and, on two Ray nodes in network namespaces (loadtests/twonode.py; root only), 1 and 32 clients:
   one-node        the router and a dedicated version's replica on the head node
   two-node        the same, the replica on the worker node: every batch crosses the bridge
@@ -350,6 +352,21 @@ def _catalog_subprocess(duration_s: float) -> list[str]:
     return catalog.lines(json.loads(out.read_text()))
 
 
+def _ingress_subprocess(duration_s: float, rounds: int) -> list[str]:
+    """loadtests/ingress.py: Ray Serve's ingress against the routers' lean listeners, a
+    `modelgate serve` of each per round, one after the other."""
+    out = Path(".modelgate/bench-ingress.json")
+    subprocess.run(
+        [
+            sys.executable, "-m", "loadtests.ingress",
+            "--duration", str(duration_s), "--rounds", str(rounds), "--out", str(out),
+        ],
+        check=True,
+        timeout=1800,
+    )  # fmt: skip
+    return str(json.loads(out.read_text())["table"]).splitlines()
+
+
 #: The prose under the numbers in RESULTS.md: what they say, from profiling.
 NOTES = Path(__file__).with_name("NOTES.md")
 
@@ -383,6 +400,7 @@ def write_results(
     ceiling: float,
     target_rounds: int = 0,
     catalog: list[str] | None = None,
+    ingress: list[str] | None = None,
 ) -> str:
     by = {name: {p["clients"]: p for p in points} for name, points in results.items()}
     lines = [
@@ -412,6 +430,20 @@ def write_results(
     lines += ["", "## Summary", "", *summary(by)]
     if catalog:
         lines += ["", "## Many models, this run", "", *catalog]
+    if ingress:
+        lines += [
+            "",
+            "## The two ingresses, this run (loadtests/ingress.py)",
+            "",
+            "One colocated breast_cancer version in one router replica behind HAProxy, served "
+            "by `modelgate serve --ingress ray` and `--ingress lean` in turn (a local Ray each, "
+            "the order alternating by round), 32 clients of the harness (closed loop, in its "
+            "own process, not counted), then 1; CPU a request per group of processes from "
+            "/proc: HAProxy, the router replica, the rest of Ray (controller, proxy actor, "
+            "raylet, GCS, the driver). Medians of the rounds.",
+            "",
+            *ingress,
+        ]
     lines += ["", NOTES.read_text().rstrip()]
     text = "\n".join(lines) + "\n"
     RESULTS.write_text(text)
@@ -541,7 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     results.update(_two_node_subprocess(args.duration, args.target_rounds))
     print("many models (a catalog of small models: loadtests/catalog.py)", flush=True)
     catalog = _catalog_subprocess(args.duration)
-    print(write_results(results, args.duration, args.rounds, ceiling, args.target_rounds, catalog))
+    print("the two ingresses (Ray Serve's, the routers' lean listeners)", flush=True)
+    ingress = _ingress_subprocess(2 * args.duration, args.rounds)
+    print(
+        write_results(
+            results, args.duration, args.rounds, ceiling, args.target_rounds, catalog, ingress
+        )
+    )
     print(f"bench took {time.monotonic() - started:.0f} s; wrote {RESULTS}")
     return 0
 

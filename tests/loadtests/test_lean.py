@@ -62,3 +62,22 @@ def test_granian_is_measured_only_where_it_is_installed() -> None:
     installed = (Path(sys.executable).parent / "granian").exists()
     assert lean.available("granian") is installed
     assert lean.available("uvicorn") and lean.available("raw")
+
+
+def test_the_ingress_comparison_counts_each_serving_process_in_its_group() -> None:
+    from loadtests import ingress
+
+    assert ingress.group("/usr/lib/haproxy -f cfg", "haproxy") == "balancer"
+    assert ingress.group("ray::ServeReplica:modelgate:Router", "ray::ServeRepli") == "router"
+    assert ingress.group("ray::ServeController", "ray::ServeContr") == "ray"
+    point = {
+        "rps": 100.0,
+        "cpu_us": {"balancer": 100.0, "router": 300.0, "ray": 20.0},
+        "serving_us": 400.0,
+        "p50_ms_32": 3.0,
+        "p50_ms_1": 1.0,
+    }
+    lean_point = {**point, "rps": 200.0, "serving_us": 200.0, "p50_ms_1": 0.5}
+    text = ingress.report([{"ray": point, "lean": lean_point}])
+    assert "| ray | 100 | 100 µs | 300 µs | 400 µs | 20 µs | 3.00 ms | 1.00 ms |" in text
+    assert "req/s 2.00x, serving CPU a request 0.50x, p50 at 1 client 0.50x" in text
