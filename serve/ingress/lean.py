@@ -57,6 +57,7 @@ PORTS = range(20000, 28000)
 #: The header HAProxy sets to the application's route prefix on each request it sends a lean
 #: listener (a client's own is replaced): the router's routes are below it.
 ROOT_HEADER = "x-modelgate-root-path"
+_ROOT = ROOT_HEADER.encode()
 HEALTH_PATH = "/-/healthz"
 #: Seconds a client has to send a request's head (headers), at HAProxy (serve/ingress/haproxy.py)
 #: and at a lean listener: slow-header clients are answered 408 and dropped.
@@ -193,7 +194,7 @@ class LeanListener:
             await Response(body, status, media_type="text/plain")(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == ROOT_HEADER.encode():
+            if name == _ROOT:
                 root = value.decode("latin-1").rstrip("/")
                 scope = {**scope, "root_path": root}
                 break
