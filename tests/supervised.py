@@ -71,6 +71,7 @@ class Supervised:
     log: Path
     folders: set[Path]  # the private HAProxy folders that existed before it started
     config: Path  # the config it serves
+    grpc: str  # its gRPC front door, host:port
 
     @property
     def url(self) -> str:
@@ -92,12 +93,12 @@ def supervised_gateway(
     x, y = load_iris(return_X_y=True)
     registry.publish_sklearn("iris", LogisticRegression(max_iter=500).fit(x, y), x[:50])
     artifact = convert_uri(registry, "models:/iris/1", ConvertOptions(out=tmp_path / "a")).path
-    http = free_port()
+    http, grpc = free_port(), free_port()
     config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": http},
         "grpc_options": {
-            "port": free_port(),
+            "port": grpc,
             "grpc_servicer_functions": [
                 "serve.protos.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
             ],
@@ -163,7 +164,8 @@ def supervised_gateway(
             env=env,
         )
     try:
-        yield Supervised(proc, f"http://127.0.0.1:{http}{prefix.rstrip('/')}", log, folders, path)
+        base = f"http://127.0.0.1:{http}{prefix.rstrip('/')}"
+        yield Supervised(proc, base, log, folders, path, f"127.0.0.1:{grpc}")
     finally:
         everything = [proc.pid, *descendants(proc.pid)]
         groups = set()

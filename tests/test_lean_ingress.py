@@ -68,8 +68,8 @@ def routers(gateway: Supervised) -> dict[str, int]:
     return {rid: int(port) for rid, port in found}
 
 
-def server_requests(gateway: Supervised) -> dict[str, int]:
-    """HAProxy's count of requests (stot) per server of the application's HTTP backend."""
+def server_requests(gateway: Supervised, backend: str = "http-lean") -> dict[str, int]:
+    """HAProxy's count of requests (stot) per server of one of the application's backends."""
     (sock_path,) = folder(gateway).glob("*/admin.sock")
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(sock_path))
@@ -82,7 +82,7 @@ def server_requests(gateway: Supervised) -> dict[str, int]:
     out = {}
     for line in lines[1:]:
         row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == "http-lean" and row.get("svname") not in ("BACKEND", None):
+        if row.get("pxname") == backend and row.get("svname") not in ("BACKEND", None):
             out[row["svname"]] = int(row["stot"] or 0)
     return out
 
@@ -107,6 +107,38 @@ def test_requests_reach_the_routers_own_listeners_through_haproxy(gateway: Super
     assert sum(grown[n] for n in lean_servers) >= 200, grown
     assert all(grown[n] == 0 for n in grown if n not in lean_servers), grown
     assert all(grown[n] > 0 for n in lean_servers), grown  # HAProxy balances over both
+
+
+def test_grpc_reaches_the_routers_own_grpc_listeners_and_meets_the_limit(
+    gateway: Supervised,
+) -> None:
+    import grpc
+
+    from serve.protos import grpc_predict_v2_pb2 as pb
+    from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name="iris")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([5.1, 3.5, 1.4, 0.2])
+    metadata = (("application", "lean"),)
+    before = server_requests(gateway, "grpc-lean")
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answers = [stub.ModelInfer(request, metadata=metadata, timeout=10) for _ in range(50)]
+    assert {a.model_version for a in answers} == {"1"}
+    grown = {n: v - before.get(n, 0) for n, v in server_requests(gateway, "grpc-lean").items()}
+    routers_ = {n for n in grown if n.startswith("SERVE_REPLICA_lean-Router-")}
+    assert len(routers_) == ROUTERS and sum(grown[n] for n in routers_) >= 50, grown
+    assert all(grown[n] == 0 for n in grown if n not in routers_), grown
+    # straight at a router's lean gRPC port: a message past the body limit is refused
+    rid = next(iter(routers(gateway)))
+    with grpc.insecure_channel(f"127.0.0.1:{lean.lean_port(rid, 'grpc')}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        big = pb.ModelInferRequest(model_name="iris", raw_input_contents=[b"x" * MAX_BODY_BYTES])
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(big, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.ModelInfer(request, timeout=10).model_version == "1"
 
 
 def _exchange(port: int, data: bytes) -> tuple[bytes, float]:

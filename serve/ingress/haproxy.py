@@ -182,19 +182,22 @@ _SECTION = re.compile(r"(?m)^\S[^\n]*\n(?:(?:[ \t][^\n]*)?\n)*")
 
 
 def point_at_lean_listeners(config: str) -> str:
-    """In each HTTP backend (`backend http-<app>`; gRPC's stay on Ray's ports): each router
-    replica's server line at its lean listener's port (derived from its replica id:
-    `lean.lean_port`), and the route prefix told to the routers (`lean.ROOT_HEADER`, from the
-    frontend's match; a client's own is replaced)."""
+    """In each application's backend (`backend http-<app>`, `backend grpc-<app>`): each router
+    replica's server line at its lean listener's port for that protocol (derived from its
+    replica id: `lean.lean_port`); HTTP backends also tell the routers the route prefix
+    (`lean.ROOT_HEADER`, from the frontend's match; a client's own is replaced)."""
     header = f"    http-request set-header {lean.ROOT_HEADER} %[var(txn.serve_route)]\n"
 
     def section(m: re.Match[str]) -> str:
         text = m.group(0)
-        if not text.startswith("backend http-"):
-            return text
+        protocol = "http" if text.startswith("backend http-") else "grpc"
+        if protocol == "grpc" and not text.startswith("backend grpc-"):
+            return text  # not an application's backend
         head, body = text.split("\n", 1)
-        body = _ROUTER_SERVER.sub(lambda s: f"{s.group(1)}:{lean.lean_port(s.group('id'))}", body)
-        return f"{head}\n{header}{body}"
+        body = _ROUTER_SERVER.sub(
+            lambda s: f"{s.group(1)}:{lean.lean_port(s.group('id'), protocol)}", body
+        )
+        return f"{head}\n{header if protocol == 'http' else ''}{body}"
 
     return _SECTION.sub(section, config)
 

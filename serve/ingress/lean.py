@@ -84,10 +84,11 @@ def ingress() -> str:
     return value
 
 
-def lean_port(replica_id: str) -> int:
-    """The port a router replica listens on, from its id alone: HAProxy's configuration on any
-    node computes the same without asking anyone."""
-    digest = hashlib.sha256(replica_id.encode()).digest()
+def lean_port(replica_id: str, protocol: str = "http") -> int:
+    """The port a router replica listens on for `protocol` (http, grpc), from its id alone:
+    HAProxy's configuration on any node computes the same without asking anyone."""
+    key = replica_id if protocol == "http" else f"{replica_id}/{protocol}"
+    digest = hashlib.sha256(key.encode()).digest()
     return PORTS.start + int.from_bytes(digest[:4], "big") % len(PORTS)
 
 
@@ -217,3 +218,81 @@ class LeanListener:
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True
+
+
+#: The unary call HAProxy's gRPC health check replays (Ray's template:
+#: `/ray.serve.RayServeAPIService/Healthz`, an empty request), and the answer it looks for (the
+#: bytes "success"): Ray's HealthzResponse{message: "success"}, encoded.
+HEALTHZ_SERVICE, HEALTHZ_METHOD = "ray.serve.RayServeAPIService", "Healthz"
+HEALTHY = b"\n\x07success"
+
+
+class LeanGrpcListener:
+    """One router replica's gRPC listener (grpc.aio on the replica's loop): the services
+    `add_services` registers (the Router's InferenceServicer), HAProxy's health check, messages
+    capped at `max_message_bytes` (RESOURCE_EXHAUSTED past it, before it is read whole)."""
+
+    def __init__(
+        self,
+        add_services: Callable[[Any], None],
+        host: str,
+        port: int,
+        max_message_bytes: int,
+    ) -> None:
+        self.add_services, self.host, self.port = add_services, host, port
+        self.max_message_bytes = max_message_bytes
+        self.draining = False
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Binds now, or raises OSError (the port taken); serves from the loop's next turn."""
+        import grpc
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.add_services(server)
+        healthz = grpc.unary_unary_rpc_method_handler(
+            self._healthz,
+            request_deserializer=lambda data: data,
+            response_serializer=lambda data: data,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(HEALTHZ_SERVICE, {HEALTHZ_METHOD: healthz}),)
+        )
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"the lean gRPC listener cannot bind {address}: {exc}") from exc
+        if bound != self.port:
+            raise OSError(f"the lean gRPC listener cannot bind {address}")
+        self._server = server
+        self._task = asyncio.get_running_loop().create_task(server.start())
+        logger.info("lean gRPC listener on %s", address)
+
+    async def _healthz(self, request: bytes, context: Any) -> bytes:
+        if self.draining:
+            import grpc
+
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
+        return HEALTHY
+
+    async def drain(self) -> None:
+        """New calls refused, those in flight answered (for up to DRAIN_S)."""
+        self.draining = True
+        if self._server is None:
+            return
+        with contextlib.suppress(Exception):
+            if self._task is not None:
+                await self._task
+            await self._server.stop(DRAIN_S)
+
+    def close(self) -> None:
+        """Without a loop to wait on: nothing to do but let the process end it."""
+        self.draining = True

@@ -56,12 +56,13 @@ from serve.core.runners import expired, time_left
 from serve.core.runtime import ArtifactError, VersionRuntime
 from serve.core.types import Feeds
 from serve.ingress import lean
-from serve.ingress.lean import LeanListener
+from serve.ingress.lean import LeanGrpcListener, LeanListener
 from serve.observe.exporter import MULTIPROC_ENV
 from serve.observe.telemetry import ReplicaTelemetry
 from serve.protocol import rest
 from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
+from serve.protos.grpc_predict_v2_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from serve.ray import autoscale
 from serve.ray.catalog import POOL, CatalogPool, CatalogWatch
 from serve.ray.internals import KVDirectory, http_host, serve_details, session_dir
@@ -248,11 +249,25 @@ class Router:
                 ROUTER_REFRESH_S,
             )
 
-        self.lean: LeanListener | None = None
-        if lean.ingress() == "lean":  # this node's routers serve HTTP on listeners of their own
+        self.lean: list[LeanListener | LeanGrpcListener] = []
+        if lean.ingress() == "lean":  # this node's routers serve on listeners of their own
             replica = serve.get_replica_context().replica_id.unique_id
-            self.lean = LeanListener(self._http, http_host(), lean.lean_port(replica))
-            self.lean.start()
+            host = http_host()
+
+            def add_services(server: Any) -> None:
+                add_GRPCInferenceServiceServicer_to_server(self.grpc, server)
+
+            self.lean = [
+                LeanListener(self._http, host, lean.lean_port(replica)),
+                LeanGrpcListener(
+                    add_services,
+                    host,
+                    lean.lean_port(replica, "grpc"),
+                    self.limits.max_body_bytes,  # as Ray's (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE)
+                ),
+            ]
+            for listener in self.lean:
+                listener.start()
 
     def __del__(self) -> Any:
         """Ray Serve calls it when it stops the replica (after its own drain), on the replica's
@@ -262,19 +277,20 @@ class Router:
         if getattr(self, "_stopped", False):
             return None
         self._stopped = True
-        listener = getattr(self, "lean", None)
-        if listener is not None:
+        listeners = getattr(self, "lean", [])
+        if listeners:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                listener.close()
+                for listener in listeners:
+                    listener.close()
             else:
-                return self._drain(listener)
+                return self._drain(listeners)
         self._stop()
         return None
 
-    async def _drain(self, listener: LeanListener) -> None:
-        await listener.drain()
+    async def _drain(self, listeners: list[LeanListener | LeanGrpcListener]) -> None:
+        await asyncio.gather(*(listener.drain() for listener in listeners))
         self._stop()
 
     def _stop(self) -> None:

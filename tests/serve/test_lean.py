@@ -168,7 +168,7 @@ def test_the_ingress_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None
         lean.ingress()
 
 
-def test_haproxy_points_each_router_at_its_lean_port_and_tells_it_the_prefix(
+def test_haproxy_points_each_router_at_its_lean_ports_and_tells_it_the_prefix(
     tmp_path: Path,
 ) -> None:
     ray_config = _ray_config(tmp_path)
@@ -181,9 +181,13 @@ def test_haproxy_points_each_router_at_its_lean_port_and_tells_it_the_prefix(
     assert check.returncode == 0, check.stdout + check.stderr
     http = re.findall(r"(?m)^    server SERVE_REPLICA_\S+-Router-(\w+) [\d.]+:(\d+) check", config)
     assert http and all(int(port) == lean.lean_port(rid) for rid, port in http)
-    # gRPC stays on Ray's ports; the fallback proxy too
-    assert re.search(r"(?m)^    server SERVE_REPLICA_\S+ [\d.]+:40000 proto h2", config)
-    assert " 127.0.0.1:8500 check backup" in config
+    grpc = re.findall(
+        r"(?m)^    server SERVE_REPLICA_\S+-Router-(\w+) [\d.]+:(\d+) proto h2", config
+    )
+    assert grpc and all(int(port) == lean.lean_port(rid, "grpc") for rid, port in grpc)
+    assert lean.lean_port("ijmllfl9", "grpc") != lean.lean_port("ijmllfl9")
+    # Ray's fallback proxy stays where it is, for HTTP and gRPC
+    assert " 127.0.0.1:8500 check backup" in config and " 127.0.0.1:9500 proto h2 check" in config
     for backend in re.findall(r"(?m)^backend (http-\S+)$", config):
         section = config.split(f"backend {backend}\n", 1)[1]
         assert section.startswith(
@@ -192,3 +196,47 @@ def test_haproxy_points_each_router_at_its_lean_port_and_tells_it_the_prefix(
     # without the setting, Ray's ports
     plain = haproxy.harden(ray_config, tmp_path)
     assert "127.0.0.1:30000 check" in plain and lean.ROOT_HEADER not in plain
+
+
+def test_the_grpc_listener_answers_haproxys_health_check_and_caps_messages() -> None:
+    """grpc.aio on the loop, the inference service registered by the caller, the health check
+    HAProxy replays (Ray's Healthz), a message past the cap refused before it is read whole."""
+    import grpc
+
+    from serve.protos import grpc_predict_v2_pb2 as pb
+    from serve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    class Live(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        async def ServerLive(self, request: object, context: object) -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=True)
+
+    async def scenario() -> None:
+        port = free_port()
+        listener = lean.LeanGrpcListener(
+            lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(Live(), server),
+            "127.0.0.1",
+            port,
+            max_message_bytes=1 << 16,
+        )
+        listener.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                assert (await stub.ServerLive(pb.ServerLiveRequest())).live
+                healthz = channel.unary_unary(
+                    f"/{lean.HEALTHZ_SERVICE}/{lean.HEALTHZ_METHOD}",
+                    request_serializer=lambda data: data,
+                    response_deserializer=lambda data: data,
+                )
+                assert b"success" in await healthz(b"")
+                big = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"x" * (1 << 17)])
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.ModelInfer(big)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                with pytest.raises(OSError):  # the port is taken
+                    lean.LeanGrpcListener(lambda server: None, "127.0.0.1", port, 1024).start()
+        finally:
+            await listener.drain()
+        assert listener.draining
+
+    asyncio.run(scenario())
