@@ -58,6 +58,23 @@ def metadata(context: Any) -> dict[str, str]:
     return {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
 
 
+def with_client_deadline(parameters: dict[str, Any], context: Any) -> None:
+    """The client's own gRPC deadline as the request's `timeout` (microseconds; the smaller of
+    the two when both are given), where the server tells it: grpc.aio's context does (the lean
+    listener, serve/ingress/lean.py); Ray Serve 2.60's does not, so through Ray's gRPC ingress
+    the `timeout` parameter is the way to give one."""
+    remaining = getattr(context, "time_remaining", lambda: None)()
+    if remaining is None:
+        return
+    client_us = max(1.0, remaining * 1e6)
+    given = parameters.get("timeout")
+    if given is None:
+        parameters["timeout"] = client_us
+    elif isinstance(given, int | float) and not isinstance(given, bool) and given > 0:
+        parameters["timeout"] = min(given, client_us)
+    # anything else: the parameter's own check refuses it, by name
+
+
 class InferenceServicer:
     """`inference.GRPCInferenceService` over one DataPlane. API keys travel as the metadata
     `authorization: Bearer <key>`; ModelInfer passes the router's admission first."""
@@ -114,6 +131,7 @@ class InferenceServicer:
             self.plane.check_known(request.model_name, request.model_version or None, "grpc")
             grpc_codec.check_size(request, self.max_body_bytes)
             infer = grpc_codec.decode_infer(request, self.codec_limits, metadata(context))
+            with_client_deadline(infer.parameters, context)
             response = await self.plane.infer(infer)
         finally:
             self.admission.leave()

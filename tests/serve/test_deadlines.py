@@ -94,3 +94,52 @@ def test_a_batch_refused_as_expired_answers_each_request_with_its_own_deadline()
         asyncio.run(plane.infer(_request(timeout_us=2_000)))
     assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
     assert "no answer within the request's deadline of 2 ms" in info.value.message
+
+
+def test_a_grpc_clients_own_deadline_becomes_the_requests_timeout_where_the_server_tells_it() -> (
+    None
+):
+    """grpc.aio's server context (the lean listener's) tells the time the client left; the
+    request's `timeout` then says it (the smaller, when the client gave both). Ray's context
+    tells nothing: the request stays as it came."""
+    import grpc
+
+    from serve.protocol.grpc_servicer import with_client_deadline
+    from tests.conftest import free_port
+
+    seen: list[dict[str, object]] = []
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        parameters: dict[str, object] = {}
+        if request:
+            parameters["timeout"] = int(request)
+        with_client_deadline(parameters, context)
+        seen.append(parameters)
+        return b""
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        method = grpc.unary_unary_rpc_method_handler(
+            handler, request_deserializer=bytes, response_serializer=bytes
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t", {"m": method}),))
+        port = free_port()
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary("/t/m")
+                await call(b"", timeout=5)
+                await call(b"1000", timeout=5)  # the request's own is smaller: kept
+                await call(b"")  # no deadline at all
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+    client, smaller, none = seen
+    assert 4e6 < float(client["timeout"]) <= 5e6  # type: ignore[arg-type]
+    assert smaller == {"timeout": 1000}
+    assert none == {}
+    ray_like: dict[str, object] = {}
+    with_client_deadline(ray_like, object())  # a context with no time_remaining
+    assert ray_like == {}
