@@ -7,8 +7,9 @@ local Ray each, one after the other, in an order that alternates by round) with 
 config: the breast_cancer GradientBoosting version colocated in one router replica, behind
 HAProxy. At 32 clients (closed loop, the harness in this process) it reads each serving
 process's CPU from /proc (user and system, children included): HAProxy (the balancer), the
-router replica, and the rest of Ray's processes apart; then p50 at 1 client. Requests are
-counted by the harness (answered ones), so CPU a request is each group's CPU over them.
+router replica, and the rest of Ray's processes apart; then p50 at 1 client, and req/s over
+gRPC at 32. Requests are counted by the harness (answered ones), so CPU a request is each
+group's CPU over them.
 
 Ratios are lean against ray within a round; the median round is reported.
 """
@@ -68,11 +69,12 @@ def config(artifact: str, http: int, grpc: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def serving(ingress: str, artifact: str, folder: Path) -> Iterator[tuple[int, str]]:
-    """`modelgate serve --ingress INGRESS` of the config; yields its pid and HTTP base URL."""
-    http = free_port()
+def serving(ingress: str, artifact: str, folder: Path) -> Iterator[tuple[int, str, str]]:
+    """`modelgate serve --ingress INGRESS` of the config; yields its pid, HTTP base URL and
+    gRPC address."""
+    http, grpc = free_port(), free_port()
     path = folder / f"{ingress}.yaml"
-    path.write_text(yaml.safe_dump(config(artifact, http, free_port())))
+    path.write_text(yaml.safe_dump(config(artifact, http, grpc)))
     log = folder / f"{ingress}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -91,7 +93,7 @@ def serving(ingress: str, artifact: str, folder: Path) -> Iterator[tuple[int, st
             time.sleep(0.5)
         base = f"http://127.0.0.1:{http}"
         _wait_answering(f"{base}/v2/models/{MODEL}/ready")
-        yield proc.pid, base
+        yield proc.pid, base, f"127.0.0.1:{grpc}"
     finally:
         proc.send_signal(2)  # Ctrl-C: it stops Serve and Ray in order
         try:
@@ -148,6 +150,7 @@ def measure(ingress: str, artifact: str, duration_s: float) -> dict[str, Any]:
         serving(ingress, artifact, Path(folder)) as (
             pid,
             base,
+            grpc,
         ),
     ):
         target = Target(base, MODEL, "1")
@@ -156,8 +159,12 @@ def measure(ingress: str, artifact: str, duration_s: float) -> dict[str, Any]:
         loaded = run(target, payloads, Step("closed", concurrency=32, duration_s=duration_s))
         after = cpu_by_group(pid)
         single = run(target, payloads, Step("closed", concurrency=1, duration_s=duration_s / 2))
-    if loaded.errors or single.errors:
-        raise RuntimeError(f"{ingress}: errors {loaded.errors} {single.errors}")
+        over_grpc = Target(base, MODEL, "1", "grpc", grpc, "modelgate")
+        grpc_step = Step("closed", concurrency=32, duration_s=duration_s)
+        grpc_loaded = run(over_grpc, payloads, grpc_step)
+    failed = loaded.errors or single.errors or grpc_loaded.errors
+    if failed:
+        raise RuntimeError(f"{ingress}: errors {failed}")
     answered = loaded.summary()["ok"]
     cpu = {k: (after[k] - before[k]) / answered * 1e6 for k in after}
     return {
@@ -167,14 +174,15 @@ def measure(ingress: str, artifact: str, duration_s: float) -> dict[str, Any]:
         "serving_us": cpu["balancer"] + cpu["router"],
         "p50_ms_32": loaded.percentile_ms(50),
         "p50_ms_1": single.percentile_ms(50),
+        "grpc_rps": grpc_loaded.achieved_rps,
     }
 
 
 def report(rounds: list[dict[str, dict[str, Any]]]) -> str:
     lines = [
         "| ingress | req/s at 32 | CPU a request: HAProxy | router | serving (both) "
-        "| rest of Ray | p50 at 32 | p50 at 1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| rest of Ray | p50 at 32 | p50 at 1 | gRPC req/s at 32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for ingress in INGRESSES:
         points = [r[ingress] for r in rounds]
@@ -189,17 +197,18 @@ def report(rounds: list[dict[str, dict[str, Any]]]) -> str:
             f"| {median(lambda p: p['serving_us']):.0f} µs "
             f"| {median(lambda p: p['cpu_us']['ray']):.0f} µs "
             f"| {median(lambda p: p['p50_ms_32']):.2f} ms "
-            f"| {median(lambda p: p['p50_ms_1']):.2f} ms |"
+            f"| {median(lambda p: p['p50_ms_1']):.2f} ms "
+            f"| {median(lambda p: p['grpc_rps']):,.0f} |"
         )
     ratios = {
         key: statistics.median(r["lean"][key] / r["ray"][key] for r in rounds)
-        for key in ("rps", "serving_us", "p50_ms_1")
+        for key in ("rps", "serving_us", "p50_ms_1", "grpc_rps")
     }
     lines.append("")
     lines.append(
         f"lean / ray, median of {len(rounds)} rounds' ratios: req/s {ratios['rps']:.2f}x, "
         f"serving CPU a request {ratios['serving_us']:.2f}x, p50 at 1 client "
-        f"{ratios['p50_ms_1']:.2f}x"
+        f"{ratios['p50_ms_1']:.2f}x, gRPC req/s {ratios['grpc_rps']:.2f}x"
     )
     return "\n".join(lines)
 

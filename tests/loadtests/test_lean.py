@@ -76,8 +76,9 @@ def test_the_ingress_comparison_counts_each_serving_process_in_its_group() -> No
         "serving_us": 400.0,
         "p50_ms_32": 3.0,
         "p50_ms_1": 1.0,
+        "grpc_rps": 50.0,
     }
-    lean_point = {**point, "rps": 200.0, "serving_us": 200.0, "p50_ms_1": 0.5}
+    lean_point = {**point, "rps": 200.0, "serving_us": 200.0, "p50_ms_1": 0.5, "grpc_rps": 75.0}
     text = ingress.report([{"ray": point, "lean": lean_point}])
-    assert "| ray | 100 | 100 µs | 300 µs | 400 µs | 20 µs | 3.00 ms | 1.00 ms |" in text
-    assert "req/s 2.00x, serving CPU a request 0.50x, p50 at 1 client 0.50x" in text
+    assert "| ray | 100 | 100 µs | 300 µs | 400 µs | 20 µs | 3.00 ms | 1.00 ms | 50 |" in text
+    assert "serving CPU a request 0.50x, p50 at 1 client 0.50x, gRPC req/s 1.50x" in text
