@@ -54,7 +54,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
 
 
 def folder(gateway: Supervised) -> Path:
-    (path,) = set(Path("/tmp").glob("mg-*")) - gateway.folders
+    """Its HAProxy's private folder: new since it started, and serving its application."""
+    (path,) = [
+        new
+        for new in set(Path("/tmp").glob("mg-*")) - gateway.folders
+        if any("\nbackend http-lean\n" in c.read_text() for c in new.glob("**/haproxy.cfg"))
+    ]
     return path
 
 
