@@ -279,6 +279,9 @@ async def _closed(run: _Run) -> None:
 
 #: Seconds below which two instants of a schedule are one (floating-point rounding).
 _EPS = 1e-9
+#: Seconds within which a constant schedule's next instant is taken to be the edge it nears (a
+#: microsecond: far below any period the harness sends at, far above rounding).
+_SNAP_S = 1e-6
 
 
 async def _open(run: _Run) -> None:
@@ -316,7 +319,11 @@ async def _open(run: _Run) -> None:
         else:
             # At constant arrivals a request falls on each edge (the window's, a burst's): the
             # count in the window is its schedule's, whatever the clock's value rounds to.
+            # An instant within _SNAP_S of the edge is the edge: summed periods drift from the
+            # edge by rounding (by 1e-11 s at a clock of 6,000 s), and an instant that falls
+            # just short of the window's end would be one request too many.
             change = run.measure_from + step.next_change(since)
-            intended = min(intended + 1 / rate, change)
+            following = intended + 1 / rate
+            intended = change if following > change - _SNAP_S else following
     if pending:  # each send ends within its timeout
         await asyncio.wait(pending, timeout=step.timeout_s + 5)
