@@ -258,7 +258,7 @@ class Router:
                 add_GRPCInferenceServiceServicer_to_server(self.grpc, server)
 
             self.lean = [
-                LeanListener(self._http, host, lean.lean_port(replica)),
+                LeanListener(self.__call__, host, lean.lean_port(replica)),
                 LeanGrpcListener(
                     add_services,
                     host,
@@ -328,9 +328,6 @@ class Router:
 
     # -- HTTP ---------------------------------------------------------------------------------
     async def __call__(self, request: Request) -> Response:
-        return await self._http(request)
-
-    async def _http(self, request: Request) -> Response:
         """One HTTP request, from Ray Serve's ingress or the lean listener."""
         if not self.admission.enter():
             return rest.error_response(self.admission.refusal())
