@@ -119,8 +119,8 @@ def harden(
 ) -> str:
     """Ray's generated configuration with modelgate's rules; error pages are written to
     `folder` (the configuration's own). `max_files`: the process's hard limit on open files,
-    which caps `maxconn` (`fitting_maxconn`). `lean`: router replicas serve HTTP on their own
-    listeners (serve/ingress/lean.py), and their server lines point there. A configuration
+    which caps `maxconn` (`fitting_maxconn`). `lean`: router replicas serve HTTP and gRPC on their
+    own listeners (serve/ingress/lean.py), and their server lines point there. A configuration
     already hardened is left as it is."""
     if config.startswith(MARK):
         return config
