@@ -28,6 +28,7 @@ RUN pip install --no-cache-dir ".[${EXTRAS}]" && python -m compileall -q serve c
 ENV RAY_SERVE_ENABLE_HA_PROXY=1 \
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
     RAY_SERVE_HAPROXY_RETRY_ON="conn-failure empty-response" \
+    MODELGATE_INGRESS=lean \
     PYTHONUNBUFFERED=1
 
 USER 1000

@@ -72,6 +72,7 @@ class Supervised:
     folders: set[Path]  # the private HAProxy folders that existed before it started
     config: Path  # the config it serves
     grpc: str  # its gRPC front door, host:port
+    env: dict[str, str]  # the settings it was started with beside this process's environment
 
     @property
     def url(self) -> str:
@@ -130,8 +131,7 @@ def supervised_gateway(
     # instances on the same range would take each other's requests (the ranges stay below the
     # ephemeral ports that free_port() hands out, and apart from the lean listeners' ports,
     # serve/ingress/lean.py).
-    env = {
-        **os.environ,
+    overrides = {
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         # HAProxy's backup server for every route is Ray Serve's proxy actor on these ports
@@ -145,6 +145,7 @@ def supervised_gateway(
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "29999",
         **(env or {}),
     }
+    env = {**os.environ, **overrides}
     log = tmp_path / "serve.log"
     ray_metrics = str(free_port())
     folders = set(Path("/tmp").glob("mg-*"))
@@ -165,7 +166,7 @@ def supervised_gateway(
         )
     try:
         base = f"http://127.0.0.1:{http}{prefix.rstrip('/')}"
-        yield Supervised(proc, base, log, folders, path, f"127.0.0.1:{grpc}")
+        yield Supervised(proc, base, log, folders, path, f"127.0.0.1:{grpc}", overrides)
     finally:
         everything = [proc.pid, *descendants(proc.pid)]
         groups = set()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from serve.core.config import GatewayConfig, MetricsConfig
+from serve.ingress import lean
 from serve.ray import launcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,7 @@ def test_every_ray_container_has_the_gateways_environment_ports_and_probe() -> N
     for container in _ray_containers():
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert launcher.HIGH_THROUGHPUT_ENV.items() <= env.items(), container["name"]
+        assert env[lean.INGRESS_ENV] == lean.DEFAULT, container["name"]  # every node the same
         assert "modelgate ingress-env" in container["args"][0]
         assert "$KUBERAY_GEN_RAY_START_CMD" in container["args"][0]
         assert ports <= {p["containerPort"] for p in container["ports"]}, container["name"]
@@ -91,5 +93,5 @@ def test_the_image_installs_at_build_time_and_runs_as_a_user() -> None:
     assert any(line.startswith("RUN pip install") for line in lines)
     [user] = [line for line in lines if line.startswith("USER ")]
     assert user.split()[1] not in {"0", "root"}
-    for key, value in launcher.HIGH_THROUGHPUT_ENV.items():
+    for key, value in {**launcher.HIGH_THROUGHPUT_ENV, lean.INGRESS_ENV: lean.DEFAULT}.items():
         assert f'{key}="{value}"' in dockerfile or f"{key}={value}" in dockerfile, key

@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingress.add_argument(
         "--ingress",
         choices=["ray", "lean"],
-        default="ray",
-        help="Ray Serve's ingress, or the routers' own listeners (every node the same)",
+        default="lean",
+        help="the routers' own listeners (default), or Ray Serve's ingress (every node the same)",
     )
     ingress.set_defaults(func=cmd_ingress_env)
 
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ray", "lean"],
         default=None,
         help="how a local Ray's HAProxy reaches the routers: Ray Serve's ingress, or the "
-        "routers' own listeners (serve/ingress/lean.py); default: $MODELGATE_INGRESS, else ray",
+        "routers' own listeners (serve/ingress/lean.py); default: $MODELGATE_INGRESS, else lean",
     )
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS and gRPC over TLS")

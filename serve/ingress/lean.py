@@ -2,9 +2,9 @@
 wrapper (issue 21).
 
 Through Ray Serve's ingress a request costs ~475 us of CPU, of which the gateway's own work is
-20-40 us: the rest is Ray's per-request machinery around the user's ASGI call. With
-`MODELGATE_INGRESS=lean` in every node's environment (set by `modelgate serve`; on a cluster,
-by whoever starts its nodes), each router replica serves HTTP itself:
+20-40 us: the rest is Ray's per-request machinery around the user's ASGI call. So by default
+(`MODELGATE_INGRESS` unset or `lean` in every node's environment; `ray` chooses Ray Serve's
+ingress), each router replica serves HTTP (and gRPC: `LeanGrpcListener`) itself:
 
 - it listens on `lean_port(replica id)`, a port derived from its replica id alone, on the host
   Ray binds its own direct-ingress port to (`http_options.host`), with uvicorn on httptools
@@ -45,11 +45,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger("modelgate.lean")
 
-#: The node setting that chooses the ingress: "lean" (the routers' own listeners) or "ray"
-#: (Ray Serve's direct ingress). It must be the same on every node: HAProxy and the routers
-#: each read it.
+#: The node setting that chooses the ingress: "lean" (the routers' own listeners, the default)
+#: or "ray" (Ray Serve's direct ingress). It must be the same on every node: HAProxy and the
+#: routers each read it.
 INGRESS_ENV = "MODELGATE_INGRESS"
 INGRESSES = ("ray", "lean")
+DEFAULT = "lean"
 #: Router replicas' lean ports: below the kernel's ephemeral ports (32768-), above Ray's worker
 #: ports (10002-19999 by default), apart from Ray's direct-ingress ranges (30000-31000 HTTP,
 #: 40000-41000 gRPC).
@@ -78,7 +79,7 @@ class IngressError(ValueError):
 
 def ingress() -> str:
     """This node's ingress setting."""
-    value = os.environ.get(INGRESS_ENV, "ray").strip() or "ray"
+    value = os.environ.get(INGRESS_ENV, DEFAULT).strip() or DEFAULT
     if value not in INGRESSES:
         raise IngressError(f"{INGRESS_ENV}={value!r}: expected one of {', '.join(INGRESSES)}")
     return value

@@ -254,8 +254,8 @@ class Router:
             replica = serve.get_replica_context().replica_id.unique_id
             host = http_host()
 
-            def add_services(server: Any) -> None:
-                add_GRPCInferenceServiceServicer_to_server(self.grpc, server)
+            def add_services(server: Any) -> None:  # the RPCs below: one path for both ingresses
+                add_GRPCInferenceServiceServicer_to_server(self, server)
 
             self.lean = [
                 LeanListener(self.__call__, host, lean.lean_port(replica)),

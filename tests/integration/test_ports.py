@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from serve.cli.supervisor import descendants
+from serve.ingress import lean
 from serve.ray import launcher
 from serve.ray.internals import KVDirectory
 from serve.transport.direct import kv_prefix
@@ -100,6 +101,9 @@ def test_every_listening_socket_is_in_the_table_and_binds_no_wider(gateway: Gate
                 return "direct transport", {node_ip}
             if port == metrics["port"]:
                 return "node exporter", {metrics["host"]}
+            if b":Router" in cmdline and port in lean.PORTS:  # serve/ingress/lean.py
+                lean_listeners[listener.pid] += 1
+                return "router HTTP and gRPC (lean)", {http_host}
             if b":Router" in cmdline and port in http_range:
                 return "router HTTP (direct ingress)", {http_host}
             if b":Router" in cmdline and port in grpc_range:
@@ -115,6 +119,7 @@ def test_every_listening_socket_is_in_the_table_and_binds_no_wider(gateway: Gate
         return "Ray's own", None
 
     spare: dict[int, int] = dict.fromkeys(_tree(os.getpid()), 0)
+    lean_listeners: dict[int, int] = dict.fromkeys(spare, 0)
     seen, wrong = set(), []
     for listener in listeners():
         if listener.pid not in spare:
@@ -127,3 +132,6 @@ def test_every_listening_socket_is_in_the_table_and_binds_no_wider(gateway: Gate
     for expected in ("HTTP front door", "gRPC front door", "HAProxy stats", "HAProxy metrics"):
         assert expected in seen  # the table's rows are what runs (the test looked)
     assert {"direct transport", "node exporter", "router HTTP (direct ingress)"} <= seen
+    if lean.ingress() == "lean":  # a router replica's own HTTP and gRPC listeners (one each)
+        assert "router HTTP and gRPC (lean)" in seen
+        assert max(lean_listeners.values()) == 2, lean_listeners

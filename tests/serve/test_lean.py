@@ -160,9 +160,9 @@ def test_the_port_follows_the_replica_id_alone_within_its_range() -> None:
 
 def test_the_ingress_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(lean.INGRESS_ENV, raising=False)
+    assert lean.ingress() == "lean"  # the default
+    monkeypatch.setenv(lean.INGRESS_ENV, "ray")
     assert lean.ingress() == "ray"
-    monkeypatch.setenv(lean.INGRESS_ENV, "lean")
-    assert lean.ingress() == "lean"
     monkeypatch.setenv(lean.INGRESS_ENV, "fast")
     with pytest.raises(lean.IngressError, match="MODELGATE_INGRESS='fast': expected one of"):
         lean.ingress()

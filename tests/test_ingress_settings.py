@@ -1,11 +1,13 @@
-"""The lean data path (serve/ingress/lean.py) on a real gateway: `modelgate serve` with
-`MODELGATE_INGRESS=lean`, in a process of its own with its own Ray (tests/supervised.py), two
-router replicas behind Ray's HAProxy, hardened and pointed at the routers' own listeners.
+"""Both ingress settings on a real gateway: `modelgate serve` with `MODELGATE_INGRESS=lean` (the
+default: the routers' own listeners, serve/ingress/lean.py) and with `ray` (Ray Serve's direct
+ingress), each in a process of its own with its own Ray (tests/supervised.py), two router
+replicas behind Ray's HAProxy, hardened (and, lean, pointed at the routers' own listeners).
 
 Asserted from causes: HAProxy's own per-server counters (its admin socket) say which listener
 took the requests; the routers' lean ports are the ones their replica ids give; a hostile
-client straight at a lean port meets the gateway's limits; a rolling restart of the routers
-(new replica ids, new ports, the old ones drained) fails no request."""
+client straight at a router's port meets the gateway's limits; a rolling restart of the routers
+(new replica ids, new ports, the old ones drained) fails no request. The rest of the suite runs
+on the default, lean."""
 
 from __future__ import annotations
 
@@ -33,14 +35,16 @@ MAX_BODY_BYTES = 1 << 20
 ROUTERS = 2
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
-    tmp = tmp_path_factory.mktemp("lean")
+@pytest.fixture(scope="module", params=lean.INGRESSES)
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Supervised]:
+    tmp = tmp_path_factory.mktemp(request.param)
     with supervised_gateway(
         tmp,
         name="lean",
         prefix="/lean",
-        env={lean.INGRESS_ENV: "lean"},
+        env={lean.INGRESS_ENV: request.param},
         router={"num_replicas": ROUTERS},
         limits={"body_timeout_s": BODY_TIMEOUT_S, "max_body_bytes": MAX_BODY_BYTES},
     ) as served:
@@ -53,6 +57,21 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
         yield served
 
 
+def setting(gateway: Supervised) -> str:
+    """The gateway's ingress setting: "lean" or "ray"."""
+    return gateway.env[lean.INGRESS_ENV]
+
+
+def expected_port(gateway: Supervised, replica_id: str, port: int, protocol: str) -> bool:
+    """Whether HAProxy sends a router's `protocol` requests where the setting says: its lean
+    listener's port, or a port of Ray's direct-ingress range (tests/supervised.py sets it)."""
+    if setting(gateway) == "lean":
+        return port == lean.lean_port(replica_id, protocol)
+    low = int(gateway.env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol.upper()}_PORT"])
+    high = int(gateway.env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol.upper()}_PORT"])
+    return low <= port <= high
+
+
 def folder(gateway: Supervised) -> Path:
     """Its HAProxy's private folder: new since it started, and serving its application."""
     (path,) = [
@@ -63,13 +82,13 @@ def folder(gateway: Supervised) -> Path:
     return path
 
 
-def routers(gateway: Supervised) -> dict[str, int]:
-    """The router replicas in HAProxy's HTTP backend, by replica id: the port it sends to."""
+def routers(gateway: Supervised, backend: str = "http-lean") -> dict[str, int]:
+    """The router replicas in one of HAProxy's backends, by replica id: the port it sends to."""
     (path,) = folder(gateway).glob("**/haproxy.cfg")  # in the node's own folder
     while not (text := path.read_text()).startswith(haproxy.MARK):
         time.sleep(0.1)  # Ray wrote it, and the launcher is about to harden it
-    backend = text.split("\nbackend http-lean\n", 1)[1].split("\nbackend ", 1)[0]
-    found = re.findall(r"(?m)^    server SERVE_REPLICA_lean-Router-(\w+) [\d.]+:(\d+) ", backend)
+    section = text.split(f"\nbackend {backend}\n", 1)[1].split("\nbackend ", 1)[0]
+    found = re.findall(r"(?m)^    server SERVE_REPLICA_lean-Router-(\w+) [\d.]+:(\d+) ", section)
     return {rid: int(port) for rid, port in found}
 
 
@@ -92,10 +111,25 @@ def server_requests(gateway: Supervised, backend: str = "http-lean") -> dict[str
     return out
 
 
-def test_requests_reach_the_routers_own_listeners_through_haproxy(gateway: Supervised) -> None:
+def counted_since(
+    gateway: Supervised, before: dict[str, int], answered: int, backend: str = "http-lean"
+) -> dict[str, int]:
+    """Each server's requests since `before`, once HAProxy has counted the `answered` ones:
+    it counts a request when its stream ends, which may be a moment after its answer went out
+    (one run read 198 of 200)."""
+    deadline = time.monotonic() + 10
+    while True:
+        now = server_requests(gateway, backend)
+        grown = {name: now[name] - before.get(name, 0) for name in now}
+        if sum(grown.values()) >= answered or time.monotonic() > deadline:
+            return grown
+        time.sleep(0.2)
+
+
+def test_requests_reach_the_routers_listeners_through_haproxy(gateway: Supervised) -> None:
     ports = routers(gateway)
     assert len(ports) == ROUTERS, ports
-    assert all(port == lean.lean_port(rid) for rid, port in ports.items()), ports
+    assert all(expected_port(gateway, rid, port, "http") for rid, port in ports.items()), ports
     for port in ports.values():  # each answers HAProxy's health check itself
         health = requests.get(f"http://127.0.0.1:{port}{lean.HEALTH_PATH}", timeout=5)
         assert health.status_code == 200 and health.text == "success"
@@ -104,17 +138,17 @@ def test_requests_reach_the_routers_own_listeners_through_haproxy(gateway: Super
         answers = [session.post(gateway.url, json=ROW, timeout=10) for _ in range(200)]
     assert all(a.status_code == 200 for a in answers), {a.status_code for a in answers}
     assert {a.json()["model_version"] for a in answers} == {"1"}
-    after = server_requests(gateway)
-    grown = {name: after[name] - before.get(name, 0) for name in after}
+    grown = counted_since(gateway, before, 200)
     lean_servers = {n for n in grown if n.startswith("SERVE_REPLICA_lean-Router-")}
     assert len(lean_servers) == ROUTERS, grown
-    # every request went to a router's lean listener, none to Ray's fallback proxy
+    # every request went to a router (its lean listener: the ports above), none to Ray's
+    # fallback proxy
     assert sum(grown[n] for n in lean_servers) >= 200, grown
     assert all(grown[n] == 0 for n in grown if n not in lean_servers), grown
     assert all(grown[n] > 0 for n in lean_servers), grown  # HAProxy balances over both
 
 
-def test_grpc_reaches_the_routers_own_grpc_listeners_and_meets_the_limit(
+def test_grpc_reaches_the_routers_grpc_listeners_and_meets_the_limit(
     gateway: Supervised,
 ) -> None:
     import grpc
@@ -131,13 +165,14 @@ def test_grpc_reaches_the_routers_own_grpc_listeners_and_meets_the_limit(
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         answers = [stub.ModelInfer(request, metadata=metadata, timeout=10) for _ in range(50)]
     assert {a.model_version for a in answers} == {"1"}
-    grown = {n: v - before.get(n, 0) for n, v in server_requests(gateway, "grpc-lean").items()}
+    grown = counted_since(gateway, before, 50, "grpc-lean")
     routers_ = {n for n in grown if n.startswith("SERVE_REPLICA_lean-Router-")}
     assert len(routers_) == ROUTERS and sum(grown[n] for n in routers_) >= 50, grown
     assert all(grown[n] == 0 for n in grown if n not in routers_), grown
-    # straight at a router's lean gRPC port: a message past the body limit is refused
-    rid = next(iter(routers(gateway)))
-    with grpc.insecure_channel(f"127.0.0.1:{lean.lean_port(rid, 'grpc')}") as channel:
+    grpc_ports = routers(gateway, "grpc-lean")
+    assert all(expected_port(gateway, r, p, "grpc") for r, p in grpc_ports.items()), grpc_ports
+    # straight at a router's gRPC port: a message past the body limit is refused
+    with grpc.insecure_channel(f"127.0.0.1:{next(iter(grpc_ports.values()))}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         big = pb.ModelInferRequest(model_name="iris", raw_input_contents=[b"x" * MAX_BODY_BYTES])
         with pytest.raises(grpc.RpcError) as refused:
@@ -147,7 +182,7 @@ def test_grpc_reaches_the_routers_own_grpc_listeners_and_meets_the_limit(
 
 
 def _exchange(port: int, data: bytes) -> tuple[bytes, float]:
-    """Sends `data` to a lean port, then reads until the server closes; the answer and the
+    """Sends `data` to a router's port, then reads until the server closes; the answer and the
     seconds from the send to the close."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         started = time.monotonic()
@@ -158,20 +193,21 @@ def _exchange(port: int, data: bytes) -> tuple[bytes, float]:
         return answer, time.monotonic() - started
 
 
-def test_a_hostile_client_straight_at_a_lean_port_meets_the_gateways_limits(
+def test_a_hostile_client_straight_at_a_routers_port_meets_the_gateways_limits(
     gateway: Supervised,
 ) -> None:
     port = next(iter(routers(gateway).values()))
     path = "/lean/v2/models/iris/infer"
     head = (
         f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"{lean.ROOT_HEADER}: /lean\r\n"  # as HAProxy sends it
+        f"{lean.ROOT_HEADER}: /lean\r\n"  # as HAProxy sends it (Ray's ingress ignores it)
     )
-    # a slow header: 408 at the head deadline, from the listener itself
-    answer_, took = _exchange(port, head.encode())
-    assert answer_.startswith(b"HTTP/1.1 408 "), answer_
-    assert b"request head not received" in answer_
-    assert lean.HEAD_TIMEOUT_S - 0.5 <= took < lean.HEAD_TIMEOUT_S + 5, took
+    if setting(gateway) == "lean":  # Ray's ingress has no head deadline (README: ports)
+        # a slow header: 408 at the head deadline, from the listener itself
+        answer_, took = _exchange(port, head.encode())
+        assert answer_.startswith(b"HTTP/1.1 408 "), answer_
+        assert b"request head not received" in answer_
+        assert lean.HEAD_TIMEOUT_S - 0.5 <= took < lean.HEAD_TIMEOUT_S + 5, took
     # a slow body: 408 at the router's body deadline
     answer_, took = _exchange(port, (head + "Content-Length: 1000\r\n\r\n{").encode())
     assert b" 408 " in answer_.split(b"\r\n", 1)[0], answer_
@@ -204,9 +240,9 @@ def _gcs_address(gateway: Supervised) -> str:
 def test_a_rolling_restart_of_the_routers_fails_no_request(
     gateway: Supervised, tmp_path: Path
 ) -> None:
-    """The routers' options change: Ray starts new router replicas (new ids, so new lean
-    ports), HAProxy moves to them, and the old ones drain (Ray's deregistration window, then
-    the lean listener's own drain) before they stop."""
+    """The routers' options change: Ray starts new router replicas (new ids, so new ports),
+    HAProxy moves to them, and the old ones drain (Ray's deregistration window, then, lean,
+    the listener's own drain) before they stop."""
     old = routers(gateway)
     config = yaml.safe_load(gateway.config.read_text())
     args = config["applications"][0]["args"]
@@ -230,7 +266,7 @@ def test_a_rolling_restart_of_the_routers_fails_no_request(
             capture_output=True,
             text=True,
             timeout=180,
-            env={**os.environ, "RAY_AUTH_MODE": "token"},  # its token is in ~/.ray
+            env={**os.environ, **gateway.env, "RAY_AUTH_MODE": "token"},  # token: in ~/.ray
         )
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         deadline = time.monotonic() + 240
