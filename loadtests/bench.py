@@ -354,17 +354,27 @@ def _catalog_subprocess(duration_s: float) -> list[str]:
 
 def _ingress_subprocess(duration_s: float, rounds: int) -> list[str]:
     """loadtests/ingress.py: Ray Serve's ingress against the routers' lean listeners, a
-    `modelgate serve` of each per round, one after the other."""
-    out = Path(".modelgate/bench-ingress.json")
-    subprocess.run(
-        [
-            sys.executable, "-m", "loadtests.ingress",
-            "--duration", str(duration_s), "--rounds", str(rounds), "--out", str(out),
-        ],
-        check=True,
-        timeout=1800,
-    )  # fmt: skip
-    return str(json.loads(out.read_text())["table"]).splitlines()
+    `modelgate serve` of each per round, one after the other; then (root only) the same on two
+    nodes, the router on the worker."""
+    lines = []
+    for two_node in (False, True):
+        if two_node and os.geteuid() != 0:
+            print("two-node ingresses left out: network namespaces need root", flush=True)
+            break
+        out = Path(f".modelgate/bench-ingress{'-twonode' if two_node else ''}.json")
+        subprocess.run(
+            [
+                sys.executable, "-m", "loadtests.ingress",
+                "--duration", str(duration_s), "--rounds", str(rounds), "--out", str(out),
+                *(["--two-node"] if two_node else []),
+            ],
+            check=True,
+            timeout=1800,
+        )  # fmt: skip
+        if two_node:
+            lines += ["", "Two nodes (HAProxy on the head, the router replica on the worker):", ""]
+        lines += str(json.loads(out.read_text())["table"]).splitlines()
+    return lines
 
 
 #: The prose under the numbers in RESULTS.md: what they say, from profiling.

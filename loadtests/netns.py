@@ -202,10 +202,12 @@ class Cluster:
             _ip("link", "del", self.bridge)
 
 
-def ingress_env(node: Node, folder: str) -> dict[str, str]:
-    """What `modelgate ingress-env FOLDER` prints on `node`: HAProxy's settings, its files in
-    `folder` (inside the node)."""
-    done = node.run(str(BIN / "modelgate"), "ingress-env", folder)
+def ingress_env(node: Node, folder: str, ingress: str | None = None) -> dict[str, str]:
+    """What `modelgate ingress-env FOLDER [--ingress INGRESS]` prints on `node`: HAProxy's
+    settings, its files in `folder` (inside the node), the ingress setting."""
+    done = node.run(
+        str(BIN / "modelgate"), "ingress-env", folder, *(["--ingress", ingress] if ingress else [])
+    )
     assert done.returncode == 0, done.stderr
     env = {}
     for line in done.stdout.splitlines():

@@ -17,6 +17,7 @@ at each point, so the ratios compare like with like in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import shutil
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +85,12 @@ def _alive(head: Node, address: str) -> int:
         return 0
 
 
-def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
-    """Start the two nodes, deploy, measure; everything started is stopped on the way out."""
-    from loadtests.bench import (
-        measure_point,
-        median_point,
-        prepare_artifact,
-        round_order,
-        show_point,
-    )
-    from loadtests.clients import Target
-    from loadtests.runner import load_payloads
+@contextlib.contextmanager
+def two_nodes(ingress: str | None = None) -> Iterator[tuple[Cluster, str, str]]:
+    """Two Ray nodes (head, worker) labelled by role, each started after `modelgate
+    ingress-env` (`--ingress INGRESS` when given); yields the cluster, its address and the
+    artifact both nodes see. Everything started is stopped on the way out."""
+    from loadtests.bench import prepare_artifact
 
     workdir = Path("/var/tmp") / f"modelgate-twonode-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(mode=0o700)
@@ -113,7 +110,7 @@ def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
         for up, node in enumerate((head, worker), start=1):
             start_ray(
                 node, head, logs / f"{node.name}.log", port=RAY_PORT,
-                env=ingress_env(node, "/tmp/modelgate-ingress"),
+                env=ingress_env(node, "/tmp/modelgate-ingress", ingress),
                 labels=f"role={node.name}",
             )  # fmt: skip
             wait_for(
@@ -122,17 +119,38 @@ def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
                 START_BUDGET_S - (time.monotonic() - started),
                 2,
             )
-        config = workdir / "twonode.yaml"
-        config.write_text(yaml.safe_dump(gateway_config(str(artifact))))
-        done = head.run(
-            str(BIN / "modelgate"), "serve", str(config), "--address", address, "--no-block",
-            timeout=600,
-        )  # fmt: skip
-        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-        placed = {
-            name: {r["node_ip"] for r in replicas}
-            for name, replicas in serve_replicas(head, address, "modelgate").items()
-        }
+        yield cluster, address, str(artifact)
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+def deploy(cluster: Cluster, address: str, config: dict[str, Any]) -> dict[str, set[str]]:
+    """`modelgate serve CONFIG --address` from the head; where each deployment's replicas run."""
+    head = cluster.nodes["head"]
+    path = cluster.workdir / "twonode.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = head.run(
+        str(BIN / "modelgate"), "serve", str(path), "--address", address, "--no-block",
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return {
+        name: {r["node_ip"] for r in replicas}
+        for name, replicas in serve_replicas(head, address, "modelgate").items()
+    }
+
+
+def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """Start the two nodes, deploy, measure near against far."""
+    from loadtests.bench import measure_point, median_point, round_order, show_point
+    from loadtests.clients import Target
+    from loadtests.runner import load_payloads
+
+    with two_nodes() as (cluster, address, artifact):
+        head, worker = cluster.nodes["head"], cluster.nodes["worker"]
+        placed = deploy(cluster, address, gateway_config(artifact))
         assert placed["bc_near-v1"] == placed["Router"] == {head.address}, placed
         assert placed["bc_far-v1"] == {worker.address}, placed
         base = f"http://{head.address}:{HTTP_PORT}"
@@ -149,10 +167,6 @@ def run(duration_s: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
                     show_point(name, point)
                     samples[name].setdefault(clients, []).append(point)
         return {n: [median_point(samples[n][c]) for c in CLIENTS] for n in SCENARIOS}
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(logs, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,8 +114,15 @@ class _HeadTimed(HttpToolsProtocol):
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Also: a request whose client went away before its answer is cancelled (as Ray
+        Serve's ingress does), so that one still queued is never computed."""
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        task = getattr(cycle, "modelgate_task", None)
+        if cycle is not None and not cycle.response_complete and task and not task.done():
+            cycle.modelgate_left = True  # type: ignore[attr-defined]
+            task.cancel()
 
     def _arm(self) -> None:
         self._disarm()
@@ -200,8 +207,18 @@ class LeanListener:
                 root = value.decode("latin-1").rstrip("/")
                 scope = {**scope, "root_path": root}
                 break
-        response = await self.handler(Request(scope, receive))
-        await response(scope, receive, send)
+        cycle = getattr(receive, "__self__", None)  # uvicorn's request cycle (connection_lost)
+        task = asyncio.current_task()
+        if cycle is not None:
+            cycle.modelgate_task = task
+        try:
+            response = await self.handler(Request(scope, receive))
+            await response(scope, receive, send)
+        except asyncio.CancelledError:
+            if task is not None and getattr(cycle, "modelgate_left", False):
+                task.uncancel()  # the client left (`_HeadTimed.connection_lost`): no one to answer
+                return
+            raise
 
     async def drain(self) -> None:
         """Health checks fail, new connections are refused (HAProxy sends them elsewhere),

@@ -59,10 +59,9 @@ from serve.ingress import lean
 from serve.ingress.lean import LeanGrpcListener, LeanListener
 from serve.observe.exporter import MULTIPROC_ENV
 from serve.observe.telemetry import ReplicaTelemetry
-from serve.protocol import rest
+from serve.protocol import grpc_codec, rest
 from serve.protocol.grpc_servicer import InferenceServicer
 from serve.protocol.rest_codec import Limits as CodecLimits
-from serve.protos.grpc_predict_v2_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from serve.ray import autoscale
 from serve.ray.catalog import POOL, CatalogPool, CatalogWatch
 from serve.ray.internals import KVDirectory, http_host, serve_details, session_dir
@@ -254,8 +253,8 @@ class Router:
             replica = serve.get_replica_context().replica_id.unique_id
             host = http_host()
 
-            def add_services(server: Any) -> None:  # the RPCs below: one path for both ingresses
-                add_GRPCInferenceServiceServicer_to_server(self, server)
+            def add_services(server: Any) -> None:  # the RPCs below, as Ray's ingress calls them
+                grpc_codec.add_servicer(self, server)  # bytes in: undecodable is INVALID_ARGUMENT
 
             self.lean = [
                 LeanListener(self.__call__, host, lean.lean_port(replica)),

@@ -119,7 +119,12 @@ def listeners() -> list[Listener]:
             raw = bytes.fromhex(hex_address)
             # the kernel writes each 32-bit word in host (little-endian) order
             raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            by_inode[fields[9]] = (socket.inet_ntop(family, raw), int(hex_port, 16))
+            address = socket.inet_ntop(family, raw)
+            # an IPv4-mapped IPv6 bind (grpc.aio binds "127.0.0.1" so) reaches what the IPv4
+            # address does: named as that
+            if address.startswith("::ffff:") and "." in address:
+                address = address.removeprefix("::ffff:")
+            by_inode[fields[9]] = (address, int(hex_port, 16))
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

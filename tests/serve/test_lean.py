@@ -28,11 +28,16 @@ class Handler:
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []
         self.hold = asyncio.Event()
+        self.cancelled: list[str] = []
 
     async def __call__(self, request: Request) -> Response:
         body = await request.body()
         if request.url.path.endswith("/hold"):
-            await self.hold.wait()
+            try:
+                await self.hold.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(request.scope["path"])
+                raise
         self.seen.append({"path": request.scope["path"], "root": request.scope["root_path"]})
         return JSONResponse({"path": request.scope["path"], "bytes": len(body)})
 
@@ -59,6 +64,37 @@ def run(scenario: Scenario) -> None:
 
 def base(server: LeanListener) -> str:
     return f"http://{server.host}:{server.port}"
+
+
+def test_a_request_whose_client_leaves_is_cancelled_and_the_others_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run(_client_leaves)
+    assert "Exception in ASGI application" not in caplog.text  # a cancel, not an error
+
+
+async def _client_leaves(server: LeanListener, handler: Handler) -> None:
+    _, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"POST /v2/hold HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    await writer.drain()
+    while not server_holds(handler):  # the handler has the request, and waits
+        await asyncio.sleep(0.01)
+    writer.close()  # the client gives up
+    for _ in range(500):
+        if handler.cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert handler.cancelled == ["/v2/hold"]
+    async with (  # the listener serves on
+        aiohttp.ClientSession() as session,
+        session.post(base(server) + "/v2/other", data=b"x") as response,
+    ):
+        assert response.status == 200
+
+
+def server_holds(handler: Handler) -> bool:
+    """Whether a request is waiting on `handler.hold`."""
+    return bool(getattr(handler.hold, "_waiters", None))
 
 
 def test_it_answers_health_checks_and_hands_requests_below_the_route_prefix() -> None:
