@@ -131,14 +131,24 @@ def group(cmdline: str, name: str) -> str:
     return "ray"
 
 
-def cpu_by_group(pid: int) -> dict[str, float]:
-    """CPU seconds so far of `pid`'s process tree, by group (balancer, router, ray); the
+def cpu_by_group(pid: int, whole_netns: bool = False) -> dict[str, float]:
+    """CPU seconds so far of `pid`'s process tree (or, `whole_netns`, of every process in its
+    network namespace: a node's, loadtests/netns.py), by group (balancer, router, ray); the
     `modelgate serve` driver itself is counted with Ray's processes."""
     import psutil
 
-    root = psutil.Process(pid)
+    if whole_netns:
+        netns = os.readlink(f"/proc/{pid}/ns/net")
+        processes = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{process.pid}/ns/net") == netns:
+                    processes.append(process)
+    else:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
     out = dict.fromkeys(("balancer", "router", "ray"), 0.0)
-    for process in [root, *root.children(recursive=True)]:
+    for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             times = process.cpu_times()
             key = group(" ".join(process.cmdline()), process.name())
@@ -241,9 +251,9 @@ def measure_two_nodes(ingress: str, duration_s: float) -> dict[str, Any]:
         payloads = load_payloads(target, rows=1)
         run(target, payloads, Step("closed", concurrency=8, duration_s=3, warmup_s=1))
         nodes = (head.pid, worker.pid)
-        before = [cpu_by_group(pid) for pid in nodes]
+        before = [cpu_by_group(pid, whole_netns=True) for pid in nodes]
         loaded = run(target, payloads, Step("closed", concurrency=32, duration_s=duration_s))
-        after = [cpu_by_group(pid) for pid in nodes]
+        after = [cpu_by_group(pid, whole_netns=True) for pid in nodes]
         single = run(target, payloads, Step("closed", concurrency=1, duration_s=duration_s / 2))
     if loaded.errors or single.errors:
         raise RuntimeError(f"{ingress}: errors {loaded.errors or single.errors}")
