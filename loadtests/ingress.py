@@ -186,15 +186,8 @@ def measure(ingress: str, artifact: str, duration_s: float) -> dict[str, Any]:
     failed = failed or mixed_http.errors or mixed_grpc.errors
     if failed:
         raise RuntimeError(f"{ingress}: errors {failed}")
-    answered = loaded.summary()["ok"]
-    cpu = {k: (after[k] - before[k]) / answered * 1e6 for k in after}
     return {
-        "ingress": ingress,
-        "rps": loaded.achieved_rps,
-        "cpu_us": cpu,
-        "serving_us": cpu["balancer"] + cpu["router"],
-        "p50_ms_32": loaded.percentile_ms(50),
-        "p50_ms_1": single.percentile_ms(50),
+        **http_point(ingress, loaded, single, {k: after[k] - before[k] for k in after}),
         "grpc_rps": grpc_loaded.achieved_rps,
         "mixed_grpc_rps": mixed_grpc.achieved_rps,
         "mixed_grpc_p99_ms": mixed_grpc.percentile_ms(99),
@@ -257,9 +250,14 @@ def measure_two_nodes(ingress: str, duration_s: float) -> dict[str, Any]:
         single = run(target, payloads, Step("closed", concurrency=1, duration_s=duration_s / 2))
     if loaded.errors or single.errors:
         raise RuntimeError(f"{ingress}: errors {loaded.errors or single.errors}")
-    answered = loaded.summary()["ok"]
     spent = {k: sum(a[k] - b[k] for a, b in zip(after, before, strict=True)) for k in after[0]}
-    cpu = {k: seconds / answered * 1e6 for k, seconds in spent.items()}
+    return http_point(ingress, loaded, single, spent)
+
+
+def http_point(ingress: str, loaded: Any, single: Any, spent: dict[str, float]) -> dict[str, Any]:
+    """A setting's HTTP figures: req/s and p50 at 32 clients (`loaded`), p50 at 1 (`single`),
+    and CPU a request by group, from the CPU seconds each `spent` during `loaded`."""
+    cpu = {k: seconds / loaded.summary()["ok"] * 1e6 for k, seconds in spent.items()}
     return {
         "ingress": ingress,
         "rps": loaded.achieved_rps,
