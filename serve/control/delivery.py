@@ -227,6 +227,8 @@ class Controller:
         t.record = decision.record
         assert decision.outcome is not None
         self._event(model, t, decision.outcome, decision.reason, wall, before)
+        if self.metrics is not None:  # the values the decision rests on stay on the dashboard
+            self.metrics.checks(model, [(c.name, c.value, c.threshold) for c in t.checks])
         t.restart_window(now)
         if t.record.phase in delivery.FINAL:
             self._ended(model, t, wall)

@@ -28,7 +28,7 @@ from serve.core.delivery import (
 )
 from serve.core.routing import Follow, ModelRouting, RouteTable, RoutingConfig
 from serve.observe import scrape
-from serve.observe.metrics import GatewayMetrics
+from serve.observe.metrics import DeliveryMetrics, GatewayMetrics
 
 POLICY = {"candidate": "2", "stable": "champion", "min_step_s": 0, "min_requests": 20}
 
@@ -380,14 +380,20 @@ def test_the_controller_rolls_back_on_a_breach_and_leaves_it_failed_until_the_po
 ):
     kv, node, events = MemoryKV(), Node(), list[dict[str, Any]]()
     first = desire(kv)
-    c = controller(kv, node, events)
+    metrics = DeliveryMetrics()
+    c = Controller(Store("app", kv), lambda: ["n"], lambda url: node.text(), events.append, metrics)
     c.tick(wall=0, now=0)
     node.answer("1", "ok", 200)
     node.answer("2", "ok", 15)
     node.answer("2", "internal", 5)
-    c.tick(wall=1, now=1)
+    c.tick(wall=1, now=1)  # judged and rolled back in the same tick
     record = Store("app", kv).records()["m"]
     assert record.phase == "failed" and "error_ratio" in record.reason
+    # the dashboard shows the values the rollback rests on (the next step's window is empty)
+    value = metrics.registry.get_sample_value(
+        "modelgate_delivery_guardrail_value", {"model": "m", "guardrail": "error_ratio"}
+    )
+    assert value == 5 / 20
     rolled_back = Store("app", kv).status()["decisions"][-1]
     assert rolled_back["outcome"] == "rolled_back"
     assert (rolled_back["from_percent"], rolled_back["candidate_percent"]) == (5, 0)
