@@ -292,6 +292,14 @@ def run_plain(duration_s: float) -> list[dict[str, Any]]:
         launcher.stop_ray()
 
 
+def _module_json(module: str, out: Path, *args: str, timeout: float) -> Any:
+    """`python -m MODULE ARGS --out OUT` in a process of its own; the JSON it wrote."""
+    subprocess.run(
+        [sys.executable, "-m", module, *args, "--out", str(out)], check=True, timeout=timeout
+    )
+    return json.loads(out.read_text())
+
+
 def _plain_subprocess(duration_s: float) -> list[dict[str, Any]]:
     env = {
         k: v
@@ -324,15 +332,8 @@ def _two_node_subprocess(duration_s: float, rounds: int) -> dict[str, list[dict[
         return {}
     print("two nodes (router on the head; replica beside it, or on the worker)", flush=True)
     out = Path(".modelgate/bench-twonode.json")
-    subprocess.run(
-        [
-            sys.executable, "-m", "loadtests.twonode",
-            "--duration", str(duration_s), "--rounds", str(rounds), "--out", str(out),
-        ],
-        check=True,
-        timeout=1200,
-    )  # fmt: skip
-    points = json.loads(out.read_text())
+    args = ("--duration", str(duration_s), "--rounds", str(rounds))
+    points = _module_json("loadtests.twonode", out, *args, timeout=1200)
     return {"one-node": points["near"], "two-node": points["far"]}
 
 
@@ -341,15 +342,8 @@ def _catalog_subprocess(duration_s: float) -> list[str]:
     from loadtests import catalog
 
     out = Path(".modelgate/bench-catalog.json")
-    subprocess.run(
-        [
-            sys.executable, "-m", "loadtests.catalog",
-            "--duration", str(duration_s), "--out", str(out),
-        ],
-        check=True,
-        timeout=900,
-    )  # fmt: skip
-    return catalog.lines(json.loads(out.read_text()))
+    args = ("--duration", str(duration_s))
+    return catalog.lines(_module_json("loadtests.catalog", out, *args, timeout=900))
 
 
 def _ingress_subprocess(duration_s: float, rounds: int) -> list[str]:
@@ -362,18 +356,13 @@ def _ingress_subprocess(duration_s: float, rounds: int) -> list[str]:
             print("two-node ingresses left out: network namespaces need root", flush=True)
             break
         out = Path(f".modelgate/bench-ingress{'-twonode' if two_node else ''}.json")
-        subprocess.run(
-            [
-                sys.executable, "-m", "loadtests.ingress",
-                "--duration", str(duration_s), "--rounds", str(rounds), "--out", str(out),
-                *(["--two-node"] if two_node else []),
-            ],
-            check=True,
-            timeout=1800,
-        )  # fmt: skip
+        args = ("--duration", str(duration_s), "--rounds", str(rounds))
+        measured = _module_json(
+            "loadtests.ingress", out, *args, *(["--two-node"] if two_node else []), timeout=1800
+        )
         if two_node:
             lines += ["", "Two nodes (HAProxy on the head, the router replica on the worker):", ""]
-        lines += str(json.loads(out.read_text())["table"]).splitlines()
+        lines += str(measured["table"]).splitlines()
     return lines
 
 
