@@ -43,6 +43,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serve.ingress.grpc_aio import KeptUp, Registering, keep_up
+
 logger = logging.getLogger("modelgate.lean")
 
 #: The node setting that chooses the ingress: "lean" (the routers' own listeners, the default)
@@ -246,9 +248,10 @@ HEALTHY = b"\n\x07success"
 
 
 class LeanGrpcListener:
-    """One router replica's gRPC listener (grpc.aio on the replica's loop): the services
-    `add_services` registers (the Router's InferenceServicer), HAProxy's health check, messages
-    capped at `max_message_bytes` (RESOURCE_EXHAUSTED past it, before it is read whole)."""
+    """One router replica's gRPC listener (grpc.aio on the replica's loop, kept up with it when
+    HTTP loads it: serve/ingress/grpc_aio.py): the services `add_services` registers (the
+    Router's InferenceServicer), HAProxy's health check, messages capped at `max_message_bytes`
+    (RESOURCE_EXHAUSTED past it, before it is read whole)."""
 
     def __init__(
         self,
@@ -262,6 +265,7 @@ class LeanGrpcListener:
         self.draining = False
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._kept_up: KeptUp | None = None
 
     def start(self) -> None:
         """Binds now, or raises OSError (the port taken); serves from the loop's next turn."""
@@ -274,7 +278,8 @@ class LeanGrpcListener:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.add_services(server)
+        registering = Registering(server)
+        self.add_services(registering)
         healthz = grpc.unary_unary_rpc_method_handler(
             self._healthz,
             request_deserializer=lambda data: data,
@@ -291,8 +296,12 @@ class LeanGrpcListener:
         if bound != self.port:
             raise OSError(f"the lean gRPC listener cannot bind {address}")
         self._server = server
-        self._task = asyncio.get_running_loop().create_task(server.start())
+        self._task = asyncio.get_running_loop().create_task(self._serve(registering.registered))
         logger.info("lean gRPC listener on %s", address)
+
+    async def _serve(self, registered: dict[str, Any]) -> None:
+        await self._server.start()
+        self._kept_up = keep_up(self._server, registered)
 
     async def _healthz(self, request: bytes, context: Any) -> bytes:
         if self.draining:
@@ -310,6 +319,8 @@ class LeanGrpcListener:
             if self._task is not None:
                 await self._task
             await self._server.stop(DRAIN_S)
+        if self._kept_up is not None:
+            self._kept_up.close()
 
     def close(self) -> None:
         """Without a loop to wait on: nothing to do but let the process end it."""
