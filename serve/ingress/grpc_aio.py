@@ -41,6 +41,7 @@ import logging
 import os
 import socket
 import termios
+import time
 from typing import Any
 
 logger = logging.getLogger("modelgate.lean")
@@ -134,12 +135,16 @@ class KeptUp:
 def keep_up(server: Any, registered: dict[str, Any], depth: int = DEPTH) -> KeptUp | None:
     """A started grpc.aio `server`, on the running loop, kept up with a busy loop (above);
     None, logged, where grpcio's internals are not as this module knows them."""
+    started = time.perf_counter()
     try:
         kept = KeptUp(server, registered, depth)
     except (AttributeError, ImportError, LookupError, OSError, TypeError) as exc:
         logger.warning("gRPC calls will wait on a busy event loop (grpcio differs: %r)", exc)
         return None
     logger.info(
-        "gRPC kept up with the event loop (%d methods, %d calls ahead)", len(registered), depth
+        "gRPC kept up with the event loop (%d methods, %d calls ahead; %.0f ms)",
+        len(registered),
+        depth,
+        (time.perf_counter() - started) * 1000,
     )
     return kept
