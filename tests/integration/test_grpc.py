@@ -190,7 +190,11 @@ def test_grpc_beside_http_gets_its_share_of_a_loaded_router(gateway: Gateway) ->
 
     http = Target(url=gateway.base, model="breast_cancer", version="3")
     over_grpc = Target(gateway.base, "breast_cancer", "3", "grpc", gateway.grpc)
-    by_http, by_grpc = beside(http, over_grpc, load_payloads(http), duration_s=6)
+    payloads = load_payloads(http)
+    # A router's first mixed load runs otherwise for its first seconds (HTTP slower, gRPC
+    # ahead: loadtests/RESULTS.md, "gRPC kept up"); the share is the steady one after them.
+    beside(http, over_grpc, payloads, duration_s=4)
+    by_http, by_grpc = beside(http, over_grpc, payloads, duration_s=6)
     assert not by_http.errors and not by_grpc.errors, (by_http.answers, by_grpc.answers)
     share = (by_grpc.achieved_rps / MIXED["grpc"]) / (by_http.achieved_rps / MIXED["http"])
     print(
