@@ -182,7 +182,7 @@ def measure(ingress: str, artifact: str, duration_s: float) -> dict[str, Any]:
         grpc_step = Step("closed", concurrency=32, duration_s=duration_s)
         grpc_loaded = run(over_grpc, payloads, grpc_step)
         # The first seconds of the router's first mixed load run otherwise (HTTP slower, gRPC
-        # ahead: loadtests/RESULTS.md, "gRPC beside HTTP, kept up"): measured after them.
+        # ahead: loadtests/RESULTS.md, "gRPC kept up with the router's loop"): measured after them.
         beside(target, over_grpc, payloads, 4.0)
         mixed_http, mixed_grpc = beside(target, over_grpc, payloads, duration_s)
     failed = loaded.errors or single.errors or grpc_loaded.errors
