@@ -27,7 +27,8 @@ This is the one module that reaches into grpcio's internals: `cygrpc._BoundEvent
 (`loop`, `read_socket`) and `AioServer._request_registered_call`, `_MethodResolver`,
 `_handle_rpc` and `_schedule_rpc_coro`, as in grpcio 1.85. Where they are not as expected,
 `keep_up` logs so and leaves the server as grpc.aio made it (it serves; gRPC starves beside
-HTTP again, and tests/integration/test_grpc_fairness.py fails).
+HTTP again, and tests/serve/test_grpc_aio.py and
+tests/integration/test_grpc.py::test_grpc_beside_http_gets_its_share_of_a_loaded_router fail).
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def test_a_message_that_cannot_be_decoded_is_invalid_argument(gateway: Gateway) 
 
 #: A client's rate beside the other protocol's clients, as a share of one of theirs (1.0: an
 #: equal share), at least, either way: grpc.aio as it is left a gRPC client 0.01-0.02 of an HTTP
-#: client's rate on a router loaded so (issue 16); kept up, 0.28-0.30 (loadtests/RESULTS.md).
+#: client's rate on a router loaded so (issue 16); kept up, 0.27-0.31 (loadtests/RESULTS.md).
 SHARE = 0.1
 
 
@@ -192,7 +192,7 @@ def test_grpc_beside_http_gets_its_share_of_a_loaded_router(gateway: Gateway) ->
     over_grpc = Target(gateway.base, "breast_cancer", "3", "grpc", gateway.grpc)
     payloads = load_payloads(http)
     # A router's first mixed load runs otherwise for its first seconds (HTTP slower, gRPC
-    # ahead: loadtests/RESULTS.md, "gRPC kept up"); the share is the steady one after them.
+    # ahead: loadtests/RESULTS.md, "gRPC kept up with the router's loop"): the steady share.
     beside(http, over_grpc, payloads, duration_s=4)
     by_http, by_grpc = beside(http, over_grpc, payloads, duration_s=6)
     assert not by_http.errors and not by_grpc.errors, (by_http.answers, by_grpc.answers)
